@@ -1,0 +1,80 @@
+#include "codegen/family.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "runtime/error.h"
+
+namespace nsajit {
+
+const KernelFamily& win_fwd_family();
+const KernelFamily& win_fwd_ref_family();
+
+std::string describe(const TileConfig& c) {
+  std::string s;
+  for (const auto& [k, v] : c) s += fmt::format("{}{}={}", s.empty() ? "" : " ", k, v);
+  return s;
+}
+
+const std::vector<const KernelFamily*>& families() {
+  static const std::vector<const KernelFamily*> all = {&win_fwd_family(), &win_fwd_ref_family()};
+  return all;
+}
+
+const KernelFamily& find_family(std::string_view name) {
+  std::string names;
+  for (const KernelFamily* f : families()) {
+    if (f->name() == name) return *f;
+    names += fmt::format("{}{}", names.empty() ? "" : ", ", f->name());
+  }
+  throw UsageError(fmt::format("unknown family '{}': available are {}", name, names));
+}
+
+std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem) {
+  std::vector<SpacePoint> out;
+  const auto& params = f.params();
+  std::vector<size_t> idx(params.size(), 0);
+  while (true) {
+    TileConfig c;
+    for (size_t i = 0; i < params.size(); ++i) c[params[i].name] = params[i].domain[idx[i]];
+    out.push_back({c, f.reject(p, c, max_smem)});
+    size_t i = 0;
+    for (; i < params.size(); ++i) {
+      if (++idx[i] < params[i].domain.size()) break;
+      idx[i] = 0;
+    }
+    if (i == params.size()) break;
+  }
+  return out;
+}
+
+TileConfig apply_overrides(const KernelFamily& f, TileConfig base, std::string_view overrides) {
+  while (!overrides.empty()) {
+    const size_t comma = overrides.find(',');
+    const std::string_view item = overrides.substr(0, comma);
+    overrides = comma == std::string_view::npos ? std::string_view{} : overrides.substr(comma + 1);
+    const size_t eq = item.find('=');
+    if (eq == std::string_view::npos)
+      throw UsageError(fmt::format("bad tile override '{}': expected NAME=VALUE", item));
+    const std::string_view name = item.substr(0, eq), value = item.substr(eq + 1);
+    const auto& params = f.params();
+    const auto it = std::find_if(params.begin(), params.end(), [&](const ParamDecl& d) { return d.name == name; });
+    if (it == params.end()) {
+      std::string names;
+      for (const auto& d : params) names += fmt::format("{}{}", names.empty() ? "" : ", ", d.name);
+      throw UsageError(fmt::format("family {} has no parameter '{}': its parameters are {}", f.name(), name, names));
+    }
+    int v = 0;
+    const auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+    if (ec != std::errc() || ptr != value.data() + value.size())
+      throw UsageError(fmt::format("bad value '{}' for {}: expected an integer", value, name));
+    if (std::find(it->domain.begin(), it->domain.end(), v) == it->domain.end())
+      throw UsageError(fmt::format("bad value {} for {}: allowed are {}", v, name, fmt::join(it->domain, ", ")));
+    base[std::string(name)] = v;
+  }
+  return base;
+}
+
+}  // namespace nsajit

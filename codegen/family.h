@@ -1,0 +1,80 @@
+#pragma once
+// A kernel family declares, in one place, what codegen, the tuner, emit, the benchmark and the runtime need:
+// its tunable parameters with their domains and constraints, launch geometry and shared memory, and its FLOP
+// and minimum-byte counts.
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "codegen/problem.h"
+#include "runtime/device.h"
+
+namespace nsajit {
+
+struct ParamDecl {
+  std::string name;
+  std::vector<int> domain;
+  std::string help;
+};
+
+// One point of a family's space: parameter name -> value (ordered, so printing and hashing are stable).
+using TileConfig = std::map<std::string, int>;
+std::string describe(const TileConfig& c);  // "BM=64 BN=64 QREGS=1"
+
+struct LaunchGeometry {
+  Dim3 grid, block;
+  int smem_bytes = 0;  // dynamic shared memory
+};
+
+class KernelFamily {
+public:
+  virtual ~KernelFamily() = default;
+  virtual std::string_view name() const = 0;
+  virtual std::string_view description() const = 0;
+  // The template file (embedded), the support headers it needs after common.cuh, and the harness used by
+  // `nsajit emit`.
+  virtual std::string_view template_path() const = 0;
+  virtual std::vector<std::string_view> support_files() const { return {}; }
+  virtual std::string_view harness_path() const = 0;
+  std::string entry_name() const { return "nsa_" + std::string(name()); }
+  virtual const std::vector<ParamDecl>& params() const = 0;
+
+  // Throws UsageError naming the parameter and the supported values when the family cannot serve `p`.
+  virtual void check_problem(const Problem& p) const = 0;
+  // Why `c` is not a valid point for `p` (threads, shared memory, divisibility), or nullopt if it is.
+  // `max_smem` is the device's opt-in shared memory per block.
+  virtual std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const = 0;
+  virtual TileConfig default_config(const Problem& p) const = 0;
+  virtual LaunchGeometry geometry(const Problem& p, const TileConfig& c) const = 0;
+  // `constexpr` declarations (inside namespace nsa::spec) that specialize the template.
+  virtual std::string preamble(const Problem& p, const TileConfig& c) const = 0;
+  // The body of the extern "C" entry, e.g. "nsa::win_fwd::run(p);", the parameter struct and the launch bounds.
+  virtual std::string_view params_type() const = 0;
+  virtual std::string entry_body() const = 0;
+  virtual std::string launch_bounds(const Problem& p, const TileConfig& c) const = 0;
+
+  virtual double flops(const Problem& p) const = 0;
+  virtual double min_bytes(const Problem& p) const = 0;
+};
+
+const std::vector<const KernelFamily*>& families();
+// Throws UsageError listing the families for an unknown name.
+const KernelFamily& find_family(std::string_view name);
+
+// Every point of the family's space (the cartesian product of the domains), with the reason for each rejected one.
+struct SpacePoint {
+  TileConfig config;
+  std::optional<std::string> rejected;
+};
+std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem);
+
+// Parses "BM=128,BN=32" into overrides of a config; throws UsageError on an unknown name or a value outside the
+// declared domain.
+TileConfig apply_overrides(const KernelFamily& f, TileConfig base, std::string_view overrides);
+
+// H100/H200 opt-in shared memory per block; used when no device is present to ask.
+constexpr int kHopperMaxSmemOptin = 232448;
+
+}  // namespace nsajit

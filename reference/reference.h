@@ -1,0 +1,118 @@
+// CPU float64 reference of Native Sparse Attention, exactly as defined in NSA.md.
+//
+// Everything here works on ONE sequence (no batch dim); varlen input is split by forward_varlen. Tensors are
+// plain contiguous row-major float64 arrays in the NSA.md layouts without the batch dim:
+//   q [T,HQ,dk]   k [T,H,dk]   v [T,H,dv]   k_cmp [Nc,H,dk]   v_cmp [Nc,H,dv]   gates [T,HQ]
+//   o [T,HQ,dv]   lse [T,HQ]   idx [T,H,n] int32   cnt [T,H] int32   score [T,H,NS] with NS = ceil(T/lsel)
+// Query head h reads KV head h / G with G = HQ / H. Softmax is float64 with max subtraction; lse is the
+// natural log; an empty key set gives o = 0 and lse = -inf. Slow (O(T^2)), meant for small shapes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nsajit::ref {
+
+struct Config {
+  int64_t T = 0;                      // sequence length (0 allowed: everything is empty)
+  int HQ = 0, H = 0, dk = 0, dv = 0;  // query heads, KV heads, head dims of q/k and of v
+  int l = 0, d = 0, lsel = 0;         // compression block length / stride, selection block length l'
+  int n = 0;                          // selected blocks per query including the forced ones (>= 3)
+  int w = 0;                          // sliding window, 0 disables the branch
+  double scale = 0.0;                 // softmax scale, finite and > 0 (usually 1/sqrt(dk))
+
+  int G() const { return HQ / H; }
+  int64_t num_cmp() const;  // Nc = num_cmp_blocks(T, l, d)
+  int64_t num_sel() const;  // NS = ceil(T / lsel)
+  // Throws std::invalid_argument naming the bad field: T < 0; HQ, H, dk, dv, l, d, lsel <= 0; HQ % H != 0;
+  // l % d != 0; lsel % d != 0; n < 3 (the three forced blocks must fit); w < 0; scale not finite or <= 0.
+  void validate() const;
+};
+
+// floor(a / b) for b > 0 (rounds towards -inf, unlike C++ '/').
+int64_t floor_div(int64_t a, int64_t b);
+// Nc = max(0, floor((T - l) / d) + 1).
+int64_t num_cmp_blocks(int64_t T, int l, int d);
+// nc(t) = max(0, floor((t + 1 - l) / d) + 1): compressed blocks whose every token is <= t.
+int64_t visible_cmp_blocks(int64_t t, int l, int d);
+// NS = ceil(T / lsel).
+int64_t num_sel_blocks(int64_t T, int lsel);
+// |[i*d, i*d+l) ∩ [j*lsel, (j+1)*lsel)| / d: weight of compressed block i in selection block j.
+double overlap_weight(int64_t i, int64_t j, int l, int d, int lsel);
+
+// Mean-pool phi: x [T,H,dim] -> x_cmp [Nc,H,dim], block i = mean of tokens [i*d, i*d + l).
+void mean_pool(const Config& cfg, const double* x, int dim, double* x_cmp);
+
+// Branch 3: keys max(0, t-w+1) .. t. w == 0: o = 0, lse = -inf. lse may be nullptr.
+void window_attention(const Config& cfg, const double* q, const double* k, const double* v, double* o,
+                      double* lse);
+
+// Branch 1: keys k_cmp[0 .. nc(t)). lse may be nullptr.
+void compressed_attention(const Config& cfg, const double* q, const double* k_cmp, const double* v_cmp,
+                          double* o, double* lse);
+
+struct Selection {
+  int64_t T = 0;
+  int H = 0, n = 0;
+  int64_t num_sel = 0;         // NS = ceil(T / lsel)
+  std::vector<int32_t> idx;    // [T,H,n] ascending, padded with -1
+  std::vector<int32_t> cnt;    // [T,H] = min(n, floor(t/lsel) + 1)
+  std::vector<double> score;   // [T,H,NS] group-summed importance (Eq. 10) before forcing; 0 for j > t/lsel
+};
+
+// Branch-2 block selection. lse_cmp [T,HQ] (branch 1's lse) is optional: when given, p_cmp is computed as
+// exp(scale*q.k_cmp - lse_cmp), otherwise by a softmax over the visible compressed blocks.
+Selection select_blocks(const Config& cfg, const double* q, const double* k_cmp,
+                        const double* lse_cmp = nullptr);
+
+// NSA.md's near-tie rule: true iff for every (t, KV head) cnt matches, the first cnt entries of idx are
+// strictly ascending causal block indices followed by -1 padding, the forced blocks are present, and any
+// block swapped against the reference is a near tie: every chosen non-forced block scores at least
+// (max score of the unchosen candidates) - rel_tol * (largest score for that t and KV head). On failure the
+// first reason is written to *why when why is not null.
+bool selection_matches(const Selection& ref, const int32_t* idx, const int32_t* cnt, const Config& cfg,
+                       double rel_tol = 1e-3, std::string* why = nullptr);
+
+// Branch 2 over the given blocks idx [T,H,n] / cnt [T,H] (any order, no duplicates, each in [0, NS)),
+// keys s <= t only. Throws std::invalid_argument on a bad index or count. lse may be nullptr.
+void selected_attention(const Config& cfg, const double* q, const double* k, const double* v,
+                        const int32_t* idx, const int32_t* cnt, double* o, double* lse);
+
+struct Inputs {
+  const double* q = nullptr;  // [T,HQ,dk], required
+  const double* k = nullptr;  // [T,H,dk], required
+  const double* v = nullptr;  // [T,H,dv], required
+  const double* k_slc = nullptr, *v_slc = nullptr;  // default k / v
+  const double* k_win = nullptr, *v_win = nullptr;  // default k / v
+  const double* k_cmp = nullptr, *v_cmp = nullptr;  // [Nc,H,dk|dv]; default mean_pool(k) / mean_pool(v)
+  const double* g_cmp = nullptr, *g_slc = nullptr, *g_win = nullptr;  // [T,HQ]; null disables the branch
+};
+
+struct Outputs {
+  std::vector<double> o;                          // [T,HQ,dv] gated sum of the enabled branches
+  std::vector<double> o_cmp, o_slc, o_win;        // [T,HQ,dv] every branch, computed even when disabled
+  std::vector<double> lse_cmp, lse_slc, lse_win;  // [T,HQ]
+  std::vector<double> k_cmp, v_cmp;               // [Nc,H,dk|dv] the compressed tensors used
+  Selection sel;                                  // chosen by select_blocks(q, k_cmp, lse_cmp)
+};
+
+// o = g_cmp*o_cmp + g_slc*o_slc + g_win*o_win over the non-null gates (w == 0 also disables the window).
+Outputs forward(const Config& cfg, const Inputs& in);
+
+// Throws std::invalid_argument unless cu_seqlens is non-empty, starts at 0, is non-decreasing and ends at
+// total_T.
+void validate_cu_seqlens(const std::vector<int32_t>& cu_seqlens, int64_t total_T);
+// Offsets of each sequence's compressed blocks in a packed k_cmp/v_cmp: [N+1], cumulative Nc(T_i).
+std::vector<int64_t> cmp_cu_seqlens(const std::vector<int32_t>& cu_seqlens, int l, int d);
+
+// Varlen: cfg.T is the packed total (must equal cu_seqlens.back()). Tensors of `packed` are [total_T, ...]
+// (k_cmp/v_cmp, if given, are [total_Nc, ...] at the offsets of cmp_cu_seqlens); every sequence is handled
+// on its own, result i is forward() of sequence i.
+std::vector<Outputs> forward_varlen(const Config& cfg, const std::vector<int32_t>& cu_seqlens,
+                                    const Inputs& packed);
+// Concatenates per-sequence outputs along T into the packed layout (k_cmp/v_cmp at cmp_cu_seqlens
+// offsets; sel.score is concatenated flat because NS differs per sequence, sel.num_sel is set to 0).
+Outputs concat_outputs(const std::vector<Outputs>& parts);
+
+}  // namespace nsajit::ref

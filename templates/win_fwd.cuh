@@ -1,0 +1,232 @@
+// Sliding-window attention forward (NSA.md branch 3): query t sees keys max(0, t - w + 1) .. t.
+//
+// FlashAttention-2 style: one CTA owns kBM rows of the flattened (query position, head-in-group) index
+// m = t * kG + g of one KV head, so the G query heads sharing a KV head fill the MMA rows together and every
+// key tile loaded into shared memory serves all of them. Each warp owns 16 rows; S = Q K^T and O += P V use
+// mma.sync m16n8k16 with fp32 accumulators; the softmax is online, in base 2. K/V tiles are double-buffered
+// with cp.async.
+#ifndef NSA_WIN_FWD_CUH
+#define NSA_WIN_FWD_CUH
+#ifndef NSAJIT_GENERATED
+// Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
+#include "common.cuh"
+#include "win_params.cuh"
+namespace nsa::spec {
+typedef bf16 elem;
+constexpr int kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1;
+}  // namespace nsa::spec
+#endif
+
+namespace nsa {
+
+namespace win_fwd {
+
+using namespace spec;
+constexpr int kWarps = kBM / 16;
+constexpr int kThreads = kWarps * 32;
+constexpr int kSmemQ = kBM * kDK * 2;
+constexpr int kSmemK = kBN * kDK * 2;
+constexpr int kSmemV = kBN * kDV * 2;
+static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
+static_assert(kDK % 64 == 0 && kDV % 64 == 0, "head dims must be multiples of 64");
+
+__device__ __forceinline__ void run(const WinFwdParams& p) {
+  extern __shared__ __align__(128) char smem[];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int b = static_cast<int>(blockIdx.z);
+  const int kvh = static_cast<int>(blockIdx.y);
+
+  i64 len = p.T;
+  i64 q_off = b * p.q_sb, k_off = b * p.k_sb, v_off = b * p.v_sb, o_off = b * p.o_sb, l_off = b * p.lse_sb;
+  if (p.cu_seqlens != nullptr) {
+    const i64 begin = p.cu_seqlens[b];
+    len = p.cu_seqlens[b + 1] - begin;
+    q_off = begin * p.q_st;
+    k_off = begin * p.k_st;
+    v_off = begin * p.v_st;
+    o_off = begin * p.o_st;
+    l_off = begin * p.lse_st;
+  }
+  const i64 m0 = static_cast<i64>(blockIdx.x) * kBM;
+  if (m0 >= len * kG) return;
+
+  const elem* q = static_cast<const elem*>(p.q) + q_off + static_cast<i64>(kvh) * kG * p.q_sh;
+  const elem* k = static_cast<const elem*>(p.k) + k_off + static_cast<i64>(kvh) * p.k_sh;
+  const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
+
+  const i64 t_lo = m0 / kG;
+  const i64 t_hi = min(len - 1, (m0 + kBM - 1) / kG);
+  const i64 s_begin = max(static_cast<i64>(0), t_lo - p.w + 1);
+  const i64 s_end = t_hi + 1;
+  const int n_tiles = s_end > s_begin ? static_cast<int>((s_end - s_begin + kBN - 1) / kBN) : 0;
+
+  const u32 sQ = smem_addr(smem);
+  const u32 sK0 = sQ + kSmemQ;
+  const u32 sV0 = sK0 + 2 * kSmemK;
+
+  auto load_kv = [&](int tile, int stage) {
+    const i64 s0 = s_begin + static_cast<i64>(tile) * kBN;
+    load_tile_async<kThreads, kBN, kDK>(
+        sK0 + stage * kSmemK,
+        [&](int r) -> const void* { return s0 + r < s_end ? k + (s0 + r) * p.k_st : nullptr; }, k);
+    load_tile_async<kThreads, kBN, kDV>(
+        sV0 + stage * kSmemV,
+        [&](int r) -> const void* { return s0 + r < s_end ? v + (s0 + r) * p.v_st : nullptr; }, v);
+  };
+
+  load_tile_async<kThreads, kBM, kDK>(
+      sQ,
+      [&](int r) -> const void* {
+        const i64 m = m0 + r;
+        const i64 t = m / kG;
+        return t < len ? q + t * p.q_st + (m % kG) * p.q_sh : nullptr;
+      },
+      q);
+  if (n_tiles > 0) load_kv(0, 0);
+  cp_async_commit();
+
+  // This thread's two rows (of the warp's 16) and their query positions.
+  const int row0 = warp * 16 + lane / 4;
+  const i64 t_row[2] = {(m0 + row0) / kG, (m0 + row0 + 8) / kG};
+
+  float acc[kDV / 8][4];
+#pragma unroll
+  for (int i = 0; i < kDV / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float row_max[2] = {neg_inf(), neg_inf()};
+  float row_sum[2] = {0.f, 0.f};
+  u32 qf[kQInRegs ? kDK / 16 : 1][4];
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < n_tiles) load_kv(j + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    if constexpr (kQInRegs) {
+      if (j == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kDK / 16; ++kk)
+          ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1],
+                      qf[kk][2], qf[kk][3]);
+      }
+    }
+
+    const u32 sK = sK0 + stage * kSmemK;
+    const u32 sV = sV0 + stage * kSmemV;
+
+    float s[kBN / 8][4];
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kDK / 16; ++kk) {
+      u32 a[4];
+      if constexpr (kQInRegs) {
+        a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
+      } else {
+        ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2], a[3]);
+      }
+#pragma unroll
+      for (int nn = 0; nn < kBN / 16; ++nn) {
+        u32 b0, b1, b2, b3;
+        ldmatrix_x4(sK + swz<kDK / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0, b1,
+                    b2, b3);
+        mma_16816<elem>(s[2 * nn], a, b0, b1);
+        mma_16816<elem>(s[2 * nn + 1], a, b2, b3);
+      }
+    }
+
+    // Mask only the tiles that reach past some row's window (ragged edges of the band). Row r sees the tile's
+    // columns c with lo[r] <= c <= hi[r], in 32-bit tile-relative terms.
+    const i64 s0 = s_begin + static_cast<i64>(j) * kBN;
+    const bool full = s0 >= t_hi - p.w + 1 && s0 + kBN - 1 <= t_lo;
+    if (!full) {
+      int hi[2], lo[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        hi[r] = static_cast<int>(min(t_row[r] - s0, static_cast<i64>(kBN)));
+        lo[r] = static_cast<int>(max(t_row[r] - p.w + 1 - s0, static_cast<i64>(-1)));
+      }
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + (lane % 4) * 2 + (e & 1);
+          if (c > hi[e / 2] || c < lo[e / 2]) s[nt][e] = neg_inf();
+        }
+      }
+    }
+
+    // Online softmax, base 2, per row.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = neg_inf();
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = warp_quad_max(mx) * p.scale_log2;
+      const float m_new = fmaxf(row_max[r], mx);
+      const float m_use = m_new == neg_inf() ? 0.f : m_new;
+      const float alpha = fast_exp2(row_max[r] - m_use);
+      row_max[r] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt) {
+        s[nt][2 * r] = fast_exp2(s[nt][2 * r] * p.scale_log2 - m_use);
+        s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] * p.scale_log2 - m_use);
+        sum += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+      for (int dn = 0; dn < kDV / 8; ++dn) {
+        acc[dn][2 * r] *= alpha;
+        acc[dn][2 * r + 1] *= alpha;
+      }
+    }
+
+    // O += P V, P straight from the S accumulators (their layout is the A-fragment layout).
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const u32 a[4] = {pack2<elem>(s[2 * kk][0], s[2 * kk][1]), pack2<elem>(s[2 * kk][2], s[2 * kk][3]),
+                        pack2<elem>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack2<elem>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < kDV / 16; ++dn) {
+        u32 b0, b1, b2, b3;
+        ldmatrix_x4_trans(sV + swz<kDV / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16), b0,
+                          b1, b2, b3);
+        mma_16816<elem>(acc[2 * dn], a, b0, b1);
+        mma_16816<elem>(acc[2 * dn + 1], a, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: normalize, write o (and lse) for the rows that exist.
+  elem* o = static_cast<elem*>(p.o) + o_off + static_cast<i64>(kvh) * kG * p.o_sh;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float total = warp_quad_sum(row_sum[r]);
+    const i64 m = m0 + row0 + 8 * r;
+    const i64 t = m / kG;
+    if (t >= len) continue;
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    elem* orow = o + t * p.o_st + (m % kG) * p.o_sh;
+#pragma unroll
+    for (int dn = 0; dn < kDV / 8; ++dn) {
+      const u32 packed = pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
+      *reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2) = packed;
+    }
+    if (p.lse != nullptr && lane % 4 == 0) {
+      const float ln2 = 0.6931471805599453f;
+      p.lse[l_off + t * p.lse_st + static_cast<i64>(kvh) * kG + m % kG] =
+          total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
+    }
+  }
+}
+
+}  // namespace win_fwd
+}  // namespace nsa
+
+#endif  // NSA_WIN_FWD_CUH

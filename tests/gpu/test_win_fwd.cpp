@@ -1,0 +1,276 @@
+// GPU tests of the window forward: fresh random inputs, poisoned outputs, NSA.md's tolerance against the float64
+// CPU reference; long sequences against the simple GPU kernel, which is itself checked against the CPU.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "codegen/family.h"
+#include "reference/reference.h"
+#include "runtime/device.h"
+#include "runtime/error.h"
+#include "runtime/win_fwd_api.h"
+#include "tuner/inputs.h"
+
+using namespace nsajit;
+
+namespace {
+
+Context& gpu() {
+  static Context ctx(0);
+  return ctx;
+}
+
+double tolerance(Dtype d) { return d == Dtype::bf16 ? 1e-2 : 2e-3; }
+
+struct RelError {
+  double diff2 = 0, ref2 = 0;
+  int64_t non_finite = 0;
+  void add(double out, double ref) {
+    if (!std::isfinite(out)) {
+      ++non_finite;
+      return;
+    }
+    diff2 += (out - ref) * (out - ref);
+    ref2 += ref * ref;
+  }
+  double rel() const { return ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2); }
+};
+
+// How the tensors sit in memory: contiguous, or strided views of fused buffers (q padded per token, k and v
+// interleaved in one [T, H, dk + dv] buffer, o padded per head).
+enum class Layout { contiguous, strided };
+
+struct Outcome {
+  double err_o = 0, err_lse = 0;
+  int64_t non_finite = 0;
+};
+
+// Runs win_fwd (or its GPU reference) on random inputs for `p` (with optional varlen offsets) and compares with
+// the CPU reference per sequence.
+Outcome check_window(const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
+                     Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
+                     bool use_reference_kernel = false) {
+  gpu();
+  const int64_t tokens = p.B * p.T;
+  // Element offsets and strides of each tensor in its buffer.
+  const int64_t q_st = layout == Layout::strided ? p.HQ * p.dk + 64 : p.HQ * p.dk;
+  const int64_t kv_sh = layout == Layout::strided ? p.dk + p.dv : p.dk;
+  const int64_t kv_st = layout == Layout::strided ? p.H * kv_sh : p.H * p.dk;
+  const int64_t v_sh = layout == Layout::strided ? kv_sh : p.dv, v_st = layout == Layout::strided ? kv_st : p.H * p.dv;
+  const int64_t o_sh = layout == Layout::strided ? p.dv + 8 : p.dv, o_st = p.HQ * o_sh;
+
+  const std::vector<uint16_t> qb = random_normal_bits(static_cast<size_t>(tokens * q_st), p.dtype, seed);
+  const std::vector<uint16_t> kb = random_normal_bits(static_cast<size_t>(tokens * kv_st), p.dtype, seed + 1);
+  const std::vector<uint16_t> vb = layout == Layout::strided
+                                       ? std::vector<uint16_t>()
+                                       : random_normal_bits(static_cast<size_t>(tokens * v_st), p.dtype, seed + 2);
+  DeviceBuffer dq(qb.size() * 2), dk(kb.size() * 2), dv(std::max<size_t>(vb.size(), 1) * 2);
+  dq.upload(qb.data(), qb.size() * 2);
+  dk.upload(kb.data(), kb.size() * 2);
+  if (!vb.empty()) dv.upload(vb.data(), vb.size() * 2);
+  DeviceBuffer dout(static_cast<size_t>(tokens * o_st) * 2), dlse(static_cast<size_t>(tokens * p.HQ) * 4);
+  dout.fill_u16(0xffff);  // NaN in bf16 and fp16
+  dlse.fill_bytes(0xff);  // NaN in fp32
+
+  WinFwdArgs a;
+  const char* v_base = layout == Layout::strided ? static_cast<const char*>(dk.get()) + p.dk * 2
+                                                 : static_cast<const char*>(dv.get());
+  a.q = {dq.get(), p.T * q_st, q_st, p.dk};
+  a.k = {dk.get(), p.T * kv_st, kv_st, kv_sh};
+  a.v = {v_base, p.T * v_st, v_st, v_sh};
+  a.o = {dout.get(), p.T * o_st, o_st, o_sh};
+  a.lse = static_cast<float*>(dlse.get());
+  a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+  DeviceBuffer dcu(std::max<size_t>(cu.size(), 1) * 4);
+  if (!cu.empty()) {
+    dcu.upload(cu.data(), cu.size() * 4);
+    a.cu_seqlens = static_cast<const int32_t*>(dcu.get());
+    a.cu_seqlens_host = cu;
+  }
+  if (use_reference_kernel)
+    win_fwd_reference(p, a, nullptr);
+  else
+    win_fwd(p, a, nullptr, cfg);
+  gpu().synchronize();
+
+  std::vector<uint16_t> ob(static_cast<size_t>(tokens * o_st));
+  std::vector<float> lse(static_cast<size_t>(tokens * p.HQ));
+  dout.download(ob.data(), ob.size() * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+
+  // Per sequence: varlen offsets, else the batch.
+  std::vector<std::pair<int64_t, int64_t>> seqs;  // (first token, length)
+  if (!cu.empty()) {
+    for (size_t i = 0; i + 1 < cu.size(); ++i) seqs.push_back({cu[i], cu[i + 1] - cu[i]});
+  } else {
+    for (int64_t b = 0; b < p.B; ++b) seqs.push_back({b * p.T, p.T});
+  }
+  RelError eo, el;
+  for (auto [first, len] : seqs) {
+    if (len == 0) continue;
+    ref::Config rc;
+    rc.T = len, rc.HQ = p.HQ, rc.H = p.H, rc.dk = p.dk, rc.dv = p.dv, rc.l = p.l, rc.d = p.d, rc.lsel = p.lsel;
+    rc.n = p.n, rc.w = p.w, rc.scale = p.softmax_scale();
+    std::vector<double> q(static_cast<size_t>(len) * p.HQ * p.dk), k(static_cast<size_t>(len) * p.H * p.dk),
+        v(static_cast<size_t>(len) * p.H * p.dv), o(static_cast<size_t>(len) * p.HQ * p.dv),
+        l(static_cast<size_t>(len) * p.HQ);
+    for (int64_t t = 0; t < len; ++t) {
+      const int64_t tok = first + t;
+      for (int h = 0; h < p.HQ; ++h)
+        for (int i = 0; i < p.dk; ++i)
+          q[static_cast<size_t>((t * p.HQ + h) * p.dk + i)] =
+              bits_to_float(qb[static_cast<size_t>(tok * q_st + h * p.dk + i)], p.dtype);
+      for (int h = 0; h < p.H; ++h) {
+        for (int i = 0; i < p.dk; ++i)
+          k[static_cast<size_t>((t * p.H + h) * p.dk + i)] =
+              bits_to_float(kb[static_cast<size_t>(tok * kv_st + h * kv_sh + i)], p.dtype);
+        for (int i = 0; i < p.dv; ++i)
+          v[static_cast<size_t>((t * p.H + h) * p.dv + i)] =
+              layout == Layout::strided ? bits_to_float(kb[static_cast<size_t>(tok * kv_st + h * kv_sh + p.dk + i)], p.dtype)
+                                        : bits_to_float(vb[static_cast<size_t>(tok * v_st + h * v_sh + i)], p.dtype);
+      }
+    }
+    ref::window_attention(rc, q.data(), k.data(), v.data(), o.data(), l.data());
+    for (int64_t t = 0; t < len; ++t) {
+      const int64_t tok = first + t;
+      for (int h = 0; h < p.HQ; ++h) {
+        for (int i = 0; i < p.dv; ++i)
+          eo.add(bits_to_float(ob[static_cast<size_t>(tok * o_st + h * o_sh + i)], p.dtype),
+                 o[static_cast<size_t>((t * p.HQ + h) * p.dv + i)]);
+        const double lr = l[static_cast<size_t>(t * p.HQ + h)];
+        const double lg = lse[static_cast<size_t>(tok * p.HQ + h)];
+        if (std::isinf(lr)) {
+          if (!(std::isinf(lg) && lg < 0)) ++el.non_finite;  // empty window: must be -inf
+        } else {
+          el.add(lg, lr);
+        }
+      }
+    }
+  }
+  return {eo.rel(), el.rel(), eo.non_finite + el.non_finite};
+}
+
+Problem window_problem(Dtype dtype, int dk, int dv, int G, int H, int64_t T, int w, int64_t B = 1) {
+  Problem p = preset("fla");
+  p.dtype = dtype, p.dk = dk, p.dv = dv, p.H = H, p.HQ = G * H, p.T = T, p.w = w, p.B = B;
+  return p;
+}
+
+void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
+  INFO(what, " | ", p.describe(), " | err o ", r.err_o, " lse ", r.err_lse, " non-finite ", r.non_finite);
+  CHECK(r.non_finite == 0);
+  CHECK(r.err_o <= tolerance(p.dtype));
+  CHECK(r.err_lse <= tolerance(p.dtype));
+}
+
+const int kDims[][2] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+
+}  // namespace
+
+TEST_CASE("win_fwd: every dtype, head dims and group size") {
+  const int groups[] = {1, 2, 3, 4, 8, 16, 32};
+  const int64_t lengths[] = {1, 15, 16, 17, 63, 64, 65, 511};
+  uint64_t seed = 100;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (auto& dims : kDims)
+      for (int G : groups) {
+        const int64_t T = lengths[i++ % 8];
+        const Problem p = window_problem(dt, dims[0], dims[1], G, G >= 16 ? 1 : 2, T, 48);
+        expect_ok(p, check_window(p, seed += 7), "matrix");
+      }
+}
+
+TEST_CASE("win_fwd: sequence lengths 1..8192 and window sizes") {
+  uint64_t seed = 200;
+  for (int64_t T : {1, 15, 16, 17, 63, 64, 65, 511, 1000, 4096, 8192}) {
+    const Problem p = window_problem(Dtype::bf16, 128, 128, 4, 1, T, 512);
+    expect_ok(p, check_window(p, seed += 3), "T sweep");
+  }
+  for (int w : {0, 1, 2, 7, 100, 513, 5000}) {
+    const Problem p = window_problem(Dtype::fp16, 192, 128, 3, 2, 777, w);
+    expect_ok(p, check_window(p, seed += 3), "w sweep");
+  }
+}
+
+TEST_CASE("win_fwd: every valid tile config of the space") {
+  uint64_t seed = 300;
+  for (auto& dims : kDims) {
+    const Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 8, 1, 700, 200);
+    for (const SpacePoint& pt : enumerate_space(find_family("win_fwd"), p, gpu().info().max_smem_optin)) {
+      if (pt.rejected) continue;
+      expect_ok(p, check_window(p, seed += 5, &pt.config), "config " + describe(pt.config));
+    }
+  }
+}
+
+TEST_CASE("win_fwd: batches, varlen with empty and short sequences, strided views") {
+  Problem p = window_problem(Dtype::bf16, 128, 128, 16, 2, 300, 64, 3);
+  expect_ok(p, check_window(p, 400), "batch 3");
+  expect_ok(p, check_window(p, 401, nullptr, Layout::strided), "batch 3 strided");
+
+  Problem v = window_problem(Dtype::fp16, 64, 64, 5, 2, 1000, 100);
+  const std::vector<int32_t> cu = {0, 5, 5, 1, 300, 1000};  // deliberately not sorted: must be refused
+  CHECK_THROWS_AS(check_window(v, 402, nullptr, Layout::contiguous, cu), UsageError);
+  const std::vector<int32_t> cu_ok = {0, 5, 5, 6, 300, 1000};
+  expect_ok(v, check_window(v, 403, nullptr, Layout::contiguous, cu_ok), "varlen");
+  expect_ok(v, check_window(v, 404, nullptr, Layout::strided, cu_ok), "varlen strided");
+}
+
+TEST_CASE("win_fwd_ref (the GPU reference) agrees with the CPU reference") {
+  uint64_t seed = 500;
+  for (auto& dims : kDims) {
+    const Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 4, 2, 1500, 512);
+    expect_ok(p, check_window(p, seed += 11, nullptr, Layout::contiguous, {}, true), "reference kernel");
+  }
+  const Problem f = window_problem(Dtype::fp16, 128, 128, 16, 1, 600, 100, 2);
+  expect_ok(f, check_window(f, 520, nullptr, Layout::contiguous, {}, true), "reference kernel fp16");
+}
+
+// Long sequences against the simple kernel: T = 65536 with preset fla, and T = 131072 with dk = dv = 256, where q
+// and o hold 2^31 elements (element offsets overflow int32).
+TEST_CASE("win_fwd at T = 65536 and 131072 against win_fwd_ref") {
+  gpu();
+  for (int dims = 0; dims < 2; ++dims) {
+    Problem p = preset("fla");
+    p.T = 65536;
+    if (dims == 1) p.dk = 256, p.dv = 256, p.T = 131072;
+    const int64_t tokens = p.T;
+    DeviceBuffer q = random_device_tensor(static_cast<size_t>(tokens) * p.HQ * p.dk, p.dtype, 600 + dims);
+    DeviceBuffer k = random_device_tensor(static_cast<size_t>(tokens) * p.H * p.dk, p.dtype, 601 + dims);
+    DeviceBuffer v = random_device_tensor(static_cast<size_t>(tokens) * p.H * p.dv, p.dtype, 602 + dims);
+    const size_t o_n = static_cast<size_t>(tokens) * p.HQ * p.dv, l_n = static_cast<size_t>(tokens) * p.HQ;
+    DeviceBuffer o1(o_n * 2), o2(o_n * 2), l1(l_n * 4), l2(l_n * 4);
+    o1.fill_u16(0xffff), o2.fill_u16(0xffff), l1.fill_bytes(0xff), l2.fill_bytes(0xff);
+    WinFwdArgs a;
+    a.q = contiguous(q.get(), p.T, p.HQ, p.dk), a.k = contiguous(k.get(), p.T, p.H, p.dk);
+    a.v = contiguous(v.get(), p.T, p.H, p.dv), a.o = contiguous(o1.get(), p.T, p.HQ, p.dv);
+    a.lse = static_cast<float*>(l1.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+    win_fwd(p, a, nullptr);
+    WinFwdArgs b = a;
+    b.o = contiguous(o2.get(), p.T, p.HQ, p.dv), b.lse = static_cast<float*>(l2.get());
+    win_fwd_reference(p, b, nullptr);
+    gpu().synchronize();
+    std::vector<uint16_t> h1(o_n), h2(o_n);
+    std::vector<float> hl1(l_n), hl2(l_n);
+    o1.download(h1.data(), o_n * 2), o2.download(h2.data(), o_n * 2);
+    l1.download(hl1.data(), l_n * 4), l2.download(hl2.data(), l_n * 4);
+    RelError eo, el;
+    for (size_t i = 0; i < o_n; ++i) {
+      const float ref = bits_to_float(h2[i], p.dtype);
+      REQUIRE(std::isfinite(ref));
+      eo.add(bits_to_float(h1[i], p.dtype), ref);
+    }
+    for (size_t i = 0; i < l_n; ++i) el.add(hl1[i], hl2[i]);
+    INFO(p.describe(), " | err o ", eo.rel(), " lse ", el.rel(), " non-finite ", eo.non_finite + el.non_finite);
+    CHECK(eo.non_finite + el.non_finite == 0);
+    CHECK(eo.rel() <= tolerance(p.dtype));
+    CHECK(el.rel() <= tolerance(p.dtype));
+    MESSAGE(fmt::format("{}: rel error o {:.3e}, lse {:.3e}", p.describe(), eo.rel(), el.rel()));
+  }
+}
