@@ -31,7 +31,8 @@ void Problem::validate() const {
   positive("l", l);
   positive("d", d);
   positive("l'", lsel);
-  positive("n", n);
+  if (n < 3)
+    throw UsageError(fmt::format("bad n = {}: must be >= 3 (block 0 and the two local blocks are always selected)", n));
   if (w < 0) throw UsageError(fmt::format("bad w = {}: must be >= 0 (0 disables the window branch)", w));
   if (HQ % H != 0)
     throw UsageError(fmt::format("bad heads: HQ = {} is not a multiple of H = {} (G = HQ / H must be whole)", HQ, H));

@@ -3,16 +3,19 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
+#include "cache/cubin_cache.h"
 #include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
+#include "runtime/jit.h"
 #include "runtime/win_fwd_api.h"
 #include "tuner/inputs.h"
 
@@ -20,8 +23,44 @@ using namespace nsajit;
 
 namespace {
 
+const int kDims[][2] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+const int kGroups[] = {1, 2, 3, 4, 8, 16, 32};
+
+Problem window_problem(Dtype dtype, int dk, int dv, int G, int H, int64_t T, int w, int64_t B = 1) {
+  Problem p = preset("fla");
+  p.dtype = dtype, p.dk = dk, p.dv = dv, p.H = H, p.HQ = G * H, p.T = T, p.w = w, p.B = B;
+  return p;
+}
+
+// Compiles every kernel the tests use in parallel up front (into the disk cache), instead of one by one on
+// first use.
+void prewarm(int max_smem) {
+  std::vector<KernelSpec> specs;
+  const KernelFamily& fast = find_family("win_fwd");
+  const KernelFamily& ref = find_family("win_fwd_ref");
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (auto& dims : kDims)
+      for (int G : kGroups) {
+        const Problem p = window_problem(dt, dims[0], dims[1], G, 1, 64, 64);
+        specs.push_back({&fast, p, fast.default_config(p), "sm_90a"});
+        specs.push_back({&ref, p, {}, "sm_90a"});
+      }
+  for (auto& dims : kDims) {
+    const Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 8, 1, 64, 64);
+    for (const SpacePoint& pt : enumerate_space(fast, p, max_smem))
+      if (!pt.rejected) specs.push_back({&fast, p, pt.config, "sm_90a"});
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto outcomes = jit_compile_all(specs, CubinCache(CubinCache::default_dir()), 0);
+  for (const auto& o : outcomes) REQUIRE_MESSAGE(o.result, o.error);
+  MESSAGE(fmt::format("prewarmed {} kernels in {:.1f} s", specs.size(),
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+}
+
 Context& gpu() {
   static Context ctx(0);
+  static const bool warmed = (prewarm(ctx.info().max_smem_optin), true);
+  (void)warmed;
   return ctx;
 }
 
@@ -155,12 +194,6 @@ Outcome check_window(const Problem& p, uint64_t seed, const TileConfig* cfg = nu
   return {eo.rel(), el.rel(), eo.non_finite + el.non_finite};
 }
 
-Problem window_problem(Dtype dtype, int dk, int dv, int G, int H, int64_t T, int w, int64_t B = 1) {
-  Problem p = preset("fla");
-  p.dtype = dtype, p.dk = dk, p.dv = dv, p.H = H, p.HQ = G * H, p.T = T, p.w = w, p.B = B;
-  return p;
-}
-
 void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
   INFO(what, " | ", p.describe(), " | err o ", r.err_o, " lse ", r.err_lse, " non-finite ", r.non_finite);
   CHECK(r.non_finite == 0);
@@ -168,18 +201,15 @@ void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
   CHECK(r.err_lse <= tolerance(p.dtype));
 }
 
-const int kDims[][2] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
-
 }  // namespace
 
 TEST_CASE("win_fwd: every dtype, head dims and group size") {
-  const int groups[] = {1, 2, 3, 4, 8, 16, 32};
   const int64_t lengths[] = {1, 15, 16, 17, 63, 64, 65, 511};
   uint64_t seed = 100;
   int i = 0;
   for (Dtype dt : {Dtype::bf16, Dtype::fp16})
     for (auto& dims : kDims)
-      for (int G : groups) {
+      for (int G : kGroups) {
         const int64_t T = lengths[i++ % 8];
         const Problem p = window_problem(dt, dims[0], dims[1], G, G >= 16 ? 1 : 2, T, 48);
         expect_ok(p, check_window(p, seed += 7), "matrix");
@@ -261,11 +291,13 @@ TEST_CASE("win_fwd at T = 65536 and 131072 against win_fwd_ref") {
     o1.download(h1.data(), o_n * 2), o2.download(h2.data(), o_n * 2);
     l1.download(hl1.data(), l_n * 4), l2.download(hl2.data(), l_n * 4);
     RelError eo, el;
+    int64_t ref_non_finite = 0;
     for (size_t i = 0; i < o_n; ++i) {
       const float ref = bits_to_float(h2[i], p.dtype);
-      REQUIRE(std::isfinite(ref));
+      ref_non_finite += !std::isfinite(ref);
       eo.add(bits_to_float(h1[i], p.dtype), ref);
     }
+    CHECK(ref_non_finite == 0);
     for (size_t i = 0; i < l_n; ++i) el.add(hl1[i], hl2[i]);
     INFO(p.describe(), " | err o ", eo.rel(), " lse ", el.rel(), " non-finite ", eo.non_finite + el.non_finite);
     CHECK(eo.non_finite + el.non_finite == 0);

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The CPU test suite: the Release build's tests, then the host code rebuilt and tested under AddressSanitizer and
+# UndefinedBehaviorSanitizer. GPU tests (build/nsajit_gpu_tests) need the H200: see scripts/gpu_check.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NSAJIT_CACHE_DIR=${NSAJIT_CACHE_DIR:-$(mktemp -d)}
+echo "== Release tests"
+build/nsajit_tests
+echo "== ASan + UBSan build and tests"
+cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNSAJIT_SANITIZE=ON -DNSAJIT_WERROR=ON >/dev/null
+cmake --build build-san --target nsajit_tests nsajit
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-san/nsajit_tests
