@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "cache/cubin_cache.h"
+#include "cli/bench.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
@@ -18,12 +19,29 @@
 #include "runtime/error.h"
 #include "runtime/jit.h"
 #include "runtime/nvrtc_compiler.h"
-#include "runtime/win_fwd_api.h"
+#include "runtime/attn_fwd_api.h"
 #include "tuner/inputs.h"
 #include "tuner/timing.h"
 
 namespace nsajit {
 namespace {
+
+// Integer flags: a clear message instead of CLI11's floating-point range text.
+CLI::Validator integer_at_least(int64_t min) {
+  return CLI::Validator(
+      [min](std::string& value) -> std::string {
+        try {
+          size_t used = 0;
+          const long long v = std::stoll(value, &used);
+          if (used == value.size() && v >= min) return {};
+        } catch (const std::exception&) {
+        }
+        return fmt::format("'{}' is not an integer >= {}", value, min);
+      },
+      fmt::format("INT>={}", min));
+}
+const CLI::Validator kPositive = integer_at_least(1);
+const CLI::Validator kNonNegative = integer_at_least(0);
 
 // Problem flags shared by every command that builds kernels: a preset, then any field overridden.
 struct ProblemFlags {
@@ -33,21 +51,21 @@ struct ProblemFlags {
   int heads = 0, kv_heads = 0, group = 0, dk = 0, dv = 0, l = 0, d = 0, lsel = 0, n = 0, w = -1;
   double scale = 0;
 
-  void add_to(CLI::App& app) {
+  void add_to(CLI::App& app, bool with_seq = true) {
     app.add_option("--preset", preset, "Base problem: paper or fla (NSA.md)")->capture_default_str();
     app.add_option("--dtype", dtype, "bf16 or fp16");
-    app.add_option("--batch", batch, "B, sequences per batch")->check(CLI::PositiveNumber);
-    app.add_option("--seq", seq, "T, sequence length")->check(CLI::PositiveNumber);
-    app.add_option("--heads", heads, "HQ, query heads")->check(CLI::PositiveNumber);
-    app.add_option("--kv-heads", kv_heads, "H, KV heads")->check(CLI::PositiveNumber);
-    app.add_option("--group", group, "G = HQ / H (sets H from HQ)")->check(CLI::PositiveNumber);
-    app.add_option("--dk", dk, "head dim of q and k")->check(CLI::PositiveNumber);
-    app.add_option("--dv", dv, "head dim of v")->check(CLI::PositiveNumber);
-    app.add_option("--block-len,--l", l, "l, compression block length")->check(CLI::PositiveNumber);
-    app.add_option("--stride,--d", d, "d, compression stride")->check(CLI::PositiveNumber);
-    app.add_option("--sel-block,--lsel", lsel, "l', selection block length")->check(CLI::PositiveNumber);
-    app.add_option("--topn,--n", n, "n, selected blocks per query")->check(CLI::PositiveNumber);
-    app.add_option("--window,--w", w, "w, sliding window (0 disables)")->check(CLI::NonNegativeNumber);
+    app.add_option("--batch", batch, "B, sequences per batch")->check(kPositive);
+    if (with_seq) app.add_option("--seq", seq, "T, sequence length")->check(kPositive);
+    app.add_option("--heads", heads, "HQ, query heads")->check(kPositive);
+    app.add_option("--kv-heads", kv_heads, "H, KV heads")->check(kPositive);
+    app.add_option("--group", group, "G = HQ / H (sets H from HQ)")->check(kPositive);
+    app.add_option("--dk", dk, "head dim of q and k")->check(kPositive);
+    app.add_option("--dv", dv, "head dim of v")->check(kPositive);
+    app.add_option("--block-len,--l", l, "l, compression block length")->check(kPositive);
+    app.add_option("--stride,--d", d, "d, compression stride")->check(kPositive);
+    app.add_option("--sel-block,--lsel", lsel, "l', selection block length")->check(kPositive);
+    app.add_option("--topn,--n", n, "n, selected blocks per query")->check(kPositive);
+    app.add_option("--window,--w", w, "w, sliding window (0 disables)")->check(kNonNegative);
     app.add_option("--scale", scale, "softmax scale (default 1/sqrt(dk))")->check(CLI::PositiveNumber);
   }
 
@@ -211,6 +229,7 @@ int cmd_compile(const ProblemFlags& pf, const SpecFlags& sf, bool all_configs) {
 // report; on a GPU each valid variant of a timed family is also timed, fastest first.
 int cmd_tune(const ProblemFlags& pf, const std::vector<std::string>& family_names, const std::string& arch_flag) {
   const Problem p = pf.build();
+  for (const std::string& name : family_names) find_family(name);  // a UsageError naming the families
   const std::string arch = arch_flag.empty() ? default_arch() : arch_flag;
   nvrtc_options(arch);
   const CubinCache cache(CubinCache::default_dir());
@@ -237,18 +256,21 @@ int cmd_tune(const ProblemFlags& pf, const std::vector<std::string>& family_name
       }
     }
     const auto outcomes = compile_with_progress(specs, cache);
+    int family_failures = 0;
     for (size_t i = 0; i < specs.size(); ++i) {
       print_usage_row(specs[i], outcomes[i]);
-      failures += !outcomes[i].result;
+      family_failures += !outcomes[i].result;
     }
-    fmt::print("  {} variants compiled, {} pruned, {} failed\n", specs.size(), pruned, failures);
+    failures += family_failures;
+    fmt::print("  {} variants compiled, {} pruned, {} failed\n", specs.size() - family_failures, pruned,
+               family_failures);
     if (!gpu || f->name() != "win_fwd") continue;
     Context ctx(0);
     const size_t q_n = static_cast<size_t>(p.B * p.T) * p.HQ * p.dk, k_n = static_cast<size_t>(p.B * p.T) * p.H * p.dk;
     const size_t v_n = static_cast<size_t>(p.B * p.T) * p.H * p.dv, o_n = static_cast<size_t>(p.B * p.T) * p.HQ * p.dv;
     DeviceBuffer q = random_device_tensor(q_n, p.dtype, 1), k = random_device_tensor(k_n, p.dtype, 2),
                  v = random_device_tensor(v_n, p.dtype, 3), o(o_n * 2), lse(static_cast<size_t>(p.B * p.T) * p.HQ * 4);
-    WinFwdArgs a;
+    AttnFwdArgs a;
     a.q = contiguous(q.get(), p.T, p.HQ, p.dk), a.k = contiguous(k.get(), p.T, p.H, p.dk);
     a.v = contiguous(v.get(), p.T, p.H, p.dv), a.o = contiguous(o.get(), p.T, p.HQ, p.dv);
     a.lse = static_cast<float*>(lse.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
@@ -268,44 +290,6 @@ int cmd_tune(const ProblemFlags& pf, const std::vector<std::string>& family_name
                  times[0].second, times[0].first, describe(def), default_ms);
   }
   return failures ? 1 : 0;
-}
-
-// ---- bench --------------------------------------------------------------------------------------------------------
-
-int cmd_bench(const ProblemFlags& pf, const SpecFlags& sf, const std::vector<int64_t>& seqs) {
-  std::string why;
-  if (!driver_available(&why)) {
-    fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
-    return 1;
-  }
-  const std::string fam = sf.family.empty() ? "win_fwd" : sf.family;
-  if (fam != "win_fwd") throw UsageError(fmt::format("bench supports --family win_fwd so far (got '{}')", fam));
-  Context ctx(0);
-  fmt::print("{} ({})\n", ctx.info().name, ctx.info().fingerprint());
-  fmt::print("{:>7} {:>10} {:>9} {:>9} {:>8} {:>8}  config\n", "T", "median ms", "TFLOP/s", "GB/s", "%matrix", "%copy");
-  const std::vector<int64_t> lengths = seqs.empty() ? std::vector<int64_t>{pf.build().T} : seqs;
-  for (int64_t T : lengths) {
-    ProblemFlags f2 = pf;
-    f2.seq = T;
-    const Problem p = f2.build();
-    const KernelFamily& f = find_family(fam);
-    const KernelSpec spec = make_spec(f, p, sf);
-    const size_t q_n = static_cast<size_t>(p.B * p.T) * p.HQ * p.dk, k_n = static_cast<size_t>(p.B * p.T) * p.H * p.dk;
-    const size_t v_n = static_cast<size_t>(p.B * p.T) * p.H * p.dv, o_n = static_cast<size_t>(p.B * p.T) * p.HQ * p.dv;
-    DeviceBuffer q = random_device_tensor(q_n, p.dtype, 11), k = random_device_tensor(k_n, p.dtype, 12),
-                 v = random_device_tensor(v_n, p.dtype, 13), o(o_n * 2), lse(static_cast<size_t>(p.B * p.T) * p.HQ * 4);
-    WinFwdArgs a;
-    a.q = contiguous(q.get(), p.T, p.HQ, p.dk), a.k = contiguous(k.get(), p.T, p.H, p.dk);
-    a.v = contiguous(v.get(), p.T, p.H, p.dv), a.o = contiguous(o.get(), p.T, p.HQ, p.dv);
-    a.lse = static_cast<float*>(lse.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
-    const TimingStats t = time_gpu([&](CUstream s) { win_fwd(p, a, s, &spec.config); });
-    const double tflops = f.flops(p) / (t.median_ms * 1e-3) / 1e12;
-    const double gbs = f.min_bytes(p) / (t.median_ms * 1e-3) / 1e9;
-    fmt::print("{:>7} {:>10.3f} {:>9.1f} {:>9.0f} {:>7.1f}% {:>7.1f}%  [{}] p20 {:.3f} p80 {:.3f}\n", T, t.median_ms,
-               tflops, gbs, 100 * tflops / kH200MatrixTflops, 100 * gbs / kH200CopyGBs, describe(spec.config),
-               t.p20_ms, t.p80_ms);
-  }
-  return 0;
 }
 
 // ---- cache --------------------------------------------------------------------------------------------------------
@@ -329,7 +313,8 @@ int cmd_cache(const std::string& action, bool repair) {
       fmt::print("bad entry {}: {}{}\n", e.path.string(), e.problem, e.removed ? " (removed)" : "");
     fmt::print("{} bad entries in {}{}\n", bad.size(), cache.dir().string(),
                bad.empty() || repair ? "" : "; run `nsajit cache verify --repair` to remove them");
-    return bad.empty() ? 0 : 1;
+    const bool all_removed = std::all_of(bad.begin(), bad.end(), [](const auto& e) { return e.removed; });
+    return bad.empty() || (repair && all_removed) ? 0 : 1;
   }
   const size_t n = cache.clear();
   fmt::print("removed {} entries from {}\n", n, cache.dir().string());
@@ -345,7 +330,7 @@ int run(int argc, char** argv) {
   auto* fams = app.add_subcommand("families", "List the kernel families and their tunable parameters");
 
   ProblemFlags emit_pf, compile_pf, tune_pf, bench_pf;
-  SpecFlags emit_sf, compile_sf, bench_sf;
+  SpecFlags emit_sf, compile_sf;
   std::string emit_out;
   auto* emit = app.add_subcommand("emit", "Write a standalone .cu that nvcc builds into a self-checking program");
   emit_pf.add_to(*emit);
@@ -365,11 +350,16 @@ int run(int argc, char** argv) {
   tune->add_option("--families", tune_families, "Families to sweep (default: all)")->delimiter(',');
   tune->add_option("--arch", tune_arch, "Target GPU arch (default: the GPU's, else sm_90a)");
 
-  std::vector<int64_t> bench_seqs;
-  auto* bench = app.add_subcommand("bench", "Time a kernel on the GPU: median, TFLOP/s, GB/s, fraction of ceilings");
-  bench_pf.add_to(*bench);
-  bench_sf.add_to(*bench, false);
-  bench->add_option("--seqs", bench_seqs, "Sequence lengths, e.g. 8192,16384")->delimiter(',');
+  std::vector<int64_t> bench_seqs = {8192, 16384, 32768, 65536};
+  std::string bench_json;
+  auto* bench = app.add_subcommand(
+      "bench", "Time the NSA forward on the GPU, per kernel and whole: median, TFLOP/s, GB/s, fraction of ceilings");
+  bench_pf.add_to(*bench, false);
+  bench->add_option("--seq", bench_seqs, "Sequence lengths, e.g. 8192,16384,32768,65536")
+      ->delimiter(',')
+      ->check(kPositive)
+      ->capture_default_str();
+  bench->add_option("--json", bench_json, "Also write the figures to this JSON file");
 
   std::string cache_action;
   bool repair = false;
@@ -396,7 +386,7 @@ int run(int argc, char** argv) {
     if (*emit) return cmd_emit(emit_pf, emit_sf, emit_out);
     if (*compile) return cmd_compile(compile_pf, compile_sf, all_configs);
     if (*tune) return cmd_tune(tune_pf, tune_families, tune_arch);
-    if (*bench) return cmd_bench(bench_pf, bench_sf, bench_seqs);
+    if (*bench) return run_forward_bench(bench_pf.build(), bench_seqs, bench_json);
     if (*cache) return cmd_cache(cache_action, repair);
   } catch (const UsageError& e) {
     fmt::print(stderr, "nsajit: {}\n", e.what());

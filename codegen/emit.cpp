@@ -20,12 +20,12 @@ std::string generate_standalone(const KernelSpec& spec) {
   s += fmt::format(
       "\n// ---- harness constants ----\nnamespace nsa {{\nnamespace harness_spec {{\n"
       "constexpr bool kIsBf16 = {};\nconstexpr long long kB = {}, kT = {};\n"
-      "constexpr int kHQ = {}, kH = {}, kDK = {}, kDV = {}, kW = {};\n"
+      "constexpr int kHQ = {}, kH = {}, kDK = {}, kDV = {}, kW = {}, kL = {}, kD = {};\n"
       "constexpr double kScale = {:.17g};\n"
       "constexpr unsigned kGridX = {}, kGridY = {}, kGridZ = {}, kThreads = {};\nconstexpr int kSmemBytes = {};\n"
-      "}}  // namespace harness_spec\n}}  // namespace nsa\n\n",
-      p.dtype == Dtype::bf16 ? "true" : "false", p.B, p.T, p.HQ, p.H, p.dk, p.dv, p.w,
-      p.softmax_scale(), g.grid.x, g.grid.y, g.grid.z, g.block.x, g.smem_bytes);
+      "}}  // namespace harness_spec\n}}  // namespace nsa\n#define kEntry {}\n\n",
+      p.dtype == Dtype::bf16 ? "true" : "false", p.B, p.T, p.HQ, p.H, p.dk, p.dv, p.w, p.l, p.d,
+      p.softmax_scale(), g.grid.x, g.grid.y, g.grid.z, g.block.x, g.smem_bytes, f.entry_name());
   s += "// ---- templates/harness_common.cuh ----\n";
   s += embedded_template("templates/harness_common.cuh");
   s += fmt::format("\n// ---- {} ----\n", f.harness_path());

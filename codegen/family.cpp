@@ -11,6 +11,11 @@ namespace nsajit {
 
 const KernelFamily& win_fwd_family();
 const KernelFamily& win_fwd_ref_family();
+const KernelFamily& slc_fwd_family();
+const KernelFamily& cmp_fwd_family();
+const KernelFamily& cmp_fwd_ref_family();
+const KernelFamily& pool_family();
+const KernelFamily& select_family();
 
 std::string describe(const TileConfig& c) {
   std::string s;
@@ -19,7 +24,7 @@ std::string describe(const TileConfig& c) {
 }
 
 const std::vector<const KernelFamily*>& families() {
-  static const std::vector<const KernelFamily*> all = {&win_fwd_family(), &win_fwd_ref_family()};
+  static const std::vector<const KernelFamily*> all = {&win_fwd_family(), &win_fwd_ref_family(), &slc_fwd_family(), &cmp_fwd_family(), &cmp_fwd_ref_family(), &pool_family(), &select_family()};
   return all;
 }
 

@@ -1,1 +1,407 @@
+// The nsajit command, run as a process (NSAJIT_CLI_PATH) with its own temporary cache directory: exit codes
+// (0 success, 1 failure, 2 usage error) and what it prints, stderr included.
 #include <doctest/doctest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "codegen/family.h"
+#include "codegen/problem.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+#define CHECK_CONTAINS(haystack, needle) \
+  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
+
+std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Run {
+  int code = -1;  // the exit status, or -1 if the process did not exit normally
+  std::string output;
+};
+
+// A fresh directory (removed afterwards) used as the command's NSAJIT_CACHE_DIR and for its files.
+class Cli {
+public:
+  Cli() {
+    std::string model = (fs::temp_directory_path() / "nsajit-cli-test-XXXXXX").string();
+    REQUIRE(mkdtemp(model.data()) != nullptr);
+    dir_ = model;
+    cache_ = dir_ / "cache";
+  }
+  ~Cli() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  Cli(const Cli&) = delete;
+  Cli& operator=(const Cli&) = delete;
+
+  const fs::path& dir() const { return dir_; }
+  const fs::path& cache() const { return cache_; }
+
+  // Runs `nsajit ARGS` with stderr folded into the output.
+  Run operator()(const std::string& args) const {
+    const std::string command =
+        "NSAJIT_CACHE_DIR=" + quoted(cache_.string()) + " " + quoted(NSAJIT_CLI_PATH) + " " + args + " 2>&1";
+    Run r;
+    FILE* pipe = popen(command.c_str(), "r");
+    REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
+    std::array<char, 4096> buffer{};
+    for (size_t n; (n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0;) r.output.append(buffer.data(), n);
+    const int status = pclose(pipe);
+    r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+  }
+
+  // Every cache entry file.
+  std::vector<fs::path> entries() const {
+    std::vector<fs::path> out;
+    std::error_code ec;
+    if (!fs::exists(cache_, ec)) return out;
+    for (const auto& e : fs::recursive_directory_iterator(cache_))
+      if (e.is_regular_file() && e.path().extension() == ".nsajitcb") out.push_back(e.path());
+    return out;
+  }
+
+private:
+  fs::path dir_, cache_;
+};
+
+// Evaluates `run` once (it may be a command to run).
+#define CHECK_EXIT(run, expected)                                                                                \
+  do {                                                                                                           \
+    const Run& run_once_ = (run);                                                                                \
+    CHECK_MESSAGE(run_once_.code == (expected), "exit " << run_once_.code << ", output:\n" << run_once_.output); \
+  } while (false)
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void flip_last_byte(const fs::path& path) {
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  file.seekg(-1, std::ios::end);
+  char c = 0;
+  file.get(c);
+  file.seekp(-1, std::ios::end);
+  file.put(static_cast<char>(c ^ 0x5a));
+  REQUIRE(file.good());
+}
+
+bool has_gpu(const Cli& cli) { return contains(cli("devices").output, "device 0"); }
+
+const std::vector<std::string> kCommands = {"devices", "families", "emit", "compile", "tune", "bench", "cache"};
+
+}  // namespace
+
+TEST_CASE("cli: help and version") {
+  Cli cli;
+  const Run help = cli("--help");
+  CHECK_EXIT(help, 0);
+  for (const std::string& cmd : kCommands) CHECK_CONTAINS(help.output, "  " + cmd + " ");
+
+  for (const std::string& cmd : kCommands) {
+    CAPTURE(cmd);
+    const Run r = cli(cmd + " --help");
+    CHECK_EXIT(r, 0);
+    CHECK_CONTAINS(r.output, "Usage:");
+    CHECK_CONTAINS(r.output, " " + cmd + " ");
+    if (cmd == "emit" || cmd == "compile" || cmd == "tune" || cmd == "bench") {
+      CHECK_CONTAINS(r.output, "--preset");
+      CHECK_CONTAINS(r.output, "--seq");
+    }
+  }
+  CHECK_CONTAINS(cli("cache --help").output, "list | verify | clear");
+
+  const Run version = cli("--version");
+  CHECK_EXIT(version, 0);
+  CHECK_CONTAINS(version.output, NSAJIT_VERSION);
+}
+
+TEST_CASE("cli: usage errors exit 2 and say what is wrong") {
+  Cli cli;
+  SUBCASE("no subcommand") {
+    const Run r = cli("");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "subcommand");
+  }
+  SUBCASE("unknown subcommand") { CHECK_EXIT(cli("frobnicate"), 2); }
+  SUBCASE("unknown family lists the families") {
+    const Run r = cli("compile --family nope --preset fla");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "'nope'");
+    CHECK_CONTAINS(r.output, "win_fwd");
+    CHECK_CONTAINS(r.output, "win_fwd_ref");
+  }
+  SUBCASE("unknown preset lists the presets") {
+    const Run r = cli("compile --family win_fwd --preset nope");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "'nope'");
+    CHECK_CONTAINS(r.output, "paper, fla");
+  }
+  SUBCASE("bad sequence lengths") {
+    for (const char* seq : {"-5", "abc", "0"}) {
+      CAPTURE(seq);
+      const Run r = cli(std::string("compile --family win_fwd --preset fla --seq ") + seq);
+      CHECK_EXIT(r, 2);
+      CHECK_CONTAINS(r.output, "--seq");
+    }
+  }
+  SUBCASE("bad dtype") {
+    const Run r = cli("compile --family win_fwd --preset fla --dtype fp32");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "bf16, fp16");
+  }
+  SUBCASE("tile value outside the domain lists the allowed values") {
+    const Run r = cli("compile --family win_fwd --preset fla --tile BM=7");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "BM");
+    CHECK_CONTAINS(r.output, "64, 128");
+  }
+  SUBCASE("unknown tile parameter") {
+    const Run r = cli("compile --family win_fwd --preset fla --tile BK=64");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "'BK'");
+  }
+  SUBCASE("unsupported head dims") {
+    const Run r = cli("compile --dk 96 --dv 96 --family win_fwd");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "(96, 96)");
+    CHECK_CONTAINS(r.output, "(192, 128)");
+  }
+  SUBCASE("HQ not a multiple of H") {
+    const Run r = cli("compile --family win_fwd --heads 64 --kv-heads 5");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "HQ = 64 is not a multiple of H = 5");
+  }
+  SUBCASE("--group") {
+    const Run r = cli("compile --family win_fwd --heads 64 --group 3");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "--group 3");
+    CHECK_EXIT(cli("compile --family win_fwd --group 4 --kv-heads 16"), 2);
+  }
+  SUBCASE("d must divide l") {
+    const Run r = cli("compile --family win_fwd --preset paper --l 32 --d 24");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "must divide l");
+  }
+  SUBCASE("bad arch") {
+    const Run r = cli("compile --family win_fwd --preset fla --arch banana");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "'banana'");
+    CHECK_EXIT(cli("tune --preset fla --arch sm_75 --families win_fwd"), 2);
+  }
+  SUBCASE("missing or bad arguments") {
+    CHECK_EXIT(cli("emit --preset fla"), 2);  // --family is required
+    CHECK_EXIT(cli("cache"), 2);
+    const Run r = cli("cache frob");
+    CHECK_EXIT(r, 2);
+    CHECK_CONTAINS(r.output, "frob");
+  }
+  // Nothing above compiled anything.
+  CHECK(cli.entries().empty());
+}
+
+TEST_CASE("cli: families lists the families and their parameters") {
+  Cli cli;
+  const Run r = cli("families");
+  CHECK_EXIT(r, 0);
+  CHECK_CONTAINS(r.output, "win_fwd\n");
+  CHECK_CONTAINS(r.output, "win_fwd_ref\n");
+  for (const nsajit::KernelFamily* f : nsajit::families()) {
+    CHECK_CONTAINS(r.output, std::string(f->name()) + "\n  " + std::string(f->description()) + "\n");
+    for (const nsajit::ParamDecl& decl : f->params()) {
+      std::string domain;
+      for (int v : decl.domain) domain += (domain.empty() ? "" : ", ") + std::to_string(v);
+      CHECK_CONTAINS(r.output, "  " + decl.name);
+      CHECK_CONTAINS(r.output, "{" + domain + "}  " + decl.help + "\n");
+    }
+  }
+  CHECK_CONTAINS(r.output, "BM");
+  CHECK_CONTAINS(r.output, "{64, 128}");
+  CHECK_CONTAINS(r.output, "QREGS");
+  CHECK_CONTAINS(r.output, "(no tunable parameters)");
+}
+
+TEST_CASE("cli: devices and bench without a GPU") {
+  Cli cli;
+  const Run r = cli("devices");
+  CHECK_CONTAINS(r.output, "NVRTC ");
+  if (contains(r.output, "device 0")) {
+    MESSAGE("a GPU is present: the no-GPU checks are skipped");
+    CHECK_EXIT(r, 0);
+    return;
+  }
+  CHECK_EXIT(r, 1);
+  CHECK_CONTAINS(r.output, "no GPU");
+  const Run bench = cli("bench --preset fla --seq 1024");
+  CHECK_EXIT(bench, 1);
+  CHECK_CONTAINS(bench.output, "needs a GPU");
+}
+
+TEST_CASE("cli: compile, then the cache commands") {
+  Cli cli;
+  const Run compile = cli("compile --family win_fwd --preset fla");
+  CHECK_EXIT(compile, 0);
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(compile.output, m, std::regex(R"(regs +(\d+) .* key ([0-9a-f]{16}))")),
+                  compile.output);
+  CHECK(std::stoi(m[1].str()) > 0);
+  const std::string key16 = m[2].str();
+  CHECK(!contains(compile.output, " B  cached "));
+
+  const auto files = cli.entries();
+  REQUIRE(files.size() == 1);
+  const fs::path entry = files[0];
+  CHECK(entry.filename().string().starts_with(key16));
+
+  const Run list = cli("cache list");
+  CHECK_EXIT(list, 0);
+  CHECK_CONTAINS(list.output, "1 entries");
+  CHECK_CONTAINS(list.output, key16);
+  CHECK_CONTAINS(list.output, "win_fwd [BM=64 BN=64 QREGS=1]");
+
+  const Run verify = cli("cache verify");
+  CHECK_EXIT(verify, 0);
+  CHECK_CONTAINS(verify.output, "0 bad entries");
+
+  // The same compile again is a cache hit.
+  const Run again = cli("compile --family win_fwd --preset fla");
+  CHECK_EXIT(again, 0);
+  CHECK_CONTAINS(again.output, " B  cached ");
+  CHECK_CONTAINS(again.output, key16);
+
+  SUBCASE("a corrupted entry: verify names it, --repair removes it") {
+    flip_last_byte(entry);
+    const Run bad = cli("cache verify");
+    CHECK_EXIT(bad, 1);
+    CHECK_CONTAINS(bad.output, entry.string());
+    CHECK_CONTAINS(bad.output, "checksum mismatch");
+    CHECK_CONTAINS(bad.output, "1 bad entries");
+    CHECK_CONTAINS(bad.output, "--repair");
+    CHECK(fs::exists(entry));  // verify alone changes nothing
+
+    const Run repair = cli("cache verify --repair");
+    CHECK_CONTAINS(repair.output, entry.string());
+    CHECK_CONTAINS(repair.output, "(removed)");
+    CHECK(!fs::exists(entry));
+    CHECK_EXIT(cli("cache verify"), 0);
+    CHECK_CONTAINS(cli("cache list").output, "0 entries");
+  }
+  SUBCASE("a corrupted entry met by compile is replaced") {
+    flip_last_byte(entry);
+    const Run redo = cli("compile --family win_fwd --preset fla");
+    CHECK_EXIT(redo, 0);
+    CHECK_CONTAINS(redo.output, "replaced a bad cache entry");
+    CHECK_CONTAINS(redo.output, "checksum mismatch");
+    CHECK(!contains(redo.output, " B  cached "));
+    CHECK_EXIT(cli("cache verify"), 0);
+  }
+  SUBCASE("clear reports the count") {
+    const Run other = cli("compile --family win_fwd_ref --preset fla");
+    CHECK_EXIT(other, 0);
+    CHECK(cli.entries().size() == 2);
+    const Run clear = cli("cache clear");
+    CHECK_EXIT(clear, 0);
+    CHECK_CONTAINS(clear.output, "removed 2 entries");
+    CHECK(cli.entries().empty());
+    CHECK_CONTAINS(cli("cache list").output, "0 entries");
+  }
+}
+
+TEST_CASE("cli: emit writes a standalone program") {
+  Cli cli;
+  const fs::path out = cli.dir() / "x.cu";
+  const Run r = cli("emit --family win_fwd --preset fla -o " + quoted(out.string()));
+  CHECK_EXIT(r, 0);
+  CHECK_CONTAINS(r.output, "wrote " + out.string());
+  REQUIRE(fs::exists(out));
+  const std::string text = read_file(out);
+  CHECK_CONTAINS(text, "int main(");
+  CHECK_CONTAINS(text, "//   build: nvcc ");
+  CHECK_CONTAINS(text, "-arch=sm_90a");
+  CHECK_CONTAINS(text, "nsa_win_fwd(");
+  // Without -o the same text goes to standard output.
+  const Run stdout_run = cli("emit --family win_fwd --preset fla");
+  CHECK_EXIT(stdout_run, 0);
+  CHECK(stdout_run.output == text);
+  // emit compiles nothing.
+  CHECK(cli.entries().empty());
+}
+
+TEST_CASE("cli: tune without a GPU compiles every variant and lists the pruned ones") {
+  Cli cli;
+  if (has_gpu(cli)) {
+    MESSAGE("a GPU is present: tune would time the variants; skipped");
+    return;
+  }
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  // Runs tune on `args` for `p` and checks it against the family's space: every valid point compiled and listed
+  // with its resources, every other one listed with its reason.
+  auto check_tune = [&](const std::string& args, const nsajit::Problem& p) {
+    const Run r = cli("tune " + args);
+    CHECK_EXIT(r, 0);
+    CHECK_CONTAINS(r.output, "timing needs a GPU");
+    size_t valid = 0, pruned = 0;
+    for (const nsajit::SpacePoint& pt : nsajit::enumerate_space(f, p, nsajit::kHopperMaxSmemOptin)) {
+      // Built by appending: GCC 12 warns (-Wrestrict, a false positive) on "literal" + std::string here.
+      std::string row = "[";
+      row += nsajit::describe(pt.config);
+      row += "] ";
+      if (pt.rejected) {
+        ++pruned;
+        CHECK_CONTAINS(r.output, row + "pruned: " + *pt.rejected + "\n");
+      } else {
+        ++valid;
+        CHECK_CONTAINS(r.output, row + "regs ");
+      }
+    }
+    CHECK_CONTAINS(r.output,
+                   std::to_string(valid) + " variants compiled, " + std::to_string(pruned) + " pruned, 0 failed");
+    const std::regex row(R"(\[BM=\d+ BN=\d+ QREGS=\d\] regs +\d+ +spill +\d+ B)");
+    const auto rows =
+        std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), row), std::sregex_iterator());
+    CHECK(rows == static_cast<std::ptrdiff_t>(valid));
+    CHECK(cli.entries().size() == valid);
+    return r;
+  };
+  SUBCASE("fla") {
+    nsajit::Problem p = nsajit::preset("fla");
+    p.T = 1024;
+    check_tune("--preset fla --seq 1024 --families win_fwd", p);
+  }
+  SUBCASE("dk = dv = 256: pruned points come with reasons") {
+    nsajit::Problem p = nsajit::preset("fla");
+    p.T = 1024, p.dk = 256, p.dv = 256;
+    const Run r = check_tune("--preset fla --seq 1024 --families win_fwd --dk 256 --dv 256", p);
+    CHECK_CONTAINS(r.output, "[BM=64 BN=128 QREGS=0] pruned: shared memory");
+    CHECK_CONTAINS(r.output, "[BM=64 BN=64 QREGS=1] pruned: fragment registers");
+  }
+}
+
+TEST_CASE("cli: tune refuses an unknown family name") {
+  Cli cli;
+  const Run r = cli("tune --preset fla --seq 1024 --families nope");
+  CHECK_EXIT(r, 2);
+  CHECK_CONTAINS(r.output, "'nope'");
+  CHECK(cli.entries().empty());
+}

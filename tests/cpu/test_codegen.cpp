@@ -1,1 +1,663 @@
+// Codegen: golden sources, determinism, what the generated source holds and depends on; the Problem presets and
+// their validation; families, tile overrides and the search space; win_fwd's argument checks (all before any
+// driver call, so they run without a GPU).
+//
+// Goldens live in tests/golden/<name>.cu. After an intended change to codegen or a template, regenerate them with
+//   NSAJIT_UPDATE_GOLDENS=1 build/nsajit_tests -tc="golden*"
+// and review the diff.
 #include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "codegen/codegen.h"
+#include "codegen/family.h"
+#include "codegen/problem.h"
+#include "runtime/attn_fwd_api.h"
+#include "runtime/error.h"
+
+namespace fs = std::filesystem;
+using nsajit::Dtype;
+using nsajit::KernelSpec;
+using nsajit::Problem;
+using nsajit::TileConfig;
+
+namespace {
+
+// The message of the UsageError `f` throws, or a marker saying what happened instead (never matches a check).
+std::string usage_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const nsajit::UsageError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<not a UsageError: ") + e.what() + ">";
+  }
+  return "<no exception thrown>";
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+#define CHECK_CONTAINS(haystack, needle) \
+  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
+
+KernelSpec make_spec(std::string_view family, const Problem& p, const std::string& overrides = "") {
+  const nsajit::KernelFamily& f = nsajit::find_family(family);
+  return KernelSpec{&f, p, nsajit::apply_overrides(f, f.default_config(p), overrides), "sm_90a"};
+}
+
+Problem with_group(Problem p, int G) {
+  p.H = p.HQ / G;
+  return p;
+}
+
+// The constexpr block codegen writes (between the specialization marker and the end of namespace spec), so
+// checks cannot be satisfied by the defaults a template carries for editors.
+std::string specialization(const std::string& source) {
+  const size_t begin = source.find("// ---- specialization ----");
+  if (begin == std::string::npos) return {};
+  const size_t end = source.find("}  // namespace spec", begin);
+  if (end == std::string::npos) return {};
+  return source.substr(begin, end - begin);
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// "line N: golden `...` / generated `...`" for the first line that differs, to make a failure readable.
+std::string first_difference(const std::string& golden, const std::string& generated) {
+  std::istringstream a(golden), b(generated);
+  std::string la, lb;
+  for (int line = 1;; ++line) {
+    const bool ha = static_cast<bool>(std::getline(a, la)), hb = static_cast<bool>(std::getline(b, lb));
+    if (!ha && !hb) return "sizes differ only in trailing bytes";
+    if (!ha || !hb || la != lb)
+      return "first difference at line " + std::to_string(line) + ":\n  golden:    " + (ha ? la : "<end of file>") +
+             "\n  generated: " + (hb ? lb : "<end of file>");
+  }
+}
+
+bool update_goldens() {
+  const char* v = std::getenv("NSAJIT_UPDATE_GOLDENS");
+  return v != nullptr && std::string(v) == "1";
+}
+
+void check_golden(const std::string& name, const KernelSpec& spec) {
+  const fs::path path = fs::path(NSAJIT_SOURCE_DIR) / "tests" / "golden" / (name + ".cu");
+  const std::string generated = nsajit::generate_source(spec);
+  if (update_goldens()) {
+    fs::create_directories(path.parent_path());
+    std::ofstream out(path, std::ios::binary);
+    out << generated;
+    out.close();
+    REQUIRE_MESSAGE(out.good(), "cannot write " << path.string());
+    MESSAGE("NSAJIT_UPDATE_GOLDENS=1: wrote " << path.string() << " (" << generated.size()
+                                              << " bytes); review the diff");
+    return;
+  }
+  INFO("golden ", path.string(), " for ", spec.describe(),
+       "; after an intended change run with NSAJIT_UPDATE_GOLDENS=1 and review the diff");
+  REQUIRE_MESSAGE(fs::exists(path), "missing golden file " << path.string());
+  const std::string golden = read_file(path);
+  const bool identical = golden == generated;  // a bool, so a failure prints the difference, not both files
+  CHECK_MESSAGE(identical, first_difference(golden, generated));
+}
+
+}  // namespace
+
+// ---- golden sources ----------------------------------------------------------------------------------------------
+
+TEST_CASE("golden: win_fwd fla bf16 default config") {
+  const KernelSpec spec = make_spec("win_fwd", nsajit::preset("fla"));
+  REQUIRE(spec.config == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 1}});
+  check_golden("win_fwd_fla_bf16_default", spec);
+}
+
+TEST_CASE("golden: win_fwd paper fp16 G=4 BM=128 BN=32 QREGS=0") {
+  Problem p = with_group(nsajit::preset("paper"), 4);
+  p.dtype = Dtype::fp16;
+  const KernelSpec spec = make_spec("win_fwd", p, "BM=128,BN=32,QREGS=0");
+  REQUIRE(spec.problem.G() == 4);
+  check_golden("win_fwd_paper_fp16_g4_bm128_bn32_qregs0", spec);
+}
+
+TEST_CASE("golden: win_fwd_ref fla bf16") {
+  check_golden("win_fwd_ref_fla_bf16", make_spec("win_fwd_ref", nsajit::preset("fla")));
+}
+
+// ---- properties of generated source ------------------------------------------------------------------------------
+
+TEST_CASE("codegen: the same spec gives byte-identical source") {
+  for (const char* family : {"win_fwd", "win_fwd_ref"}) {
+    CAPTURE(family);
+    const KernelSpec a = make_spec(family, nsajit::preset("paper"));
+    const KernelSpec b = make_spec(family, nsajit::preset("paper"));
+    const std::string first = nsajit::generate_source(a);
+    CHECK(!first.empty());
+    CHECK(first == nsajit::generate_source(a));
+    CHECK(first == nsajit::generate_source(b));
+    CHECK(nsajit::generate_standalone(a) == nsajit::generate_standalone(b));
+  }
+}
+
+TEST_CASE("codegen: the source holds the spec's constexpr values and the extern \"C\" entry") {
+  SUBCASE("win_fwd paper fp16 G=4 BM=128 BN=32 QREGS=0") {
+    Problem p = with_group(nsajit::preset("paper"), 4);
+    p.dtype = Dtype::fp16;
+    const std::string src = nsajit::generate_source(make_spec("win_fwd", p, "BM=128,BN=32,QREGS=0"));
+    const std::string pre = specialization(src);
+    REQUIRE(!pre.empty());
+    CHECK_CONTAINS(pre, "typedef f16 elem;");
+    CHECK_CONTAINS(pre, "kDK = 192");
+    CHECK_CONTAINS(pre, "kDV = 128");
+    CHECK_CONTAINS(pre, "kG = 4");
+    CHECK_CONTAINS(pre, "kBM = 128");
+    CHECK_CONTAINS(pre, "kBN = 32");
+    CHECK_CONTAINS(pre, "kQInRegs = 0");
+    CHECK_CONTAINS(src, "#define NSAJIT_GENERATED 1");
+    // 128 rows, 16 per warp: 8 warps.
+    const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(256) nsa_win_fwd(const " +
+                            std::string(f.params_type()) + " p) { " + f.entry_body() + " }\n");
+    // The header comment records the spec.
+    CHECK_CONTAINS(src, "// family  win_fwd\n");
+    CHECK_CONTAINS(src, "// config  BM=128 BN=32 QREGS=0\n");
+    CHECK_CONTAINS(src, "// dtype fp16 G=4 dk=192 dv=128\n");
+    CHECK_CONTAINS(src, "// arch    sm_90a\n");
+  }
+  SUBCASE("win_fwd fla bf16 default") {
+    const std::string src = nsajit::generate_source(make_spec("win_fwd", nsajit::preset("fla")));
+    const std::string pre = specialization(src);
+    REQUIRE(!pre.empty());
+    CHECK_CONTAINS(pre, "typedef bf16 elem;");
+    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1;");
+    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(128) nsa_win_fwd(");
+    // common.cuh, then the support headers and the specialization, then the template, then the entry.
+    const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+    const size_t at_common = src.find("// ---- templates/common.cuh ----");
+    const size_t at_pre = src.find("// ---- specialization ----");
+    const size_t at_template = src.find("// ---- " + std::string(f.template_path()) + " ----");
+    const size_t at_entry = src.find("// ---- entry point ----");
+    REQUIRE(at_common != std::string::npos);
+    REQUIRE(at_pre != std::string::npos);
+    REQUIRE(at_template != std::string::npos);
+    REQUIRE(at_entry != std::string::npos);
+    CHECK(at_common < at_pre);
+    CHECK(at_pre < at_template);
+    CHECK(at_template < at_entry);
+    for (std::string_view support : f.support_files()) {
+      CAPTURE(support);
+      const size_t at_support = src.find("// ---- " + std::string(support) + " ----");
+      REQUIRE(at_support != std::string::npos);
+      CHECK(at_common < at_support);
+      CHECK(at_support < at_template);
+    }
+  }
+  SUBCASE("win_fwd_ref paper") {
+    const std::string src = nsajit::generate_source(make_spec("win_fwd_ref", nsajit::preset("paper")));
+    const std::string pre = specialization(src);
+    REQUIRE(!pre.empty());
+    CHECK_CONTAINS(pre, "kDK = 192, kDV = 128, kG = 16;");
+    const nsajit::KernelFamily& f = nsajit::find_family("win_fwd_ref");
+    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(128) nsa_win_fwd_ref(const " +
+                            std::string(f.params_type()) + " p) { " + f.entry_body() + " }\n");
+    CHECK_CONTAINS(src, "// ---- " + std::string(f.template_path()) + " ----");
+    const std::string fast_template(nsajit::find_family("win_fwd").template_path());
+    CHECK(!contains(src, "// ---- " + fast_template + " ----"));
+  }
+}
+
+TEST_CASE("codegen: different configs give different sources") {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  const Problem p = nsajit::preset("fla");
+  std::set<std::string> sources;
+  size_t n = 0;
+  for (const nsajit::SpacePoint& pt : nsajit::enumerate_space(f, p, std::numeric_limits<int>::max())) {
+    sources.insert(nsajit::generate_source(KernelSpec{&f, p, pt.config, "sm_90a"}));
+    ++n;
+  }
+  CHECK(n > 1);
+  CHECK(sources.size() == n);
+  // The arch is recorded too (it is also in the cache key through the options).
+  const KernelSpec a = make_spec("win_fwd", p);
+  KernelSpec b = a;
+  b.arch = "sm_100a";
+  CHECK(nsajit::generate_source(a) != nsajit::generate_source(b));
+}
+
+TEST_CASE("codegen: the source does not depend on runtime values (T, B) but does on G, dk, dv and dtype") {
+  const Problem base = nsajit::preset("fla");
+  const std::string ref = nsajit::generate_source(make_spec("win_fwd", base));
+  const std::string ref_ref = nsajit::generate_source(make_spec("win_fwd_ref", base));
+
+  Problem runtime_only = base;
+  runtime_only.T = 1000;
+  runtime_only.B = 7;
+  CHECK(nsajit::generate_source(make_spec("win_fwd", runtime_only)) == ref);
+  CHECK(nsajit::generate_source(make_spec("win_fwd_ref", runtime_only)) == ref_ref);
+
+  // The same G from other head counts is the same kernel.
+  Problem same_group = base;
+  same_group.HQ = 32, same_group.H = 2;
+  CHECK(nsajit::generate_source(make_spec("win_fwd", same_group)) == ref);
+
+  Problem g8 = with_group(base, 8);
+  CHECK(nsajit::generate_source(make_spec("win_fwd", g8)) != ref);
+  CHECK(nsajit::generate_source(make_spec("win_fwd_ref", g8)) != ref_ref);
+
+  Problem fp16 = base;
+  fp16.dtype = Dtype::fp16;
+  CHECK(nsajit::generate_source(make_spec("win_fwd", fp16)) != ref);
+  CHECK(nsajit::generate_source(make_spec("win_fwd_ref", fp16)) != ref_ref);
+
+  Problem dims = base;
+  dims.dk = 192;  // (192, 128)
+  CHECK(nsajit::generate_source(make_spec("win_fwd", dims)) != ref);
+  CHECK(nsajit::generate_source(make_spec("win_fwd_ref", dims)) != ref_ref);
+
+  Problem dv = base;
+  dv.dk = 256, dv.dv = 256;
+  Problem dv_only = dv;
+  dv_only.dv = 128;  // not a supported pair, but codegen alone must still tell dv apart
+  const KernelSpec s256 = make_spec("win_fwd", dv);
+  KernelSpec s256_128 = s256;
+  s256_128.problem = dv_only;
+  CHECK(nsajit::generate_source(s256) != nsajit::generate_source(s256_128));
+}
+
+TEST_CASE("codegen: generate_standalone is the kernel plus the harness main and a build line") {
+  const KernelSpec spec = make_spec("win_fwd", nsajit::preset("fla"));
+  const std::string s = nsajit::generate_standalone(spec);
+  CHECK_CONTAINS(s, nsajit::generate_source(spec));
+  CHECK_CONTAINS(s, "int main(");
+  CHECK_CONTAINS(s, "//   build: nvcc ");
+  CHECK_CONTAINS(s, "-arch=sm_90a win_fwd.cu -o win_fwd");
+  CHECK_CONTAINS(s, "//   spec:  " + spec.describe());
+  CHECK_CONTAINS(s, "// ---- templates/harness_common.cuh ----");
+  CHECK_CONTAINS(s, "// ---- " + std::string(spec.family->harness_path()) + " ----");
+  // The harness constants carry the runtime values and the launch geometry.
+  CHECK_CONTAINS(s, "constexpr bool kIsBf16 = true;");
+  CHECK_CONTAINS(s, "constexpr long long kB = 1, kT = 65536;");
+  CHECK_CONTAINS(s, "constexpr int kHQ = 64, kH = 4, kDK = 128, kDV = 128, kW = 512");
+  CHECK_CONTAINS(s, "kGridX = 16384, kGridY = 4, kGridZ = 1, kThreads = 128;");
+  CHECK_CONTAINS(s, "constexpr int kSmemBytes = 81920;");
+  // main comes after the kernel it launches.
+  CHECK(s.find("int main(") > s.find("nsa_win_fwd("));
+}
+
+// ---- Problem ---------------------------------------------------------------------------------------------------
+
+TEST_CASE("problem: presets hold NSA.md's values") {
+  const Problem paper = nsajit::preset("paper");
+  CHECK(paper.dtype == Dtype::bf16);
+  CHECK(paper.HQ == 64);
+  CHECK(paper.H == 4);
+  CHECK(paper.G() == 16);
+  CHECK(paper.dk == 192);
+  CHECK(paper.dv == 128);
+  CHECK(paper.l == 32);
+  CHECK(paper.d == 16);
+  CHECK(paper.lsel == 64);
+  CHECK(paper.n == 16);
+  CHECK(paper.w == 512);
+  CHECK(paper.softmax_scale() == doctest::Approx(1.0 / std::sqrt(192.0)).epsilon(1e-15));
+  CHECK_NOTHROW(paper.validate());
+
+  const Problem fla = nsajit::preset("fla");
+  CHECK(fla.HQ == 64);
+  CHECK(fla.H == 4);
+  CHECK(fla.G() == 16);
+  CHECK(fla.dk == 128);
+  CHECK(fla.dv == 128);
+  CHECK(fla.l == 64);
+  CHECK(fla.d == 64);
+  CHECK(fla.lsel == 64);
+  CHECK(fla.n == 16);
+  CHECK(fla.w == 512);
+  CHECK_NOTHROW(fla.validate());
+  CHECK(fla.describe() == "bf16 B=1 T=65536 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512");
+
+  Problem scaled = fla;
+  scaled.scale = 0.5;
+  CHECK(scaled.softmax_scale() == 0.5);
+  CHECK_CONTAINS(scaled.describe(), " scale=0.5");
+
+  const std::vector<std::string> names = nsajit::preset_names();
+  CHECK(names == std::vector<std::string>{"paper", "fla"});
+  for (const std::string& name : names) CHECK_NOTHROW(nsajit::preset(name));
+}
+
+TEST_CASE("problem: validate names the bad field") {
+  const Problem ok = nsajit::preset("paper");
+  auto error = [&](const std::function<void(Problem&)>& edit) {
+    Problem p = ok;
+    edit(p);
+    return usage_error_of([&] { p.validate(); });
+  };
+  SUBCASE("non-positive fields") {
+    CHECK_CONTAINS(error([](Problem& p) { p.B = 0; }), "bad B = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.T = -3; }), "bad T = -3");
+    CHECK_CONTAINS(error([](Problem& p) { p.HQ = 0; }), "bad HQ = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.H = 0; }), "bad H = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.dk = 0; }), "bad dk = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.dv = -1; }), "bad dv = -1");
+    CHECK_CONTAINS(error([](Problem& p) { p.l = 0; }), "bad l = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.d = 0; }), "bad d = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.lsel = 0; }), "bad l' = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.n = 0; }), "bad n = 0");
+    CHECK_CONTAINS(error([](Problem& p) { p.w = -1; }), "bad w = -1");
+    CHECK_CONTAINS(error([](Problem& p) { p.scale = -1.0; }), "bad scale");
+    CHECK_CONTAINS(error([](Problem& p) { p.scale = std::nan(""); }), "bad scale");
+    CHECK_CONTAINS(error([](Problem& p) { p.scale = std::numeric_limits<double>::infinity(); }), "bad scale");
+  }
+  SUBCASE("HQ not a multiple of H") {
+    const std::string e = error([](Problem& p) { p.HQ = 64, p.H = 5; });
+    CHECK_CONTAINS(e, "HQ = 64 is not a multiple of H = 5");
+  }
+  SUBCASE("d must divide l and l'") {
+    CHECK_CONTAINS(error([](Problem& p) { p.l = 32, p.d = 24, p.lsel = 48; }), "bad d = 24: must divide l = 32");
+    CHECK_CONTAINS(error([](Problem& p) { p.l = 32, p.d = 16, p.lsel = 40; }), "bad d = 16: must divide l' = 40");
+  }
+  SUBCASE("T beyond int32") {
+    CHECK_CONTAINS(error([](Problem& p) { p.T = int64_t{1} << 31; }), "bad T");
+  }
+  SUBCASE("valid edge values pass") {
+    Problem p = ok;
+    p.w = 0;  // disables the window branch
+    p.HQ = 3, p.H = 3;
+    p.T = 1;
+    CHECK_NOTHROW(p.validate());
+  }
+}
+
+TEST_CASE("problem, families, dtypes: unknown names list the valid ones") {
+  const std::string preset = usage_error_of([] { (void)nsajit::preset("nope"); });
+  CHECK_CONTAINS(preset, "'nope'");
+  CHECK_CONTAINS(preset, "paper");
+  CHECK_CONTAINS(preset, "fla");
+
+  const std::string family = usage_error_of([] { (void)nsajit::find_family("nope"); });
+  CHECK_CONTAINS(family, "'nope'");
+  REQUIRE(nsajit::families().size() >= 2);
+  for (const nsajit::KernelFamily* f : nsajit::families()) CHECK_CONTAINS(family, std::string(f->name()));
+  CHECK_CONTAINS(family, "win_fwd, win_fwd_ref");
+
+  const std::string dtype = usage_error_of([] { (void)nsajit::parse_dtype("fp32"); });
+  CHECK_CONTAINS(dtype, "'fp32'");
+  CHECK_CONTAINS(dtype, "bf16, fp16");
+  CHECK(nsajit::parse_dtype("bf16") == Dtype::bf16);
+  CHECK(nsajit::parse_dtype("fp16") == Dtype::fp16);
+  CHECK(nsajit::dtype_name(Dtype::fp16) == "fp16");
+
+  CHECK(nsajit::find_family("win_fwd").name() == "win_fwd");
+  CHECK(nsajit::find_family("win_fwd").entry_name() == "nsa_win_fwd");
+  CHECK(nsajit::find_family("win_fwd_ref").name() == "win_fwd_ref");
+}
+
+// ---- families, tile configs, space ---------------------------------------------------------------------------
+
+TEST_CASE("family: apply_overrides") {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  const TileConfig base = f.default_config(nsajit::preset("fla"));
+  CHECK(nsajit::apply_overrides(f, base, "") == base);
+  CHECK(nsajit::apply_overrides(f, base, "BM=128,BN=32") == TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 1}});
+  CHECK(nsajit::apply_overrides(f, base, "QREGS=0") == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 0}});
+  CHECK(nsajit::describe(nsajit::apply_overrides(f, base, "BN=128")) == "BM=64 BN=128 QREGS=1");
+
+  const std::string unknown = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BK=64"); });
+  CHECK_CONTAINS(unknown, "'BK'");
+  CHECK_CONTAINS(unknown, "BM, BN, QREGS");
+
+  const std::string not_int = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM=abc"); });
+  CHECK_CONTAINS(not_int, "'abc'");
+  CHECK_CONTAINS(not_int, "integer");
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM=64x"); }), "integer");
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM="); }), "integer");
+
+  const std::string outside = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM=7"); });
+  CHECK_CONTAINS(outside, "bad value 7 for BM");
+  CHECK_CONTAINS(outside, "64, 128");
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BN=64,QREGS=2"); }), "0, 1");
+
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM"); }), "NAME=VALUE");
+
+  // A family without parameters accepts no override.
+  const nsajit::KernelFamily& ref = nsajit::find_family("win_fwd_ref");
+  CHECK(nsajit::apply_overrides(ref, {}, "").empty());
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(ref, {}, "BM=64"); }), "'BM'");
+}
+
+TEST_CASE("family: enumerate_space covers the cartesian product and says why points are rejected") {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  const Problem fla = nsajit::preset("fla");
+
+  SUBCASE("every combination once, every value from its domain") {
+    const auto space = nsajit::enumerate_space(f, fla, nsajit::kHopperMaxSmemOptin);
+    size_t expected = 1;
+    for (const auto& decl : f.params()) expected *= decl.domain.size();
+    CHECK(f.params().size() == 3);
+    CHECK(expected >= 12);
+    CHECK(space.size() == expected);
+    std::set<TileConfig> seen;
+    for (const auto& pt : space) {
+      CAPTURE(nsajit::describe(pt.config));
+      CHECK(pt.config.size() == f.params().size());
+      for (const auto& decl : f.params()) {
+        REQUIRE(pt.config.count(decl.name) == 1);
+        CHECK(std::find(decl.domain.begin(), decl.domain.end(), pt.config.at(decl.name)) != decl.domain.end());
+      }
+      seen.insert(pt.config);
+    }
+    CHECK(seen.size() == expected);
+    // fla fits everything on Hopper.
+    for (const auto& pt : space) CHECK_MESSAGE(!pt.rejected, nsajit::describe(pt.config) << ": " << *pt.rejected);
+  }
+
+  SUBCASE("dk = dv = 256 with BN = 128 exceeds shared memory; Q in registers with BN = 64 would spill") {
+    Problem p = fla;
+    p.dk = 256, p.dv = 256;
+    size_t checked = 0;
+    for (const auto& pt : nsajit::enumerate_space(f, p, nsajit::kHopperMaxSmemOptin)) {
+      CAPTURE(nsajit::describe(pt.config));
+      const int bn = pt.config.at("BN"), qregs = pt.config.at("QREGS");
+      if (bn == 128) {
+        // BM * 256 * 2 + 2 * 128 * 512 * 2 >= 294912 B
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "shared memory");
+        CHECK_CONTAINS(*pt.rejected, std::to_string(nsajit::kHopperMaxSmemOptin));
+        ++checked;
+      } else if (bn == 64 && qregs == 1) {
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "registers");
+        ++checked;
+      } else if (bn == 32 && qregs == 0) {
+        CHECK_MESSAGE(!pt.rejected, *pt.rejected);
+        ++checked;
+      }
+    }
+    CHECK(checked == 8);  // both BM for each of the four cases above
+  }
+
+  SUBCASE("the device limit passed in is the one applied") {
+    for (const auto& pt : nsajit::enumerate_space(f, fla, 0)) {
+      CAPTURE(nsajit::describe(pt.config));
+      REQUIRE(pt.rejected);
+      CHECK_CONTAINS(*pt.rejected, "device limit 0 B");
+    }
+    // BM=64 BN=32 needs 64 * 128 * 2 + 2 * 32 * 256 * 2 = 49152 B: at the limit is allowed, one byte less is not.
+    const TileConfig c{{"BM", 64}, {"BN", 32}, {"QREGS", 0}};
+    CHECK(!f.reject(fla, c, 49152));
+    const auto why = f.reject(fla, c, 49151);
+    REQUIRE(why);
+    CHECK_CONTAINS(*why, "shared memory 49152 B > device limit 49151 B");
+  }
+
+  SUBCASE("a family without parameters has one point") {
+    const auto space = nsajit::enumerate_space(nsajit::find_family("win_fwd_ref"), fla, nsajit::kHopperMaxSmemOptin);
+    REQUIRE(space.size() == 1);
+    CHECK(space[0].config.empty());
+    CHECK(!space[0].rejected);
+  }
+}
+
+TEST_CASE("family: default configs are valid points for every supported head dim") {
+  for (const char* name : {"win_fwd", "win_fwd_ref"}) {
+    const nsajit::KernelFamily& f = nsajit::find_family(name);
+    for (auto [dk, dv] : std::vector<std::pair<int, int>>{{64, 64}, {128, 128}, {192, 128}, {256, 256}}) {
+      Problem p = nsajit::preset("fla");
+      p.dk = dk, p.dv = dv;
+      CAPTURE(name);
+      CAPTURE(dk);
+      CAPTURE(dv);
+      CHECK_NOTHROW(f.check_problem(p));
+      const TileConfig c = f.default_config(p);
+      const auto why = f.reject(p, c, nsajit::kHopperMaxSmemOptin);
+      CHECK_MESSAGE(!why, nsajit::describe(c) << ": " << *why);
+    }
+  }
+}
+
+TEST_CASE("family: win_fwd geometry") {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  Problem p = nsajit::preset("fla");
+  p.B = 3, p.T = 1000;
+  const nsajit::LaunchGeometry g = f.geometry(p, {{"BM", 128}, {"BN", 32}, {"QREGS", 0}});
+  CHECK(g.grid.x == (1000 * 16 + 127) / 128);
+  CHECK(g.grid.y == 4);
+  CHECK(g.grid.z == 3);
+  CHECK(g.block.x == 256);
+  CHECK(g.smem_bytes == 128 * 128 * 2 + 2 * 32 * (128 + 128) * 2);
+}
+
+TEST_CASE("family: check_problem refuses unsupported head dims and names the supported set") {
+  for (const char* name : {"win_fwd", "win_fwd_ref"}) {
+    CAPTURE(name);
+    Problem p = nsajit::preset("fla");
+    p.dk = 96, p.dv = 96;
+    const std::string e = usage_error_of([&] { nsajit::find_family(name).check_problem(p); });
+    CHECK_CONTAINS(e, "(dk, dv) = (96, 96)");
+    CHECK_CONTAINS(e, "(64, 64), (128, 128), (192, 128), (256, 256)");
+    // It validates the problem as well.
+    Problem bad = nsajit::preset("fla");
+    bad.H = 5;
+    CHECK_CONTAINS(usage_error_of([&] { nsajit::find_family(name).check_problem(bad); }), "not a multiple of H");
+  }
+}
+
+// ---- win_fwd argument checks (before any driver call) --------------------------------------------------------
+
+TEST_CASE("win_fwd: bad arguments are refused before any driver call") {
+  Problem p = nsajit::preset("fla");
+  p.B = 1, p.T = 64;
+  // Never dereferenced: every case below fails validation first.
+  auto fake = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
+  nsajit::AttnFwdArgs a;
+  a.q = nsajit::contiguous(fake(0x10000), p.T, p.HQ, p.dk);
+  a.k = nsajit::contiguous(fake(0x20000), p.T, p.H, p.dk);
+  a.v = nsajit::contiguous(fake(0x30000), p.T, p.H, p.dv);
+  a.o = nsajit::contiguous(fake(0x40000), p.T, p.HQ, p.dv);
+  CHECK(a.q.stride_h == 128);
+  CHECK(a.q.stride_t == 64 * 128);
+  CHECK(a.q.stride_b == 64 * 64 * 128);
+  auto error = [&](const Problem& prob, const nsajit::AttnFwdArgs& args, const TileConfig* config = nullptr) {
+    return usage_error_of([&] { nsajit::win_fwd(prob, args, nullptr, config); });
+  };
+
+  SUBCASE("null pointer") {
+    nsajit::AttnFwdArgs b = a;
+    b.k.data = nullptr;
+    CHECK_CONTAINS(error(p, b), "win_fwd: k is a null pointer");
+  }
+  SUBCASE("misaligned pointer") {
+    nsajit::AttnFwdArgs b = a;
+    b.v.data = fake(0x30008);
+    CHECK_CONTAINS(error(p, b), "v is not 16-byte aligned");
+  }
+  SUBCASE("stride not a multiple of 8 elements") {
+    nsajit::AttnFwdArgs b = a;
+    b.o.stride_t = 12;
+    CHECK_CONTAINS(error(p, b), "o's sequence stride 12");
+  }
+  SUBCASE("misaligned lse") {
+    nsajit::AttnFwdArgs b = a;
+    b.lse = static_cast<float*>(fake(0x50002));
+    CHECK_CONTAINS(error(p, b), "lse is not 4-byte aligned");
+  }
+  SUBCASE("unsupported head dims and invalid problems") {
+    Problem q = p;
+    q.dk = 96, q.dv = 96;
+    CHECK_CONTAINS(error(q, a), "(64, 64), (128, 128), (192, 128), (256, 256)");
+    Problem r = p;
+    r.H = 5;
+    CHECK_CONTAINS(error(r, a), "not a multiple of H");
+  }
+  SUBCASE("an invalid tile config") {
+    Problem q = p;
+    q.dk = 256, q.dv = 256;
+    nsajit::AttnFwdArgs b = a;
+    b.q = nsajit::contiguous(fake(0x10000), q.T, q.HQ, q.dk);
+    b.k = nsajit::contiguous(fake(0x20000), q.T, q.H, q.dk);
+    b.v = nsajit::contiguous(fake(0x30000), q.T, q.H, q.dv);
+    b.o = nsajit::contiguous(fake(0x40000), q.T, q.HQ, q.dv);
+    const TileConfig c{{"BM", 64}, {"BN", 128}, {"QREGS", 0}};
+    const std::string e = error(q, b, &c);
+    CHECK_CONTAINS(e, "tile config [BM=64 BN=128 QREGS=0] is not valid");
+    CHECK_CONTAINS(e, "shared memory");
+  }
+  SUBCASE("varlen") {
+    const int32_t device_stub = 0;
+    nsajit::AttnFwdArgs b = a;
+    b.cu_seqlens = &device_stub;
+    const std::vector<int32_t> good{0, 20, 64};
+    const std::vector<int32_t> one{0};
+    const std::vector<int32_t> nonzero{4, 20, 64};
+    const std::vector<int32_t> decreasing{0, 30, 20, 64};
+    const std::vector<int32_t> short_total{0, 20, 60};
+    Problem batched = p;
+    batched.B = 2;
+    b.cu_seqlens_host = good;
+    CHECK_CONTAINS(error(batched, b), "varlen needs B = 1");
+    b.cu_seqlens_host = one;
+    CHECK_CONTAINS(error(p, b), "N + 1 >= 2");
+    b.cu_seqlens_host = nonzero;
+    CHECK_CONTAINS(error(p, b), "cu_seqlens[0] = 4 must be 0");
+    b.cu_seqlens_host = decreasing;
+    CHECK_CONTAINS(error(p, b), "cu_seqlens[2] = 20 < cu_seqlens[1] = 30");
+    b.cu_seqlens_host = short_total;
+    CHECK_CONTAINS(error(p, b), "ends at 60 but T = 64");
+  }
+  SUBCASE("nothing to write, or cu_seqlens on the host only") {
+    nsajit::AttnFwdArgs b = a;
+    b.o.data = nullptr;
+    CHECK_CONTAINS(error(p, b), "nothing to write");
+    const std::vector<int32_t> cu{0, 64};
+    nsajit::AttnFwdArgs c = a;
+    c.cu_seqlens_host = cu;
+    CHECK_CONTAINS(error(p, c), "cu_seqlens_host given without the device cu_seqlens");
+  }
+  SUBCASE("the reference kernel checks the same way") {
+    nsajit::AttnFwdArgs b = a;
+    b.q.data = nullptr;
+    CHECK_CONTAINS(usage_error_of([&] { nsajit::win_fwd_reference(p, b, nullptr); }),
+                   "win_fwd_ref: q is a null pointer");
+    nsajit::AttnFwdArgs c = a;
+    c.o.data = nullptr;
+    CHECK_CONTAINS(usage_error_of([&] { nsajit::win_fwd_reference(p, c, nullptr); }), "needs o");
+  }
+}

@@ -1,1 +1,378 @@
+// NVRTC compiles for sm_90a (no GPU needed): every valid win_fwd config per supported head dim, the default config
+// for every dtype x head dim x G, the reference kernel; the ptxas report; the disk cache on the jit path
+// (hits, corrupted entries); the compile error message; the arch option set.
 #include <doctest/doctest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cache/cubin_cache.h"
+#include "codegen/codegen.h"
+#include "codegen/family.h"
+#include "codegen/problem.h"
+#include "runtime/error.h"
+#include "runtime/jit.h"
+#include "runtime/nvrtc_compiler.h"
+
+namespace fs = std::filesystem;
+using nsajit::Dtype;
+using nsajit::KernelSpec;
+using nsajit::Problem;
+
+namespace {
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+#define CHECK_CONTAINS(haystack, needle) \
+  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
+
+// A fresh directory, removed afterwards; NSAJIT_CACHE_DIR points at it meanwhile so nothing here can touch the
+// user's cache.
+struct TempCacheDir {
+  fs::path path;
+  std::optional<std::string> saved_env;
+  TempCacheDir() {
+    std::string model = (fs::temp_directory_path() / "nsajit-compile-test-XXXXXX").string();
+    REQUIRE(mkdtemp(model.data()) != nullptr);
+    path = model;
+    if (const char* v = std::getenv("NSAJIT_CACHE_DIR")) saved_env = v;
+    setenv("NSAJIT_CACHE_DIR", path.c_str(), 1);
+  }
+  ~TempCacheDir() {
+    if (saved_env)
+      setenv("NSAJIT_CACHE_DIR", saved_env->c_str(), 1);
+    else
+      unsetenv("NSAJIT_CACHE_DIR");
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempCacheDir(const TempCacheDir&) = delete;
+  TempCacheDir& operator=(const TempCacheDir&) = delete;
+};
+
+bool is_elf(const std::vector<char>& bytes) {
+  return bytes.size() > 4 && bytes[0] == 0x7f && bytes[1] == 'E' && bytes[2] == 'L' && bytes[3] == 'F';
+}
+
+const std::vector<std::pair<int, int>> kHeadDims = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+
+Problem problem_for(Dtype dtype, int dk, int dv, int G) {
+  Problem p = nsajit::preset("fla");
+  p.dtype = dtype;
+  p.dk = dk, p.dv = dv;
+  p.H = 4, p.HQ = 4 * G;
+  return p;
+}
+
+struct Planned {
+  KernelSpec spec;
+  bool is_default = false;
+};
+
+// A real ptxas -v report from NVRTC 13 (win_fwd, dk = dv = 256, default config), its spill loads changed so that
+// stores and loads differ.
+const char* const kReportWithSpills =
+    "ptxas info    : 46 bytes gmem\n"
+    "ptxas info    : Compiling entry function 'nsa_win_fwd' for 'sm_90a'\n"
+    "ptxas info    : Function properties for nsa_win_fwd\n"
+    "ptxas         .     80 bytes stack frame, 76 bytes spill stores, 92 bytes spill loads\n"
+    "ptxas info    : Used 255 registers, used 1 barriers, 80 bytes cumulative stack size\n"
+    "ptxas info    : Compile time = 533.436 ms\n";
+
+const char* const kReportClean =
+    "ptxas info    : Compiling entry function 'nsa_win_fwd_ref' for 'sm_90a'\n"
+    "ptxas info    : Function properties for nsa_win_fwd_ref\n"
+    "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+    "ptxas info    : Used 40 registers, used 1 barriers, 4096 bytes smem, 400 bytes cmem[0]\n";
+
+}  // namespace
+
+TEST_CASE("compile: every win_fwd config and default, every dtype x head dim x G, and win_fwd_ref, for sm_90a") {
+  TempCacheDir dir;
+  const nsajit::CubinCache cache(dir.path);
+  const nsajit::KernelFamily& win = nsajit::find_family("win_fwd");
+  const nsajit::KernelFamily& ref = nsajit::find_family("win_fwd_ref");
+
+  // Planned specs, deduplicated by source (the default config of bf16 G=16 is also one of the sweep's points).
+  std::vector<Planned> plan;
+  std::map<std::string, size_t> by_source;
+  auto add = [&](const KernelSpec& spec, bool is_default) {
+    const auto [it, inserted] = by_source.emplace(nsajit::generate_source(spec), plan.size());
+    if (inserted)
+      plan.push_back({spec, is_default});
+    else
+      plan[it->second].is_default |= is_default;
+  };
+  size_t sweep_points = 0, sweep_valid = 0;
+  for (auto [dk, dv] : kHeadDims) {
+    const Problem p = problem_for(Dtype::bf16, dk, dv, 16);
+    REQUIRE_NOTHROW(win.check_problem(p));
+    for (const nsajit::SpacePoint& pt : nsajit::enumerate_space(win, p, nsajit::kHopperMaxSmemOptin)) {
+      ++sweep_points;
+      if (pt.rejected) continue;
+      ++sweep_valid;
+      add({&win, p, pt.config, "sm_90a"}, pt.config == win.default_config(p));
+    }
+  }
+  size_t space_size = 1;
+  for (const auto& decl : win.params()) space_size *= decl.domain.size();
+  CHECK(sweep_points == kHeadDims.size() * space_size);
+  CHECK(sweep_valid >= kHeadDims.size());  // at least the defaults
+  for (Dtype dtype : {Dtype::bf16, Dtype::fp16}) {
+    for (auto [dk, dv] : kHeadDims) {
+      for (int G : {1, 2, 3, 4, 8, 16, 32}) {
+        const Problem p = problem_for(dtype, dk, dv, G);
+        REQUIRE_NOTHROW(win.check_problem(p));
+        add({&win, p, win.default_config(p), "sm_90a"}, true);
+      }
+    }
+  }
+  for (auto [dk, dv] : kHeadDims) {
+    const Problem p = problem_for(Dtype::bf16, dk, dv, 16);
+    add({&ref, p, ref.default_config(p), "sm_90a"}, true);
+  }
+  // The sweep's points, the defaults it did not hold already (all but bf16 G=16), the reference kernels.
+  CHECK(plan.size() == sweep_valid + 2 * kHeadDims.size() * 7 - kHeadDims.size() + kHeadDims.size());
+
+  std::vector<KernelSpec> specs;
+  for (const Planned& pl : plan) specs.push_back(pl.spec);
+  size_t last_done = 0;
+  bool progress_in_order = true;
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<nsajit::JitOutcome> outcomes =
+      nsajit::jit_compile_all(specs, cache, 0, [&](size_t done, size_t total) {
+        progress_in_order &= done == last_done + 1 && total == specs.size();
+        last_done = done;
+      });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  MESSAGE(specs.size() << " NVRTC compiles for sm_90a (" << sweep_valid << " of the " << sweep_points
+                       << " sweep points valid) in " << seconds << " s");
+  REQUIRE(outcomes.size() == specs.size());
+  CHECK(progress_in_order);
+  CHECK(last_done == specs.size());
+
+  std::string spilling_defaults, spilling_sweep_points;
+  size_t compiled = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const nsajit::JitOutcome& o = outcomes[i];
+    INFO(specs[i].describe(), std::string(plan[i].is_default ? " (default config)" : ""));
+    CHECK_MESSAGE(o.result.has_value(), o.error);
+    if (!o.result) continue;
+    ++compiled;
+    const nsajit::JitResult& r = *o.result;
+    CHECK(!r.from_cache);  // the batch holds no duplicates and the directory started empty
+    CHECK(r.cache_problem.empty());
+    CHECK(nsajit::is_cubin_cache_key(r.key));
+    CHECK(is_elf(r.cubin));
+    CHECK(r.usage.parsed);
+    CHECK(r.usage.registers > 0);
+    CHECK(r.usage.registers <= 255);
+    const bool spills = r.usage.spill_store_bytes > 0 || r.usage.spill_load_bytes > 0;
+    const std::string spill_line = "\n  " + specs[i].describe() + ": " + std::to_string(r.usage.registers) +
+                                   " registers, " + std::to_string(r.usage.spill_store_bytes) + " B spill stores, " +
+                                   std::to_string(r.usage.spill_load_bytes) + " B spill loads";
+    if (plan[i].is_default) {
+      // The design expects no spills from a default config.
+      CHECK_MESSAGE(!spills, "default config spills: " << spill_line);
+      if (spills) spilling_defaults += spill_line;
+    } else if (spills) {
+      spilling_sweep_points += spill_line;
+    }
+  }
+  if (!spilling_defaults.empty())
+    MESSAGE("DEFAULT configs that spill (each is a failed check above):" << spilling_defaults);
+  if (!spilling_sweep_points.empty()) MESSAGE("non-default configs that spill (allowed):" << spilling_sweep_points);
+  CHECK(compiled == specs.size());
+  // Everything compiled is in the cache, one entry per spec.
+  CHECK(cache.list().size() == specs.size());
+}
+
+TEST_CASE("compile: a second jit_compile comes from the cache; a corrupted entry is reported and recompiled") {
+  TempCacheDir dir;
+  const nsajit::CubinCache cache(dir.path);
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  const Problem p = nsajit::preset("fla");
+  const KernelSpec spec{&f, p, f.default_config(p), "sm_90a"};
+
+  const nsajit::JitResult first = nsajit::jit_compile(spec, cache);
+  CHECK(!first.from_cache);
+  CHECK(first.compile_seconds > 0.0);
+  CHECK(first.cache_problem.empty());
+  REQUIRE(is_elf(first.cubin));
+  REQUIRE(fs::exists(cache.entry_path(first.key)));
+  // The key is that of the source, options, arch and NVRTC version.
+  CHECK(first.key == nsajit::cubin_cache_key(nsajit::generate_source(spec), nsajit::nvrtc_options("sm_90a"), "sm_90a",
+                                             nsajit::nvrtc_version()));
+
+  SUBCASE("hit, also through another cache object on the same directory") {
+    for (int round = 0; round < 2; ++round) {
+      const nsajit::CubinCache other(dir.path);
+      const nsajit::JitResult again = nsajit::jit_compile(spec, round == 0 ? cache : other);
+      CHECK(again.from_cache);
+      CHECK(again.compile_seconds == 0.0);
+      CHECK(again.cache_problem.empty());
+      CHECK(again.key == first.key);
+      CHECK(again.cubin == first.cubin);
+      CHECK(again.usage.registers == first.usage.registers);
+      CHECK(again.usage.spill_store_bytes == first.usage.spill_store_bytes);
+      CHECK(again.usage.static_smem_bytes == first.usage.static_smem_bytes);
+    }
+    // The stored metadata describes the compile.
+    const auto entries = cache.list();
+    REQUIRE(entries.size() == 1);
+    REQUIRE(entries[0].meta);
+    CHECK(entries[0].meta->family == "win_fwd");
+    CHECK(entries[0].meta->spec == spec.describe());
+    CHECK(entries[0].meta->arch == "sm_90a");
+    CHECK(entries[0].meta->nvrtc_version == nsajit::nvrtc_version());
+    CHECK(entries[0].meta->registers == first.usage.registers);
+  }
+
+  SUBCASE("a flipped payload byte") {
+    const fs::path entry = cache.entry_path(first.key);
+    {
+      std::fstream file(entry, std::ios::in | std::ios::out | std::ios::binary);
+      file.seekg(-1, std::ios::end);
+      char c = 0;
+      file.get(c);
+      file.seekp(-1, std::ios::end);
+      file.put(static_cast<char>(c ^ 0x5a));
+      REQUIRE(file.good());
+    }
+    const nsajit::JitResult redone = nsajit::jit_compile(spec, cache);
+    CHECK(!redone.from_cache);
+    CHECK_CONTAINS(redone.cache_problem, entry.string());
+    CHECK_CONTAINS(redone.cache_problem, "checksum mismatch");
+    CHECK(redone.cubin == first.cubin);  // NVRTC is deterministic
+    // Replaced by a good entry.
+    const nsajit::JitResult after = nsajit::jit_compile(spec, cache);
+    CHECK(after.from_cache);
+    CHECK(after.cache_problem.empty());
+    CHECK(after.cubin == first.cubin);
+    CHECK(cache.verify(false).empty());
+  }
+
+  SUBCASE("a truncated entry") {
+    const fs::path entry = cache.entry_path(first.key);
+    fs::resize_file(entry, 100);
+    const nsajit::JitResult redone = nsajit::jit_compile(spec, cache);
+    CHECK(!redone.from_cache);
+    CHECK_CONTAINS(redone.cache_problem, "truncated");
+    CHECK(redone.cubin == first.cubin);
+    CHECK(fs::file_size(entry) > 100);
+  }
+}
+
+TEST_CASE("compile: parse_ptxas_report") {
+  SUBCASE("with spills") {
+    const nsajit::ResourceUsage u = nsajit::parse_ptxas_report(kReportWithSpills);
+    CHECK(u.parsed);
+    CHECK(u.registers == 255);
+    CHECK(u.stack_bytes == 80);
+    CHECK(u.spill_store_bytes == 76);
+    CHECK(u.spill_load_bytes == 92);
+    CHECK(u.static_smem_bytes == 0);
+  }
+  SUBCASE("without spills, with static shared memory") {
+    const nsajit::ResourceUsage u = nsajit::parse_ptxas_report(kReportClean);
+    CHECK(u.parsed);
+    CHECK(u.registers == 40);
+    CHECK(u.stack_bytes == 0);
+    CHECK(u.spill_store_bytes == 0);
+    CHECK(u.spill_load_bytes == 0);
+    CHECK(u.static_smem_bytes == 4096);
+  }
+  SUBCASE("no report") {
+    const nsajit::ResourceUsage u = nsajit::parse_ptxas_report("");
+    CHECK(!u.parsed);
+    CHECK(u.registers == -1);
+    CHECK(!nsajit::parse_ptxas_report("ptxas info    : 0 bytes gmem\n").parsed);
+  }
+}
+
+TEST_CASE("compile: a failed compile names the options and shows the numbered source with a marker") {
+  const std::string source =
+      "// broken on purpose\n"
+      "extern \"C\" __global__ void k(int* p) {\n"
+      "  int a = 1;\n"
+      "  p[0] = a;\n"
+      "  this_is_not_declared = 3;\n"
+      "  p[1] = a;\n"
+      "  p[2] = a;\n"
+      "  p[3] = a;\n"
+      "  p[4] = a;\n"
+      "}\n";
+  std::string message;
+  try {
+    (void)nsajit::compile_cubin(source, "broken.cu", "sm_90a");
+  } catch (const nsajit::UsageError& e) {
+    FAIL("a compile error is not a usage error: " << e.what());
+  } catch (const nsajit::Error& e) {
+    message = e.what();
+  }
+  REQUIRE(!message.empty());
+  CHECK_CONTAINS(message, "NVRTC could not compile broken.cu");
+  for (const std::string& option : nsajit::nvrtc_options("sm_90a")) CHECK_CONTAINS(message, option);
+  CHECK_CONTAINS(message, "--gpu-architecture=sm_90a");
+  CHECK_CONTAINS(message, "this_is_not_declared");  // the log
+  CHECK_CONTAINS(message, "source around line 5");
+  CHECK_CONTAINS(message, "  >    5 |   this_is_not_declared = 3;");
+  CHECK_CONTAINS(message, "       2 | extern \"C\" __global__ void k(int* p) {");
+  CHECK_CONTAINS(message, "       8 |   p[3] = a;");
+  CHECK(!contains(message, "   9 |"));  // three lines of context either side
+  CHECK(!contains(message, "   1 |"));
+
+  SUBCASE("format_compile_error on a given log") {
+    const std::string src = "one\ntwo\nthree\nfour\nfive\n";
+    const std::string m = nsajit::format_compile_error("x.cu", {"--opt-a", "--opt-b"},
+                                                       "x.cu(2): catastrophic error: cannot open source file "
+                                                       "\"nope.h\"\nx.cu(5): error: oops\nx.cu(2): error: again\n",
+                                                       src);
+    CHECK_CONTAINS(m, "  options: --opt-a --opt-b");
+    CHECK_CONTAINS(m, "  >    2 | two");
+    CHECK_CONTAINS(m, "  >    5 | five");
+    CHECK_CONTAINS(m, "       1 | one");
+    // Line 2 is shown once although two errors point at it.
+    const size_t at = m.find("source around line 2");
+    REQUIRE(at != std::string::npos);
+    CHECK(m.find("source around line 2", at + 1) == std::string::npos);
+    // A line number past the end of the source shows no lines rather than crashing.
+    const std::string past = nsajit::format_compile_error("x.cu", {}, "x.cu(40): error: far\n", src);
+    CHECK_CONTAINS(past, "source around line 40");
+    CHECK(!contains(past, "| five"));
+  }
+}
+
+TEST_CASE("compile: nvrtc_options takes real GPU archs only") {
+  const std::vector<std::string> opts = nsajit::nvrtc_options("sm_90a");
+  CHECK(std::find(opts.begin(), opts.end(), "--gpu-architecture=sm_90a") != opts.end());
+  CHECK(std::find(opts.begin(), opts.end(), "--ptxas-options=-v") != opts.end());
+  CHECK(opts == nsajit::nvrtc_options("sm_90a"));  // fixed per arch: it is part of the cache key
+  CHECK(opts != nsajit::nvrtc_options("sm_80"));
+  CHECK_NOTHROW(nsajit::nvrtc_options("sm_86"));
+  for (const char* bad : {"sm_75", "compute_90", "banana", "", "sm_90b", "sm_"}) {
+    CAPTURE(bad);
+    std::string message;
+    try {
+      (void)nsajit::nvrtc_options(bad);
+    } catch (const nsajit::UsageError& e) {
+      message = e.what();
+    }
+    CHECK_CONTAINS(message, std::string("bad arch '") + bad + "'");
+  }
+  const std::string version = nsajit::nvrtc_version();
+  CHECK(version.find('.') != std::string::npos);
+  CHECK(version.size() >= 3);
+}

@@ -1,38 +1,39 @@
-// A deliberately simple window-attention forward: one warp per (sequence, query, head), keys one at a time, fp32
+// A deliberately simple dense-attention forward (window or compressed keys, by kMask): one warp per (sequence, query, head), keys one at a time, fp32
 // throughout. Slow; it exists to check the fast kernels at sizes the CPU reference cannot reach, and is itself
 // checked against the CPU reference.
-#ifndef NSA_WIN_FWD_REF_CUH
-#define NSA_WIN_FWD_REF_CUH
+#ifndef NSA_ATTN_FWD_REF_CUH
+#define NSA_ATTN_FWD_REF_CUH
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
-#include "win_params.cuh"
+#include "attn_params.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kDK = 128, kDV = 128, kG = 16;
+constexpr int kMask = kMaskWindow, kDK = 128, kDV = 128, kG = 16;
 }  // namespace nsa::spec
 #endif
 
 namespace nsa {
-namespace win_fwd_ref {
+namespace attn_fwd_ref {
 
 using namespace spec;
 constexpr int kWarpsPerBlock = 4;
 constexpr int kThreads = kWarpsPerBlock * 32;
 static_assert(kDK % 32 == 0 && kDV % 32 == 0, "head dims must be multiples of 32");
 
-__device__ __forceinline__ void run(const WinFwdParams& p) {
+__device__ __forceinline__ void run(const AttnFwdParams& p) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const i64 item = static_cast<i64>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int b = static_cast<int>(blockIdx.z);
   const i64 HQ = static_cast<i64>(p.H) * kG;
-  i64 len = p.T, q_off = b * p.q_sb, k_off = b * p.k_sb, v_off = b * p.v_sb, o_off = b * p.o_sb,
-      l_off = b * p.lse_sb;
-  if (p.cu_seqlens != nullptr) {
-    const i64 begin = p.cu_seqlens[b];
-    len = p.cu_seqlens[b + 1] - begin;
-    q_off = begin * p.q_st, k_off = begin * p.k_st, v_off = begin * p.v_st, o_off = begin * p.o_st;
-    l_off = begin * p.lse_st;
-  }
+  const SeqSpan seq = sequence_span(p, b);
+  const i64 len = seq.len;
+  const bool varlen = p.cu_seqlens != nullptr;
+  const i64 q_off = varlen ? seq.begin * p.q_st : b * p.q_sb;
+  const i64 o_off = varlen ? seq.begin * p.o_st : b * p.o_sb;
+  const i64 l_off = varlen ? seq.begin * p.lse_st : b * p.lse_sb;
+  const i64 key_begin = kMask == kMaskWindow ? seq.begin : seq.cmp_begin;
+  const i64 k_off = varlen ? key_begin * p.k_st : b * p.k_sb;
+  const i64 v_off = varlen ? key_begin * p.v_st : b * p.v_sb;
   if (item >= len * HQ) return;
   const i64 t = item / HQ;
   const i64 h = item % HQ;
@@ -49,8 +50,9 @@ __device__ __forceinline__ void run(const WinFwdParams& p) {
   for (int i = 0; i < kDV / 32; ++i) acc[i] = 0.f;
   float mx = neg_inf(), sum = 0.f;
   const float scale = p.scale_log2 * 0.6931471805599453f;  // back to the natural-log scale
-  const i64 lo = t - p.w + 1 > 0 ? t - p.w + 1 : 0;
-  for (i64 s = lo; s <= t && p.w > 0; ++s) {
+  const i64 lo = kMask == kMaskWindow ? (t - p.w + 1 > 0 ? t - p.w + 1 : 0) : 0;
+  const i64 hi = kMask == kMaskWindow ? (p.w > 0 ? t : -1) : visible_cmp_blocks(t, p.l, p.d) - 1;
+  for (i64 s = lo; s <= hi; ++s) {
     float dot = 0.f;
 #pragma unroll
     for (int i = 0; i < kDK / 32; ++i) dot += qv[i] * to_float(k[s * p.k_st + lane + 32 * i]);
@@ -71,7 +73,7 @@ __device__ __forceinline__ void run(const WinFwdParams& p) {
   if (p.lse != nullptr && lane == 0) p.lse[l_off + t * p.lse_st + h] = sum > 0.f ? mx + logf(sum) : neg_inf();
 }
 
-}  // namespace win_fwd_ref
+}  // namespace attn_fwd_ref
 }  // namespace nsa
 
-#endif  // NSA_WIN_FWD_REF_CUH
+#endif  // NSA_ATTN_FWD_REF_CUH

@@ -1,25 +1,26 @@
-// Sliding-window attention forward (NSA.md branch 3): query t sees keys max(0, t - w + 1) .. t.
+// Dense attention forward for the window branch (NSA.md branch 3: query t sees keys max(0, t - w + 1) .. t) and
+// the compressed branch (branch 1: query t sees compressed blocks 0 .. nc(t) - 1), chosen by kMask.
 //
 // FlashAttention-2 style: one CTA owns kBM rows of the flattened (query position, head-in-group) index
 // m = t * kG + g of one KV head, so the G query heads sharing a KV head fill the MMA rows together and every
 // key tile loaded into shared memory serves all of them. Each warp owns 16 rows; S = Q K^T and O += P V use
 // mma.sync m16n8k16 with fp32 accumulators; the softmax is online, in base 2. K/V tiles are double-buffered
 // with cp.async.
-#ifndef NSA_WIN_FWD_CUH
-#define NSA_WIN_FWD_CUH
+#ifndef NSA_ATTN_FWD_CUH
+#define NSA_ATTN_FWD_CUH
 #ifndef NSAJIT_GENERATED
 // Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
 #include "common.cuh"
-#include "win_params.cuh"
+#include "attn_params.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1;
+constexpr int kMask = kMaskWindow, kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1;
 }  // namespace nsa::spec
 #endif
 
 namespace nsa {
 
-namespace win_fwd {
+namespace attn_fwd {
 
 using namespace spec;
 constexpr int kWarps = kBM / 16;
@@ -30,24 +31,22 @@ constexpr int kSmemV = kBN * kDV * 2;
 static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
 static_assert(kDK % 64 == 0 && kDV % 64 == 0, "head dims must be multiples of 64");
 
-__device__ __forceinline__ void run(const WinFwdParams& p) {
+__device__ __forceinline__ void run(const AttnFwdParams& p) {
   extern __shared__ __align__(128) char smem[];
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int b = static_cast<int>(blockIdx.z);
   const int kvh = static_cast<int>(blockIdx.y);
 
-  i64 len = p.T;
-  i64 q_off = b * p.q_sb, k_off = b * p.k_sb, v_off = b * p.v_sb, o_off = b * p.o_sb, l_off = b * p.lse_sb;
-  if (p.cu_seqlens != nullptr) {
-    const i64 begin = p.cu_seqlens[b];
-    len = p.cu_seqlens[b + 1] - begin;
-    q_off = begin * p.q_st;
-    k_off = begin * p.k_st;
-    v_off = begin * p.v_st;
-    o_off = begin * p.o_st;
-    l_off = begin * p.lse_st;
-  }
+  const SeqSpan seq = sequence_span(p, b);
+  const i64 len = seq.len;
+  const bool varlen = p.cu_seqlens != nullptr;
+  const i64 q_off = varlen ? seq.begin * p.q_st : b * p.q_sb;
+  const i64 o_off = varlen ? seq.begin * p.o_st : b * p.o_sb;
+  const i64 l_off = varlen ? seq.begin * p.lse_st : b * p.lse_sb;
+  const i64 key_begin = kMask == kMaskWindow ? seq.begin : seq.cmp_begin;
+  const i64 k_off = varlen ? key_begin * p.k_st : b * p.k_sb;
+  const i64 v_off = varlen ? key_begin * p.v_st : b * p.v_sb;
   const i64 m0 = static_cast<i64>(blockIdx.x) * kBM;
   if (m0 >= len * kG) return;
 
@@ -55,10 +54,11 @@ __device__ __forceinline__ void run(const WinFwdParams& p) {
   const elem* k = static_cast<const elem*>(p.k) + k_off + static_cast<i64>(kvh) * p.k_sh;
   const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
 
+  // The keys any row of this tile sees: [s_begin, s_end).
   const i64 t_lo = m0 / kG;
   const i64 t_hi = min(len - 1, (m0 + kBM - 1) / kG);
-  const i64 s_begin = max(static_cast<i64>(0), t_lo - p.w + 1);
-  const i64 s_end = t_hi + 1;
+  const i64 s_begin = kMask == kMaskWindow ? max(static_cast<i64>(0), t_lo - p.w + 1) : 0;
+  const i64 s_end = kMask == kMaskWindow ? t_hi + 1 : visible_cmp_blocks(t_hi, p.l, p.d);
   const int n_tiles = s_end > s_begin ? static_cast<int>((s_end - s_begin + kBN - 1) / kBN) : 0;
 
   const u32 sQ = smem_addr(smem);
@@ -137,16 +137,19 @@ __device__ __forceinline__ void run(const WinFwdParams& p) {
       }
     }
 
-    // Mask only the tiles that reach past some row's window (ragged edges of the band). Row r sees the tile's
-    // columns c with lo[r] <= c <= hi[r], in 32-bit tile-relative terms.
+    // Mask only the tiles that reach past some row's key range. Row r sees the tile's columns c with
+    // lo[r] <= c <= hi[r], in 32-bit tile-relative terms.
     const i64 s0 = s_begin + static_cast<i64>(j) * kBN;
-    const bool full = s0 >= t_hi - p.w + 1 && s0 + kBN - 1 <= t_lo;
+    const bool full = kMask == kMaskWindow ? s0 >= t_hi - p.w + 1 && s0 + kBN - 1 <= t_lo
+                                           : s0 + kBN <= visible_cmp_blocks(t_lo, p.l, p.d);
     if (!full) {
       int hi[2], lo[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        hi[r] = static_cast<int>(min(t_row[r] - s0, static_cast<i64>(kBN)));
-        lo[r] = static_cast<int>(max(t_row[r] - p.w + 1 - s0, static_cast<i64>(-1)));
+        const i64 last = kMask == kMaskWindow ? t_row[r] : visible_cmp_blocks(t_row[r], p.l, p.d) - 1;
+        const i64 first = kMask == kMaskWindow ? t_row[r] - p.w + 1 : 0;
+        hi[r] = static_cast<int>(max(min(last - s0, static_cast<i64>(kBN)), static_cast<i64>(-1)));
+        lo[r] = static_cast<int>(min(max(first - s0, static_cast<i64>(-1)), static_cast<i64>(kBN)));
       }
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; ++nt) {
@@ -203,30 +206,53 @@ __device__ __forceinline__ void run(const WinFwdParams& p) {
   }
   cp_async_wait<0>();
 
-  // Epilogue: normalize, write o (and lse) for the rows that exist.
-  elem* o = static_cast<elem*>(p.o) + o_off + static_cast<i64>(kvh) * kG * p.o_sh;
+  // Epilogue: normalize; write o, lse and the gated output for the rows that exist.
+  elem* o = p.o ? static_cast<elem*>(p.o) + o_off + static_cast<i64>(kvh) * kG * p.o_sh : nullptr;
+  const elem* gate = static_cast<const elem*>(p.gate);
+  elem* out = static_cast<elem*>(p.out);
+  const i64 gate_off = varlen ? seq.begin * p.gate_st : b * p.gate_sb;
+  const i64 out_off = varlen ? seq.begin * p.out_st : b * p.out_sb;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float total = warp_quad_sum(row_sum[r]);
     const i64 m = m0 + row0 + 8 * r;
     const i64 t = m / kG;
     if (t >= len) continue;
+    const i64 h = static_cast<i64>(kvh) * kG + m % kG;
     const float inv = total > 0.f ? 1.f / total : 0.f;
-    elem* orow = o + t * p.o_st + (m % kG) * p.o_sh;
+    if (o != nullptr) {
+      elem* orow = o + t * p.o_st + (m % kG) * p.o_sh;
 #pragma unroll
-    for (int dn = 0; dn < kDV / 8; ++dn) {
-      const u32 packed = pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
-      *reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2) = packed;
+      for (int dn = 0; dn < kDV / 8; ++dn)
+        *reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2) =
+            pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
+    }
+    if (gate != nullptr) {
+      const float g = to_float(gate[gate_off + t * p.gate_st + h]);
+      elem* orow = out + out_off + t * p.out_st + h * p.out_sh;
+#pragma unroll
+      for (int dn = 0; dn < kDV / 8; ++dn) {
+        u32* dst = reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2);
+        float x0 = g * acc[dn][2 * r] * inv, x1 = g * acc[dn][2 * r + 1] * inv;
+        if (p.accumulate) {
+          const u32 old = *dst;
+          elem lo_e, hi_e;
+          lo_e.bits = static_cast<unsigned short>(old & 0xffffu);
+          hi_e.bits = static_cast<unsigned short>(old >> 16);
+          x0 += to_float(lo_e);
+          x1 += to_float(hi_e);
+        }
+        *dst = pack2<elem>(x0, x1);
+      }
     }
     if (p.lse != nullptr && lane % 4 == 0) {
       const float ln2 = 0.6931471805599453f;
-      p.lse[l_off + t * p.lse_st + static_cast<i64>(kvh) * kG + m % kG] =
-          total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
+      p.lse[l_off + t * p.lse_st + h] = total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
     }
   }
 }
 
-}  // namespace win_fwd
+}  // namespace attn_fwd
 }  // namespace nsa
 
-#endif  // NSA_WIN_FWD_CUH
+#endif  // NSA_ATTN_FWD_CUH

@@ -1,0 +1,141 @@
+#include "cli/bench.h"
+
+#include <fmt/format.h>
+#include <llvm/Support/JSON.h>
+#include <llvm/Support/raw_ostream.h>
+
+#include <functional>
+#include <system_error>
+
+#include "codegen/family.h"
+#include "runtime/attn_fwd_api.h"
+#include "runtime/device.h"
+#include "runtime/driver.h"
+#include "runtime/error.h"
+#include "runtime/forward.h"
+#include "runtime/pool_api.h"
+#include "runtime/select_api.h"
+#include "runtime/slc_fwd_api.h"
+#include "tuner/inputs.h"
+#include "tuner/timing.h"
+
+namespace nsajit {
+namespace {
+
+struct Row {
+  std::string what;
+  double ms = 0, p20 = 0, p80 = 0, flops = 0, bytes = 0;
+};
+
+}  // namespace
+
+int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path) {
+  std::string why;
+  if (!driver_available(&why)) {
+    fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
+    return 1;
+  }
+  Context ctx(0);
+  fmt::print("{}\n{}\nkernels: default (untuned) tile configs; the tuning database is issue #4\n", ctx.info().name,
+             ctx.info().fingerprint());
+  llvm::json::Array json_rows;
+  for (int64_t T : seqs) {
+    Problem p = base;
+    p.T = T;
+    p.validate();
+    const size_t tokens = static_cast<size_t>(p.B * p.T);
+    const int64_t nc = p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0;
+    DeviceBuffer q = random_device_tensor(tokens * p.HQ * p.dk, p.dtype, 1);
+    DeviceBuffer k = random_device_tensor(tokens * p.H * p.dk, p.dtype, 2);
+    DeviceBuffer v = random_device_tensor(tokens * p.H * p.dv, p.dtype, 3);
+    // Gates: random bits of a normal sample are fine for timing; keep them in (0, 1) anyway via the sign bit.
+    std::vector<uint16_t> gbits = random_normal_bits(tokens * p.HQ, p.dtype, 4);
+    for (auto& g : gbits) g &= 0x7fff;
+    DeviceBuffer gate(tokens * p.HQ * 2);
+    gate.upload(gbits.data(), gbits.size() * 2);
+    DeviceBuffer o(tokens * p.HQ * p.dv * 2), k_cmp(std::max<int64_t>(nc, 1) * p.H * p.dk * 2),
+        v_cmp(std::max<int64_t>(nc, 1) * p.H * p.dv * 2), lse(tokens * p.HQ * 4), idx(tokens * p.H * p.n * 4),
+        cnt(tokens * p.H * 4), ws(forward_workspace_bytes(p));
+
+    ForwardTensors f;
+    f.q = contiguous(q.get(), p.T, p.HQ, p.dk), f.k = contiguous(k.get(), p.T, p.H, p.dk);
+    f.v = contiguous(v.get(), p.T, p.H, p.dv), f.o = contiguous(o.get(), p.T, p.HQ, p.dv);
+    f.g_cmp = f.g_slc = f.g_win = gate.get();
+    f.gate_stride_b = p.T * p.HQ, f.gate_stride_t = p.HQ;
+    f.workspace = ws.get(), f.workspace_bytes = ws.bytes();
+    // One forward with the intermediates kept, so each kernel can then be timed on real inputs.
+    ForwardTensors keep = f;
+    keep.k_cmp = contiguous(k_cmp.get(), nc, p.H, p.dk), keep.v_cmp = contiguous(v_cmp.get(), nc, p.H, p.dv);
+    keep.lse_cmp = static_cast<float*>(lse.get()), keep.lse_stride_b = p.T * p.HQ, keep.lse_stride_t = p.HQ;
+    keep.idx = static_cast<int32_t*>(idx.get()), keep.cnt = static_cast<int32_t*>(cnt.get());
+    PoolArgs pk;
+    pk.x = f.k, pk.y = keep.k_cmp, pk.dim = p.dk;
+    PoolArgs pv = pk;
+    pv.x = f.v, pv.y = keep.v_cmp, pv.dim = p.dv;
+    mean_pool(p, pk, nullptr);
+    mean_pool(p, pv, nullptr);
+    forward(p, keep, nullptr);
+    ctx.synchronize();
+
+    AttnFwdArgs cmp;
+    cmp.q = f.q, cmp.k = keep.k_cmp, cmp.v = keep.v_cmp;
+    cmp.lse = keep.lse_cmp, cmp.lse_stride_b = keep.lse_stride_b, cmp.lse_stride_t = keep.lse_stride_t;
+    cmp.gate = gate.get(), cmp.gate_stride_b = f.gate_stride_b, cmp.gate_stride_t = f.gate_stride_t, cmp.out = f.o;
+    SelectArgs sel;
+    sel.q = f.q, sel.k_cmp = keep.k_cmp, sel.lse_cmp = keep.lse_cmp;
+    sel.lse_stride_b = keep.lse_stride_b, sel.lse_stride_t = keep.lse_stride_t, sel.idx = keep.idx, sel.cnt = keep.cnt;
+    SlcFwdArgs slc;
+    slc.q = f.q, slc.k = f.k, slc.v = f.v, slc.idx = keep.idx, slc.cnt = keep.cnt;
+    slc.gate = gate.get(), slc.gate_stride_b = f.gate_stride_b, slc.gate_stride_t = f.gate_stride_t, slc.out = f.o;
+    slc.accumulate = true;
+    AttnFwdArgs win;
+    win.q = f.q, win.k = f.k, win.v = f.v;
+    win.gate = gate.get(), win.gate_stride_b = f.gate_stride_b, win.gate_stride_t = f.gate_stride_t, win.out = f.o;
+    win.accumulate = true;
+
+    Problem pool_k = p, pool_v = p;
+    pool_v.dk = p.dv;
+    std::vector<Row> rows;
+    auto add = [&](const std::string& what, const std::function<void(CUstream)>& launch, double flops, double bytes) {
+      const TimingStats t = time_gpu(launch);
+      rows.push_back({what, t.median_ms, t.p20_ms, t.p80_ms, flops, bytes});
+    };
+    const KernelFamily &fpool = find_family("pool"), &fcmp = find_family("cmp_fwd"), &fsel = find_family("select"),
+                       &fslc = find_family("slc_fwd"), &fwin = find_family("win_fwd");
+    add("pool (k and v)", [&](CUstream s) { mean_pool(p, pk, s), mean_pool(p, pv, s); },
+        fpool.flops(pool_k) + fpool.flops(pool_v), fpool.min_bytes(pool_k) + fpool.min_bytes(pool_v));
+    add("cmp_fwd", [&](CUstream s) { cmp_fwd(p, cmp, s); }, fcmp.flops(p), fcmp.min_bytes(p));
+    add("select", [&](CUstream s) { select_blocks(p, sel, s); }, fsel.flops(p), fsel.min_bytes(p));
+    add("slc_fwd", [&](CUstream s) { slc_fwd(p, slc, s); }, fslc.flops(p), fslc.min_bytes(p));
+    if (p.w > 0) add("win_fwd", [&](CUstream s) { win_fwd(p, win, s); }, fwin.flops(p), fwin.min_bytes(p));
+    double total_flops = 0, total_bytes = 0;
+    for (const Row& r : rows) total_flops += r.flops, total_bytes += r.bytes;
+    add("whole forward", [&](CUstream s) { forward(p, f, s); }, total_flops, total_bytes);
+
+    fmt::print("\n{}\n{:<16} {:>10} {:>9} {:>9} {:>8} {:>8}\n", p.describe(), "kernel", "median ms", "TFLOP/s", "GB/s",
+               "%matrix", "%copy");
+    for (const Row& r : rows) {
+      const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
+      fmt::print("{:<16} {:>10.3f} {:>9.1f} {:>9.0f} {:>7.1f}% {:>7.1f}%   p20 {:.3f} p80 {:.3f}\n", r.what, r.ms, tf,
+                 gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
+      json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
+                                             {"T", T},
+                                             {"kernel", r.what},
+                                             {"median_ms", r.ms},
+                                             {"p20_ms", r.p20},
+                                             {"p80_ms", r.p80},
+                                             {"tflops", tf},
+                                             {"gbs", gb}});
+    }
+  }
+  if (!json_path.empty()) {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(json_path, ec);
+    if (ec) throw Error(fmt::format("cannot write {}: {}", json_path, ec.message()));
+    os << llvm::formatv("{0:2}", llvm::json::Value(llvm::json::Object{{"device", ctx.info().fingerprint()},
+                                                                      {"rows", std::move(json_rows)}}));
+  }
+  return 0;
+}
+
+}  // namespace nsajit

@@ -1,0 +1,14 @@
+#pragma once
+// `nsajit bench`: the forward per kernel family and whole, on the GPU.
+#include <string>
+#include <vector>
+
+#include "codegen/problem.h"
+
+namespace nsajit {
+
+// Times every forward kernel and the whole forward for each sequence length; prints a table (and writes JSON to
+// `json_path` when not empty). Returns the process exit code.
+int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path);
+
+}  // namespace nsajit

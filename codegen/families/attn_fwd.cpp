@@ -1,0 +1,178 @@
+// The dense-attention forward families: window (NSA.md branch 3) and compressed (branch 1), each with a fast
+// kernel (templates/attn_fwd.cuh) and a simple reference kernel (templates/attn_fwd_ref.cuh).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "codegen/family.h"
+#include "runtime/error.h"
+
+namespace nsajit {
+namespace {
+
+constexpr std::pair<int, int> kHeadDims[] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+
+enum class Mask { window, compressed };
+
+// What the dense-attention kernels share: the problems they serve, their parameter block and their work.
+class AttnFamily : public KernelFamily {
+public:
+  explicit AttnFamily(Mask mask) : mask_(mask) {}
+  std::vector<std::string_view> support_files() const override { return {"templates/attn_params.cuh"}; }
+  std::string_view harness_path() const override { return "templates/harness_attn_fwd.cuh"; }
+  std::string_view params_type() const override { return "nsa::AttnFwdParams"; }
+
+  void check_problem(const Problem& p) const override {
+    p.validate();
+    const bool dims_ok = std::any_of(std::begin(kHeadDims), std::end(kHeadDims),
+                                     [&](auto hd) { return hd.first == p.dk && hd.second == p.dv; });
+    if (!dims_ok)
+      throw UsageError(fmt::format("{} does not support (dk, dv) = ({}, {}): supported are (64, 64), (128, 128), "
+                                   "(192, 128), (256, 256)",
+                                   name(), p.dk, p.dv));
+  }
+
+  double flops(const Problem& p) const override {
+    // 2 dk + 2 dv FLOP per (query, head, visible key).
+    return static_cast<double>(p.B) * p.HQ * keys_per_head(p) * 2.0 * (p.dk + p.dv);
+  }
+  double min_bytes(const Problem& p) const override {
+    const double tokens = static_cast<double>(p.B) * static_cast<double>(p.T);
+    const double keys = mask_ == Mask::window ? tokens : static_cast<double>(p.B) * num_cmp(p);
+    return tokens * static_cast<double>(p.HQ) * (p.dk + p.dv + 2.0) * 2.0 + keys * p.H * (p.dk + p.dv) * 2.0;
+  }
+
+protected:
+  std::string mask_constant() const { return mask_ == Mask::window ? "kMaskWindow" : "kMaskCompressed"; }
+  // Keys seen by all queries of one head together.
+  double keys_per_head(const Problem& p) const {
+    const double T = static_cast<double>(p.T);
+    if (mask_ == Mask::window) {
+      const double w = p.w;
+      return T <= w ? T * (T + 1) / 2 : w * (w + 1) / 2 + (T - w) * w;
+    }
+    double keys = 0;  // sum over t of nc(t): closed forms are easy to get wrong; T is at most 2^31
+    for (int64_t t = p.l - 1; t < p.T; ++t) keys += static_cast<double>((t + 1 - p.l) / p.d + 1);
+    return keys;
+  }
+  static double num_cmp(const Problem& p) { return p.T >= p.l ? static_cast<double>((p.T - p.l) / p.d + 1) : 0.0; }
+
+  Mask mask_;
+};
+
+class AttnFwdFamily final : public AttnFamily {
+public:
+  explicit AttnFwdFamily(Mask mask) : AttnFamily(mask) {}
+  std::string_view name() const override { return mask_ == Mask::window ? "win_fwd" : "cmp_fwd"; }
+  std::string_view description() const override {
+    return mask_ == Mask::window
+               ? "sliding-window attention forward (branch 3): mma.sync m16n8k16, G heads packed in the tile rows"
+               : "compressed attention forward (branch 1): mma.sync m16n8k16, G heads packed in the tile rows";
+  }
+  std::string_view template_path() const override { return "templates/attn_fwd.cuh"; }
+
+  const std::vector<ParamDecl>& params() const override {
+    static const std::vector<ParamDecl> decls = {
+        {"BM", {64, 128}, "rows (query position x head-in-group) per CTA; 16 per warp"},
+        {"BN", {16, 32, 64, 128}, "keys per shared-memory tile"},
+        {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
+    };
+    return decls;
+  }
+
+  std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
+    const int smem = smem_bytes(p, c);
+    if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
+    // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held). Past ~200 the
+    // compiler spills (255 is the hard cap, and addressing needs the rest).
+    const int regs = p.dv / 2 + c.at("BN") / 2 + (c.at("QREGS") ? p.dk / 4 : 0);
+    if (regs > 200) return fmt::format("fragment registers {} > 200: would spill", regs);
+    return std::nullopt;
+  }
+
+  TileConfig default_config(const Problem& p) const override {
+    // Chosen from the compile report (no spills) until the tuner's database supplies measured winners.
+    if (p.dk >= 256 || p.dv >= 256) return {{"BM", 128}, {"BN", 16}, {"QREGS", 0}};
+    if (p.dk > 128) return {{"BM", 128}, {"BN", 32}, {"QREGS", 0}};
+    return {{"BM", 64}, {"BN", 64}, {"QREGS", 1}};
+  }
+
+  LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
+    LaunchGeometry g;
+    const int64_t rows = p.T * p.G();
+    g.grid = {static_cast<unsigned>((rows + c.at("BM") - 1) / c.at("BM")), static_cast<unsigned>(p.H),
+              static_cast<unsigned>(p.B)};
+    g.block = {static_cast<unsigned>(c.at("BM") / 16 * 32), 1, 1};
+    g.smem_bytes = smem_bytes(p, c);
+    return g;
+  }
+
+  std::string preamble(const Problem& p, const TileConfig& c) const override {
+    return fmt::format(
+        "typedef {} elem;\nconstexpr int kMask = {}, kDK = {}, kDV = {}, kG = {}, kBM = {}, kBN = {}, kQInRegs = {};\n",
+        p.dtype == Dtype::bf16 ? "bf16" : "f16", mask_constant(), p.dk, p.dv, p.G(), c.at("BM"), c.at("BN"),
+        c.at("QREGS"));
+  }
+  std::string entry_body() const override { return "nsa::attn_fwd::run(p);"; }
+  std::string launch_bounds(const Problem&, const TileConfig& c) const override {
+    return std::to_string(c.at("BM") / 16 * 32);
+  }
+
+private:
+  static int smem_bytes(const Problem& p, const TileConfig& c) {
+    return c.at("BM") * p.dk * 2 + 2 * c.at("BN") * (p.dk + p.dv) * 2;
+  }
+};
+
+class AttnFwdRefFamily final : public AttnFamily {
+public:
+  explicit AttnFwdRefFamily(Mask mask) : AttnFamily(mask) {}
+  std::string_view name() const override { return mask_ == Mask::window ? "win_fwd_ref" : "cmp_fwd_ref"; }
+  std::string_view description() const override {
+    return mask_ == Mask::window
+               ? "simple window forward, one warp per (query, head), fp32: the GPU reference for long sequences"
+               : "simple compressed forward, one warp per (query, head), fp32: the GPU reference for long sequences";
+  }
+  std::string_view template_path() const override { return "templates/attn_fwd_ref.cuh"; }
+  const std::vector<ParamDecl>& params() const override {
+    static const std::vector<ParamDecl> none;
+    return none;
+  }
+  std::optional<std::string> reject(const Problem&, const TileConfig&, int) const override { return std::nullopt; }
+  TileConfig default_config(const Problem&) const override { return {}; }
+  LaunchGeometry geometry(const Problem& p, const TileConfig&) const override {
+    LaunchGeometry g;
+    const int64_t items = p.T * p.HQ;
+    g.grid = {static_cast<unsigned>((items + 3) / 4), 1, static_cast<unsigned>(p.B)};
+    g.block = {128, 1, 1};
+    return g;
+  }
+  std::string preamble(const Problem& p, const TileConfig&) const override {
+    return fmt::format("typedef {} elem;\nconstexpr int kMask = {}, kDK = {}, kDV = {}, kG = {};\n",
+                       p.dtype == Dtype::bf16 ? "bf16" : "f16", mask_constant(), p.dk, p.dv, p.G());
+  }
+  std::string entry_body() const override { return "nsa::attn_fwd_ref::run(p);"; }
+  std::string launch_bounds(const Problem&, const TileConfig&) const override { return "128"; }
+};
+
+}  // namespace
+
+const KernelFamily& win_fwd_family() {
+  static const AttnFwdFamily f(Mask::window);
+  return f;
+}
+const KernelFamily& cmp_fwd_family() {
+  static const AttnFwdFamily f(Mask::compressed);
+  return f;
+}
+const KernelFamily& win_fwd_ref_family() {
+  static const AttnFwdRefFamily f(Mask::window);
+  return f;
+}
+const KernelFamily& cmp_fwd_ref_family() {
+  static const AttnFwdRefFamily f(Mask::compressed);
+  return f;
+}
+
+}  // namespace nsajit

@@ -1,0 +1,175 @@
+// The top-n block selection family (NSA.md branch 2, selection part); kernel in templates/select.cuh.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <tuple>
+
+#include "codegen/family.h"
+#include "runtime/error.h"
+#include "runtime/select_api.h"
+
+namespace nsajit {
+namespace {
+
+constexpr int kHeadDims[] = {64, 128, 192, 256};
+constexpr std::array<std::array<int, 3>, 4> kBlockShapes = {{{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}}};
+constexpr int kTopN[] = {8, 16, 32};
+
+// Mirrors kMT, kPPW and kP of the template.
+int row_tiles(int G) { return (G + 15) / 16; }
+int positions_per_warp(int G) { return 16 * row_tiles(G) / G; }
+int positions_per_cta(int G, int W) { return W * positions_per_warp(G); }
+// The template sums a position's G rows in registers when G divides 8 or 16 divides G, else through a
+// per-warp buffer of 16 * kMT rows x (BN + 8) floats.
+bool sums_through_smem(int G) { return !((G <= 8 && 8 % G == 0) || G % 16 == 0); }
+
+int64_t smem_bytes(const Problem& p, const TileConfig& c) {
+  const int64_t W = c.at("W"), BN = c.at("BN"), G = p.G(), rows = 16 * row_tiles(p.G());
+  const int64_t q = W * rows * p.dk * 2, k = 2 * BN * p.dk * 2;
+  const int64_t pbuf = sums_through_smem(p.G()) ? W * rows * (BN + 8) * 4 : 0;
+  const int64_t scores = static_cast<int64_t>(positions_per_cta(static_cast<int>(G), static_cast<int>(W))) *
+                         select_score_row_floats(p.T, p.lsel) * 4;
+  return q + k + pbuf + scores;
+}
+
+// Fragment registers per thread: S accumulators (BN / 2), the run values and their butterflies (about BN / 4 per
+// position slot), Q when held (row tiles x dk / 4).
+int fragment_registers(const Problem& p, const TileConfig& c) {
+  const int BN = c.at("BN"), G = p.G();
+  const int slots = (G <= 8 && 8 % G == 0) ? 2 : 1;
+  return BN / 2 + slots * BN / 4 + (c.at("QREGS") ? row_tiles(G) * p.dk / 4 : 0);
+}
+
+// Warps resident per SM as far as shared memory allows (228 KB per SM, 1 KB reserved per CTA), capped at 16 (two
+// CTAs of 8 warps at <= 128 registers).
+int64_t resident_warps(const Problem& p, const TileConfig& c) {
+  const int64_t smem = smem_bytes(p, c);
+  if (smem > kHopperMaxSmemOptin) return 0;
+  const int64_t ctas = std::min<int64_t>(233472 / (smem + 1024), 2048 / (32 * c.at("W")));
+  return std::min<int64_t>(ctas * c.at("W"), 16);
+}
+
+class SelectFamily final : public KernelFamily {
+public:
+  std::string_view name() const override { return "select"; }
+  std::string_view description() const override {
+    return "top-n block selection (branch 2): block scores from q, k_cmp and lse_cmp by mma.sync with G heads in "
+           "the tile rows, kept in shared memory; forced blocks and a warp top-n; idx ascending, -1 padded, and cnt";
+  }
+  std::string_view template_path() const override { return "templates/select.cuh"; }
+  // No standalone harness yet: `nsajit emit` of this family reports that the file is not embedded.
+  std::string_view harness_path() const override { return "templates/harness_select.cuh"; }
+  std::string_view params_type() const override { return "nsa::SelectParams"; }
+
+  const std::vector<ParamDecl>& params() const override {
+    static const std::vector<ParamDecl> decls = {
+        {"W", {1, 2, 4, 8},
+         "warps per CTA; each owns 16 * ceil(G/16) MMA rows holding floor(16 * ceil(G/16) / G) whole query "
+         "positions, whose scores (ceil(T/l') floats each) live in shared memory"},
+        {"BN", {32, 64, 128}, "compressed keys per shared-memory tile"},
+        {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
+    };
+    return decls;
+  }
+
+  void check_problem(const Problem& p) const override {
+    p.validate();
+    if (std::find(std::begin(kHeadDims), std::end(kHeadDims), p.dk) == std::end(kHeadDims))
+      throw UsageError(fmt::format("select does not support dk = {}: supported are 64, 128, 192, 256", p.dk));
+    const bool shape_ok = std::any_of(kBlockShapes.begin(), kBlockShapes.end(), [&](const auto& s) {
+      return s[0] == p.l && s[1] == p.d && s[2] == p.lsel;
+    });
+    if (!shape_ok)
+      throw UsageError(fmt::format("select does not support (l, d, l') = ({}, {}, {}): supported are (32, 16, 64), "
+                                   "(64, 64, 64), (32, 32, 64), (64, 32, 64)",
+                                   p.l, p.d, p.lsel));
+    if (std::find(std::begin(kTopN), std::end(kTopN), p.n) == std::end(kTopN))
+      throw UsageError(fmt::format("select does not support n = {}: supported are 8, 16, 32 selected blocks", p.n));
+  }
+
+  std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
+    const int64_t smem = smem_bytes(p, c);
+    if (smem > max_smem)
+      return fmt::format("shared memory {} B > device limit {} B ({} positions x {} score floats at T = {})", smem,
+                         max_smem, positions_per_cta(p.G(), c.at("W")), select_score_row_floats(p.T, p.lsel), p.T);
+    const int regs = fragment_registers(p, c);
+    if (regs > 160) return fmt::format("fragment registers {} > 160: would spill", regs);
+    return std::nullopt;
+  }
+
+  // The configuration with the most resident warps per SM, then the most positions per CTA (fewer k_cmp reads),
+  // then the larger key tile; Q in registers where it fits.
+  TileConfig default_config(const Problem& p) const override {
+    TileConfig best;
+    std::tuple<int64_t, int, int> best_key{-1, 0, 0};
+    for (int W : {1, 2, 4, 8})
+      for (int BN : {32, 64}) {
+        TileConfig c{{"W", W}, {"BN", BN}, {"QREGS", 1}};
+        if (fragment_registers(p, c) > 112) c["QREGS"] = 0;
+        if (reject(p, c, kHopperMaxSmemOptin)) continue;
+        const std::tuple<int64_t, int, int> key{resident_warps(p, c), W, BN};
+        if (key > best_key) best_key = key, best = c;
+      }
+    // Nothing fits (a very long sequence): the smallest config, which reject() explains.
+    if (best.empty()) best = {{"W", 1}, {"BN", 32}, {"QREGS", 0}};
+    return best;
+  }
+
+  LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
+    LaunchGeometry g;
+    const int64_t P = positions_per_cta(p.G(), c.at("W"));
+    g.grid = {static_cast<unsigned>((p.T + P - 1) / P), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)};
+    g.block = {static_cast<unsigned>(32 * c.at("W")), 1, 1};
+    g.smem_bytes = static_cast<int>(smem_bytes(p, c));
+    return g;
+  }
+
+  std::string preamble(const Problem& p, const TileConfig& c) const override {
+    return fmt::format(
+        "typedef {} elem;\nconstexpr int kDK = {}, kG = {}, kL = {}, kD = {}, kLSel = {}, kN = {}, kW = {}, kBN = {}, "
+        "kQInRegs = {};\n",
+        p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.G(), p.l, p.d, p.lsel, p.n, c.at("W"), c.at("BN"),
+        c.at("QREGS"));
+  }
+  std::string entry_body() const override { return "nsa::select_blocks::run(p);"; }
+  std::string launch_bounds(const Problem&, const TileConfig& c) const override {
+    // The explicit minimum of one CTA per SM lets ptxas use registers freely for small blocks too.
+    return fmt::format("{}, 1", 32 * c.at("W"));
+  }
+
+  double flops(const Problem& p) const override {
+    // 2 dk per (query head, visible compressed block): sum over t of nc(t) = sum over u = 0 .. T - l of
+    // (floor(u / d) + 1).
+    const int64_t U = p.T - p.l;
+    double blocks = 0;
+    if (U >= 0) {
+      const int64_t n = U + 1, qd = n / p.d, r = n % p.d;
+      blocks = static_cast<double>(n) + static_cast<double>(p.d) * qd * (qd - 1) / 2.0 + static_cast<double>(r) * qd;
+    }
+    return static_cast<double>(p.B) * p.HQ * blocks * 2.0 * p.dk;
+  }
+  double min_bytes(const Problem& p) const override {
+    const double tokens = static_cast<double>(p.B) * static_cast<double>(p.T);
+    const int64_t nc = p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0;
+    const double q = tokens * p.HQ * p.dk * 2.0, lse = tokens * p.HQ * 4.0;
+    const double k_cmp = static_cast<double>(p.B) * static_cast<double>(nc) * p.H * p.dk * 2.0;
+    const double out = tokens * p.H * (p.n + 1) * 4.0;
+    return q + lse + k_cmp + out;
+  }
+};
+
+}  // namespace
+
+int select_score_row_floats(int64_t T, int lsel) {
+  const int64_t ns = (T + lsel - 1) / lsel;
+  return static_cast<int>((ns + 3) / 4 * 4);
+}
+
+const KernelFamily& select_family() {
+  static const SelectFamily f;
+  return f;
+}
+
+}  // namespace nsajit

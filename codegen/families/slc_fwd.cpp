@@ -1,0 +1,171 @@
+// The selected-attention forward family (NSA.md branch 2); kernel in templates/slc_fwd.cuh.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "codegen/family.h"
+#include "runtime/error.h"
+
+namespace nsajit {
+namespace {
+
+constexpr std::pair<int, int> kHeadDims[] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+constexpr int kSelBlocks[] = {32, 64, 128};
+constexpr int kTopN[] = {8, 16, 32};
+constexpr int kMaxTopN = 32;  // kMaxN of the template
+constexpr int kMaxGroup = 128;  // one position's heads must fit the 8 warps of BM = 128
+
+// Warps of one position for G > 16: ceil(G / 16) rounded up to a power of two (so BM can hold whole positions).
+int warps_per_position(int G) {
+  int w = 1;
+  while (w * 16 < G) w *= 2;
+  return w;
+}
+
+// Positions per CTA for group size G and BM rows (0: BM cannot hold a whole position). Mirrors kP of the template.
+int positions_per_cta(int G, int BM) {
+  const int warps = BM / 16;
+  if (G <= 16) return warps * (16 / G);
+  return warps / warps_per_position(G);
+}
+
+class SlcFwdFamily final : public KernelFamily {
+public:
+  std::string_view name() const override { return "slc_fwd"; }
+  std::string_view description() const override {
+    return "selected-block attention forward (branch 2): mma.sync m16n8k16, consecutive positions x G heads in "
+           "the tile rows, their block lists merged so each K/V block is loaded once per CTA";
+  }
+  std::string_view template_path() const override { return "templates/slc_fwd.cuh"; }
+  // No standalone harness yet: `nsajit emit` of this family reports that the file is not embedded.
+  std::string_view harness_path() const override { return "templates/harness_slc_fwd.cuh"; }
+  std::string_view params_type() const override { return "nsa::SlcFwdParams"; }
+
+  const std::vector<ParamDecl>& params() const override {
+    static const std::vector<ParamDecl> decls = {
+        {"BM", {16, 32, 64, 128},
+         "MMA rows per CTA, 16 per warp, whole query positions per warp: P = BM/16 * floor(16/G) positions "
+         "for G <= 16; for G > 16 a position takes ceil(G/16) warps rounded up to a power of two"},
+        {"BN", {16, 32, 64}, "keys per shared-memory tile (a selection block is l'/BN tiles)"},
+        {"STAGES", {2, 3}, "K/V tiles in flight (cp.async pipeline depth)"},
+        {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
+    };
+    return decls;
+  }
+
+  void check_problem(const Problem& p) const override {
+    p.validate();
+    const bool dims_ok = std::any_of(std::begin(kHeadDims), std::end(kHeadDims),
+                                     [&](auto hd) { return hd.first == p.dk && hd.second == p.dv; });
+    if (!dims_ok)
+      throw UsageError(fmt::format("slc_fwd does not support (dk, dv) = ({}, {}): supported are (64, 64), "
+                                   "(128, 128), (192, 128), (256, 256)",
+                                   p.dk, p.dv));
+    if (std::find(std::begin(kSelBlocks), std::end(kSelBlocks), p.lsel) == std::end(kSelBlocks))
+      throw UsageError(fmt::format("slc_fwd does not support l' = {}: supported selection block lengths are 32, "
+                                   "64, 128",
+                                   p.lsel));
+    if (std::find(std::begin(kTopN), std::end(kTopN), p.n) == std::end(kTopN))
+      throw UsageError(fmt::format("slc_fwd does not support n = {}: supported are 8, 16, 32 selected blocks", p.n));
+    if (p.G() > kMaxGroup)
+      throw UsageError(fmt::format("slc_fwd does not support G = HQ / H = {}: supported are 1 .. {}", p.G(),
+                                   kMaxGroup));
+  }
+
+  std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
+    const int G = p.G(), BM = c.at("BM"), BN = c.at("BN");
+    const int P = positions_per_cta(G, BM);
+    if (P == 0)
+      return fmt::format("BM = {} cannot hold the {} heads of a position (G = {} needs BM >= {})", BM, G, G,
+                         16 * warps_per_position(G));
+    if (P > 32) return fmt::format("{} positions per CTA > 32 (the per-block position masks are 32-bit)", P);
+    if (p.lsel % BN != 0) return fmt::format("BN = {} does not divide l' = {}", BN, p.lsel);
+    const int threads = BM / 16 * 32;
+    for (int dim : {p.dk, p.dv})
+      if (BN * dim / 8 % threads != 0)
+        return fmt::format("a {}-key tile of {}-wide rows ({} 16-byte chunks) does not divide over {} threads", BN,
+                           dim, BN * dim / 8, threads);
+    const int smem = smem_bytes(p, c);
+    if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
+    // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held). Past 140 ptxas
+    // spills (checked: dk = 192 with BN = 64 and Q held is 144 and spills; 136 does not): 255 is the hard cap, and
+    // the row masks, positions, addresses and the softmax need the rest.
+    const int regs = p.dv / 2 + BN / 2 + (c.at("QREGS") ? p.dk / 4 : 0);
+    if (regs > 140) return fmt::format("fragment registers {} > 140: would spill", regs);
+    return std::nullopt;
+  }
+
+  // Several positions per CTA (about 64 rows): neighbouring queries share most of their blocks, so a CTA loads
+  // their union once instead of each position's list; BM = 32 for G = 1 keeps P <= 32.
+  TileConfig default_config(const Problem& p) const override {
+    const int G = p.G();
+    int BM = 64;
+    while (positions_per_cta(G, BM) > 32) BM /= 2;
+    while (positions_per_cta(G, BM) == 0 && BM < 128) BM *= 2;
+    // Registers decide the rest (checked with ptxas): Q stays in shared memory from dk = 192 on (held in
+    // registers it spills with BN = 64), and dv = 256 (128 accumulator registers) needs BN = 16.
+    const int BN = p.dv >= 256 ? 16 : std::min(64, p.lsel);
+    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", p.dk <= 128 ? 1 : 0}};
+  }
+
+  LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
+    LaunchGeometry g;
+    const int P = positions_per_cta(p.G(), c.at("BM"));
+    g.grid = {static_cast<unsigned>((p.T + P - 1) / P), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)};
+    g.block = {static_cast<unsigned>(c.at("BM") / 16 * 32), 1, 1};
+    g.smem_bytes = smem_bytes(p, c);
+    return g;
+  }
+
+  std::string preamble(const Problem& p, const TileConfig& c) const override {
+    return fmt::format(
+        "typedef {} elem;\nconstexpr int kDK = {}, kDV = {}, kG = {}, kL = {}, kBM = {}, kBN = {}, kStages = {}, "
+        "kQInRegs = {};\n",
+        p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.dv, p.G(), p.lsel, c.at("BM"), c.at("BN"), c.at("STAGES"),
+        c.at("QREGS"));
+  }
+  std::string entry_body() const override { return "nsa::slc_fwd::run(p);"; }
+  // At least one CTA per SM: without it ptxas caps some variants at 168 registers (an occupancy guess) and spills.
+  std::string launch_bounds(const Problem&, const TileConfig& c) const override {
+    return std::to_string(c.at("BM") / 16 * 32) + ", 1";
+  }
+
+  // Per (query, head), 2 (dk + dv) FLOP per key it attends to. With NSA.md's selection (the local block always
+  // among the cnt = min(n, floor(t/l') + 1) blocks) that is (cnt - 1) whole blocks plus the local block cut at t.
+  double flops(const Problem& p) const override {
+    double keys = 0;
+    for (int64_t jb = 0; jb * p.lsel < p.T; ++jb) {
+      const double in_block = static_cast<double>(std::min<int64_t>(p.lsel, p.T - jb * p.lsel));
+      const double cnt = static_cast<double>(std::min<int64_t>(p.n, jb + 1));
+      keys += in_block * (cnt - 1) * p.lsel + in_block * (in_block + 1) / 2;
+    }
+    return static_cast<double>(p.B) * p.HQ * keys * 2.0 * (p.dk + p.dv);
+  }
+  // The least any implementation moves: q read and o_slc written once, lse, idx and cnt once, and every K/V token
+  // read once (each block is the local block of its own positions, so every token is selected by someone). K/V
+  // re-reads by several CTAs (L2 traffic) and the optional gate/out of the gated epilogue are not counted.
+  double min_bytes(const Problem& p) const override {
+    const double tokens = static_cast<double>(p.B) * static_cast<double>(p.T);
+    return tokens * (static_cast<double>(p.HQ) * (p.dk + p.dv) * 2.0 + static_cast<double>(p.H) * (p.dk + p.dv) * 2.0 +
+                     p.HQ * 4.0 + static_cast<double>(p.H) * (p.n + 1) * 4.0);
+  }
+
+private:
+  // Q tile, the K/V pipeline stages, and the merge's lists: raw idx rows, merged blocks and their masks
+  // (P * 32 entries each, for any n <= 32: n is not compiled in, and the runtime loads one kernel per compiled
+  // source) plus the merged count.
+  static int smem_bytes(const Problem& p, const TileConfig& c) {
+    const int P = std::max(positions_per_cta(p.G(), c.at("BM")), 1);
+    return c.at("BM") * p.dk * 2 + c.at("STAGES") * c.at("BN") * (p.dk + p.dv) * 2 + 3 * P * kMaxTopN * 4 + 16;
+  }
+};
+
+}  // namespace
+
+const KernelFamily& slc_fwd_family() {
+  static const SlcFwdFamily f;
+  return f;
+}
+
+}  // namespace nsajit

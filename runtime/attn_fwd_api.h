@@ -1,0 +1,45 @@
+#pragma once
+// The dense-attention branches on device pointers: sliding window (NSA.md branch 3) and compressed (branch 1).
+#include <cuda.h>
+
+#include <cstdint>
+#include <span>
+
+#include "codegen/family.h"
+#include "codegen/problem.h"
+#include "runtime/tensor.h"
+
+namespace nsajit {
+
+struct AttnFwdArgs {
+  TensorView q;  // [B, T, HQ, dk]
+  TensorView k;  // window: [B, T, H, dk]; compressed: k_cmp [B, Nc, H, dk]
+  TensorView v;  // window: [B, T, H, dv]; compressed: v_cmp [B, Nc, H, dv]
+  TensorView o;  // [B, T, HQ, dv], written; may have null data when `out` is given
+  float* lse = nullptr;  // [B, T, HQ] fp32, natural log; optional
+  int64_t lse_stride_b = 0, lse_stride_t = 0;
+  // Gated output (optional): out = gate * o, or out += gate * o with accumulate. gate [B, T, HQ], head contiguous.
+  const void* gate = nullptr;
+  int64_t gate_stride_b = 0, gate_stride_t = 0;
+  TensorView out;
+  bool accumulate = false;
+  // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host.
+  // Compressed keys of a varlen batch: each sequence's Nc(len) blocks one after another.
+  const int32_t* cu_seqlens = nullptr;
+  std::span<const int32_t> cu_seqlens_host;
+};
+
+// Validate everything (throw UsageError naming the bad argument), then launch on `stream`. `config` overrides the
+// family's default tile config.
+void win_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
+void cmp_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
+
+// The same operations by deliberately simple kernels (fp32, one warp per query and head; `o` required, no gate):
+// slow, for checking the fast kernels at sizes the CPU reference cannot reach.
+void win_fwd_reference(const Problem& problem, const AttnFwdArgs& args, CUstream stream);
+void cmp_fwd_reference(const Problem& problem, const AttnFwdArgs& args, CUstream stream);
+
+// Checks cu_seqlens_host (starts at 0, non-decreasing, ends at `total`); returns the longest sequence.
+int64_t check_cu_seqlens(const char* who, std::span<const int32_t> cu, int64_t total);
+
+}  // namespace nsajit

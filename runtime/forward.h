@@ -1,0 +1,52 @@
+#pragma once
+// The whole NSA forward (NSA.md) in one call: mean-pool compression (unless k_cmp/v_cmp are given), compressed
+// attention, top-n selection, selected attention and sliding-window attention, with the gated sum fused into the
+// branch kernels' epilogues (the first branch writes o, the others accumulate).
+#include <cuda.h>
+
+#include <cstdint>
+#include <span>
+
+#include "codegen/problem.h"
+#include "runtime/tensor.h"
+
+namespace nsajit {
+
+struct ForwardTensors {
+  TensorView q, k, v;                     // [B, T, HQ, dk], [B, T, H, dk], [B, T, H, dv]
+  TensorView k_slc, v_slc, k_win, v_win;  // optional per-branch keys/values (null data: k, v)
+  TensorView k_cmp, v_cmp;                // optional [B, Nc, H, dk|dv] (null data: mean pool of k, v)
+  // Gates [B, T, HQ] in the input dtype (already through the sigmoid), head stride 1; a null gate disables its
+  // branch. At least one must be given.
+  const void* g_cmp = nullptr;
+  const void* g_slc = nullptr;
+  const void* g_win = nullptr;
+  int64_t gate_stride_b = 0, gate_stride_t = 0;
+  TensorView o;  // [B, T, HQ, dv], written
+
+  // Optional outputs, for the backward and for inspection.
+  TensorView o_cmp, o_slc, o_win;
+  float* lse_cmp = nullptr;  // [B, T, HQ] fp32, natural log, strides below
+  float* lse_slc = nullptr;
+  float* lse_win = nullptr;
+  int64_t lse_stride_b = 0, lse_stride_t = 0;
+  int32_t* idx = nullptr;  // [B, T, H, n] contiguous
+  int32_t* cnt = nullptr;  // [B, T, H] contiguous
+
+  // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host.
+  const int32_t* cu_seqlens = nullptr;
+  std::span<const int32_t> cu_seqlens_host;
+
+  // Scratch for what the caller did not ask for (lse_cmp, idx/cnt, pooled k_cmp/v_cmp): at least
+  // forward_workspace_bytes(problem) bytes, 256-byte aligned. Without it the call allocates and frees its own
+  // and synchronizes `stream` before returning.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+size_t forward_workspace_bytes(const Problem& problem);
+
+// Validates (UsageError naming the bad argument), then launches every kernel on `stream`.
+void forward(const Problem& problem, const ForwardTensors& tensors, CUstream stream);
+
+}  // namespace nsajit

@@ -1,0 +1,64 @@
+#include "runtime/pool_api.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "codegen/codegen.h"
+#include "runtime/attn_fwd_api.h"
+#include "runtime/error.h"
+#include "runtime/kernels.h"
+
+namespace nsajit {
+namespace {
+
+// Byte for byte the PoolParams of templates/pool.cuh.
+struct PoolParams {
+  const void* x;
+  void* y;
+  int64_t x_sb, x_st, x_sh;
+  int64_t y_sb, y_st, y_sh;
+  const int32_t* cu_seqlens;
+  int64_t T;
+  int32_t H, l, d;
+  int32_t unused;
+};
+static_assert(sizeof(PoolParams) == 96, "must match templates/pool.cuh");
+
+}  // namespace
+
+void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const TileConfig* config) {
+  const KernelFamily& family = find_family("pool");
+  family.check_problem(problem);
+  if (a.dim != problem.dk && a.dim != problem.dv)
+    throw UsageError(fmt::format("pool: dim {} is neither dk = {} nor dv = {}", a.dim, problem.dk, problem.dv));
+  for (auto [name, t] : {std::pair{"x", a.x}, std::pair{"y", a.y}}) {
+    if (t.data == nullptr) throw UsageError(fmt::format("pool: {} is a null pointer", name));
+    if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
+      throw UsageError(fmt::format("pool: {} is not 16-byte aligned", name));
+    for (int64_t s : {t.stride_b, t.stride_t, t.stride_h})
+      if (s < 0 || s % 8 != 0)
+        throw UsageError(fmt::format("pool: {}'s strides must be non-negative multiples of 8 elements", name));
+  }
+  Problem launch = problem;
+  launch.dk = a.dim;  // the family pools one tensor of this dim per launch
+  const bool varlen = a.cu_seqlens != nullptr;
+  if (varlen) {
+    if (problem.B != 1) throw UsageError(fmt::format("pool: varlen needs B = 1 (got B = {})", problem.B));
+    launch.T = std::max<int64_t>(check_cu_seqlens("pool", a.cu_seqlens_host, problem.T), 1);
+    launch.B = static_cast<int64_t>(a.cu_seqlens_host.size()) - 1;
+  }
+  KernelSpec spec{&family, launch, config ? *config : family.default_config(launch), "sm_90a"};
+  const Kernel& kernel = runtime_kernel(spec);
+  const LaunchGeometry g = family.geometry(launch, spec.config);
+  PoolParams p{};
+  p.x = a.x.data, p.y = const_cast<void*>(a.y.data);
+  p.x_sb = a.x.stride_b, p.x_st = a.x.stride_t, p.x_sh = a.x.stride_h;
+  p.y_sb = a.y.stride_b, p.y_st = a.y.stride_t, p.y_sh = a.y.stride_h;
+  p.cu_seqlens = a.cu_seqlens;
+  p.T = launch.T;
+  p.H = problem.H, p.l = problem.l, p.d = problem.d;
+  kernel.launch(g.grid, g.block, g.smem_bytes, stream, &p);
+}
+
+}  // namespace nsajit

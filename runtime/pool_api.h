@@ -1,0 +1,25 @@
+#pragma once
+// The mean-pool compressor on device pointers: x [B, T, H, dim] -> y [B, Nc, H, dim], block i = mean of
+// x[i*d .. i*d + l).
+#include <cuda.h>
+
+#include <cstdint>
+#include <span>
+
+#include "codegen/family.h"
+#include "codegen/problem.h"
+#include "runtime/tensor.h"
+
+namespace nsajit {
+
+struct PoolArgs {
+  TensorView x;  // [B, T, H, dim]
+  TensorView y;  // [B, Nc, H, dim]; varlen: each sequence's Nc(len) blocks one after another
+  int dim = 0;   // problem.dk for k, problem.dv for v
+  const int32_t* cu_seqlens = nullptr;  // varlen (B == 1): device offsets, and the same on the host
+  std::span<const int32_t> cu_seqlens_host;
+};
+
+void mean_pool(const Problem& problem, const PoolArgs& args, CUstream stream, const TileConfig* config = nullptr);
+
+}  // namespace nsajit

@@ -1,0 +1,40 @@
+#pragma once
+// Selected-block attention forward (NSA.md branch 2) on device pointers, with an optional gated-sum epilogue.
+#include <cuda.h>
+
+#include <cstdint>
+#include <span>
+
+#include "codegen/family.h"
+#include "codegen/problem.h"
+#include "runtime/tensor.h"
+
+namespace nsajit {
+
+struct SlcFwdArgs {
+  TensorView q;      // [B, T, HQ, dk]
+  TensorView k;      // [B, T, H, dk]: the branch's own k_slc
+  TensorView v;      // [B, T, H, dv]: the branch's own v_slc
+  TensorView o_slc;  // [B, T, HQ, dv], written; its data may be null (then out or lse must be given)
+  float* lse = nullptr;  // [B, T, HQ] fp32, natural log (-inf for an empty key set); optional
+  int64_t lse_stride_b = 0, lse_stride_t = 0;
+  // The selection (NSA.md): idx [B, T, H, n] ascending block indices relative to the sequence start, -1 padded;
+  // cnt [B, T, H] valid entries. Both contiguous int32 (varlen: rows of the packed T).
+  const int32_t* idx = nullptr;
+  const int32_t* cnt = nullptr;
+  // Gated epilogue: with gate [B, T, HQ] (input dtype, head stride 1) and out [B, T, HQ, dv] both given,
+  // out = gate * o_slc, or out += gate * o_slc when `accumulate` is set (fp32 sum, one rounding).
+  const void* gate = nullptr;
+  int64_t gate_stride_b = 0, gate_stride_t = 0;
+  TensorView out;
+  bool accumulate = false;
+  // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host.
+  const int32_t* cu_seqlens = nullptr;
+  std::span<const int32_t> cu_seqlens_host;
+};
+
+// Validates everything (throws UsageError naming the bad argument), then launches on `stream`. `config`
+// overrides the family's default tile config.
+void slc_fwd(const Problem& problem, const SlcFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
+
+}  // namespace nsajit

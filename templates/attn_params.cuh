@@ -1,0 +1,64 @@
+// The parameter block of the dense-attention kernels: the window branch (NSA.md branch 3) and the compressed
+// branch (branch 1), fast (attn_fwd.cuh) and simple (attn_fwd_ref.cuh).
+#ifndef NSA_ATTN_PARAMS_CUH
+#define NSA_ATTN_PARAMS_CUH
+#ifndef NSAJIT_GENERATED
+#include "common.cuh"
+#endif
+
+namespace nsa {
+
+// Which keys query t sees.
+enum MaskKind {
+  kMaskWindow = 0,      // k[max(0, t - w + 1) .. t]
+  kMaskCompressed = 1,  // k_cmp[0 .. nc(t)), nc(t) = max(0, floor((t + 1 - l) / d) + 1)
+};
+
+// Mirrored byte for byte by runtime/attn_fwd_api.cpp. Strides are in elements; the last dim is contiguous.
+struct AttnFwdParams {
+  const void* q;  // [B, T, HQ, dk]
+  const void* k;  // window: [B, T, H, dk]; compressed: [B, Nc, H, dk]
+  const void* v;  // window: [B, T, H, dv]; compressed: [B, Nc, H, dv]
+  void* o;        // [B, T, HQ, dv], may be null when `out` is given
+  float* lse;     // [B, T, HQ], may be null
+  const void* gate;  // [B, T, HQ] (head contiguous), may be null: then `out` is not written
+  void* out;         // [B, T, HQ, dv]: out = gate * o, or out += gate * o when accumulate
+  i64 q_sb, q_st, q_sh;
+  i64 k_sb, k_st, k_sh;
+  i64 v_sb, v_st, v_sh;
+  i64 o_sb, o_st, o_sh;
+  i64 lse_sb, lse_st;  // lse head stride is 1
+  i64 gate_sb, gate_st;
+  i64 out_sb, out_st, out_sh;
+  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
+  i64 T;                  // sequence length (varlen: the longest one)
+  i32 H;                  // KV heads
+  i32 w;                  // window; 0 gives o = 0 and lse = -inf
+  i32 l, d;               // compression block length and stride
+  i32 accumulate;         // 1: out += gate * o
+  float scale_log2;       // softmax scale * log2(e)
+};
+
+// Compressed blocks of a sequence of `len` tokens, and those query t sees.
+__device__ __forceinline__ i64 num_cmp_blocks(i64 len, int l, int d) { return len >= l ? (len - l) / d + 1 : 0; }
+__device__ __forceinline__ i64 visible_cmp_blocks(i64 t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 1 : 0; }
+
+// Where sequence b starts, in tokens and (for compressed keys) in compressed blocks, and its length.
+struct SeqSpan {
+  i64 begin = 0, len = 0, cmp_begin = 0;
+};
+__device__ __forceinline__ SeqSpan sequence_span(const AttnFwdParams& p, int b) {
+  SeqSpan s;
+  if (p.cu_seqlens == nullptr) {
+    s.len = p.T;
+    return s;
+  }
+  s.begin = p.cu_seqlens[b];
+  s.len = p.cu_seqlens[b + 1] - s.begin;
+  for (int i = 0; i < b; ++i) s.cmp_begin += num_cmp_blocks(p.cu_seqlens[i + 1] - p.cu_seqlens[i], p.l, p.d);
+  return s;
+}
+
+}  // namespace nsa
+
+#endif  // NSA_ATTN_PARAMS_CUH

@@ -1,0 +1,413 @@
+// Selected-block attention forward (NSA.md branch 2): query t of head h attends to the tokens of the blocks
+// idx[t, h / G, 0 .. cnt) (block j holds tokens [j * l', (j + 1) * l')), keys s <= t only.
+//
+// One CTA serves kP consecutive query positions of one KV head; its kBM MMA rows are (position, head-in-group)
+// pairs, whole positions per warp: for G <= 16 a warp holds 16 / G positions (row i = position * G + head, rows
+// past that are padding), for G > 16 one position spans ceil(G / 16) warps. The positions' block lists are merged
+// into one ascending, de-duplicated list in shared memory, each block with a bitmask of the positions that
+// selected it. The K/V of every listed block streams once through cp.async-pipelined shared-memory tiles for all
+// rows; a warp skips a tile that none of its positions selected, and each row is masked to its own position's
+// blocks and to s <= t. The MMA fragment layouts and the base-2 online softmax are those of win_fwd.cuh.
+#ifndef NSA_SLC_FWD_CUH
+#define NSA_SLC_FWD_CUH
+#ifndef NSAJIT_GENERATED
+// Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
+#include "common.cuh"
+namespace nsa::spec {
+typedef bf16 elem;
+constexpr int kDK = 128, kDV = 128, kG = 16, kL = 64, kBM = 64, kBN = 64, kStages = 2, kQInRegs = 1;
+}  // namespace nsa::spec
+#endif
+
+namespace nsa {
+
+// Mirrored byte for byte by runtime/slc_fwd_api.cpp. Strides are in elements; the last dim is contiguous.
+struct SlcFwdParams {
+  const void* q;     // [B, T, HQ, dk]
+  const void* k;     // [B, T, H, dk]
+  const void* v;     // [B, T, H, dv]
+  void* o;           // [B, T, HQ, dv] o_slc; null: not written
+  float* lse;        // [B, T, HQ] natural log; null: not written
+  const i32* idx;    // [B, T, H, n] contiguous: selected block indices, ascending, -1 padded
+  const i32* cnt;    // [B, T, H] contiguous: valid entries of idx
+  const void* gate;  // [B, T, HQ], head stride 1; null: no gated output
+  void* out;         // [B, T, HQ, dv]: out = gate * o_slc, or out += gate * o_slc; used iff gate is non-null
+  i64 q_sb, q_st, q_sh;
+  i64 k_sb, k_st, k_sh;
+  i64 v_sb, v_st, v_sh;
+  i64 o_sb, o_st, o_sh;
+  i64 out_sb, out_st, out_sh;
+  i64 lse_sb, lse_st;     // lse head stride is 1
+  i64 gate_sb, gate_st;   // gate head stride is 1
+  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
+  i64 T;                  // sequence length (varlen: the longest one)
+  i32 H;                  // KV heads
+  i32 n;                  // entries per idx row
+  i32 accumulate;         // nonzero: out += gate * o_slc
+  float scale_log2;       // softmax scale * log2(e)
+};
+
+namespace slc_fwd {
+
+using namespace spec;
+constexpr int kWarps = kBM / 16;
+constexpr int kThreads = kWarps * 32;
+constexpr bool kSmallGroup = kG <= 16;
+constexpr int kPosPerWarp = kSmallGroup ? 16 / kG : 1;        // G <= 16: whole positions in one warp
+// G > 16: the warps of one position, ceil(G / 16) rounded up to a power of two so that kBM holds whole positions
+// (warps past ceil(G / 16) are all padding and compute nothing).
+constexpr int kWarpsPerPos = kSmallGroup ? 1 : (kG <= 32 ? 2 : kG <= 64 ? 4 : kG <= 128 ? 8 : 16);
+constexpr int kP = kSmallGroup ? kWarps * kPosPerWarp : kWarps / kWarpsPerPos;
+constexpr int kTilesPerBlock = kL / kBN;
+constexpr int kSmemQ = kBM * kDK * 2;
+constexpr int kSmemK = kBN * kDK * 2;
+constexpr int kSmemV = kBN * kDV * 2;
+constexpr int kMaxN = 32;           // the merge's shared-memory lists hold kP * kMaxN entries (n <= kMaxN)
+constexpr u32 kNone = 0xffffffffu;  // "no block" in the merge
+static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
+static_assert(kDK % 64 == 0 && kDV % 64 == 0, "head dims must be multiples of 64");
+static_assert(kL % kBN == 0, "a selection block must be a whole number of key tiles");
+static_assert(kSmallGroup || kWarps % kWarpsPerPos == 0, "a CTA must hold whole positions");
+static_assert(kP >= 1 && kP <= 32, "block masks are 32-bit: 1..32 positions per CTA");
+static_assert(kStages >= 2, "at least double buffering");
+
+// Position (0 .. kP) of row i (0 .. 16) of warp w, or -1 for a padding row; and the row's head within the group.
+__device__ __forceinline__ int row_position(int w, int i) {
+  if constexpr (kSmallGroup) {
+    return i < kPosPerWarp * kG ? w * kPosPerWarp + i / kG : -1;
+  } else {
+    return (w % kWarpsPerPos) * 16 + i < kG ? w / kWarpsPerPos : -1;
+  }
+}
+__device__ __forceinline__ int row_head(int w, int i) {
+  if constexpr (kSmallGroup) {
+    return i % kG;
+  } else {
+    return (w % kWarpsPerPos) * 16 + i;
+  }
+}
+
+__device__ __forceinline__ u32 warp_min_u32(u32 v) {
+  u32 r;
+  asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;\n" : "=r"(r) : "r"(v));
+  return r;
+}
+
+// The two 16-bit values of a packed pair, as fp32.
+__device__ __forceinline__ float unpack_lo(u32 x) {
+  elem e;
+  e.bits = static_cast<unsigned short>(x & 0xffffu);
+  return to_float<elem>(e);
+}
+__device__ __forceinline__ float unpack_hi(u32 x) {
+  elem e;
+  e.bits = static_cast<unsigned short>(x >> 16);
+  return to_float<elem>(e);
+}
+
+// Copies rows [0, kRows) of D elements, row r at base + r * stride, into a swizzled shared tile; rows >= valid are
+// zero-filled and not read. The stride passes through an empty asm so that the row offsets are recomputed per call:
+// hoisted out of the main loop, they would hold one 64-bit register per copied row.
+template <int kRows, int D>
+__device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 stride, int valid) {
+  constexpr int kChunks = D / 8;
+  static_assert((kRows * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
+  asm volatile("" : "+l"(stride));
+#pragma unroll 8
+  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+    const int linear = i * kThreads + static_cast<int>(threadIdx.x);
+    const int row = linear / kChunks;
+    const int chunk = linear % kChunks;
+    const bool ok = row < valid;
+    const elem* src = ok ? base + row * stride + chunk * 8 : base;
+    cp_async_16(tile + swz<kChunks>(row, chunk), src, ok);
+  }
+}
+
+__device__ __forceinline__ void run(const SlcFwdParams& p) {
+  extern __shared__ __align__(128) char smem[];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int b = static_cast<int>(blockIdx.z);
+  const int kvh = static_cast<int>(blockIdx.y);
+  const int n = p.n;
+
+  // len: this sequence's length; tok0: its first token in the [B*T] (or packed varlen) rows of idx and cnt.
+  // Positions within a sequence are < 2^31 (T is), so they are 32-bit; every address is 64-bit.
+  int len = static_cast<int>(p.T);
+  i64 tok0 = b * p.T;
+  i64 q_off = b * p.q_sb, k_off = b * p.k_sb, v_off = b * p.v_sb, o_off = b * p.o_sb, x_off = b * p.out_sb;
+  i64 l_off = b * p.lse_sb, g_off = b * p.gate_sb;
+  if (p.cu_seqlens != nullptr) {
+    const i64 begin = p.cu_seqlens[b];
+    len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+    tok0 = begin;
+    q_off = begin * p.q_st;
+    k_off = begin * p.k_st;
+    v_off = begin * p.v_st;
+    o_off = begin * p.o_st;
+    x_off = begin * p.out_st;
+    l_off = begin * p.lse_st;
+    g_off = begin * p.gate_st;
+  }
+  if (static_cast<i64>(blockIdx.x) * kP >= len) return;
+  const int t0 = static_cast<int>(blockIdx.x) * kP;  // first query position of this CTA
+
+  const elem* q = static_cast<const elem*>(p.q) + q_off + static_cast<i64>(kvh) * kG * p.q_sh;
+  const elem* k = static_cast<const elem*>(p.k) + k_off + static_cast<i64>(kvh) * p.k_sh;
+  const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
+
+  const u32 sQ = smem_addr(smem);
+  const u32 sK0 = sQ + kSmemQ;
+  const u32 sV0 = sK0 + kStages * kSmemK;
+  i32* s_lists = reinterpret_cast<i32*>(smem + kSmemQ + kStages * (kSmemK + kSmemV));  // [kP][n] as given
+  i32* s_block = s_lists + kP * kMaxN;                         // merged block indices, ascending
+  u32* s_mask = reinterpret_cast<u32*>(s_block + kP * kMaxN);  // per merged block: bit p = position p selected it
+  i32* s_count = reinterpret_cast<i32*>(s_mask + kP * kMaxN);  // number of merged blocks
+
+  load_tile_async<kThreads, kBM, kDK>(
+      sQ,
+      [&](int r) -> const void* {
+        const int pos = row_position(r / 16, r % 16);
+        return pos >= 0 && t0 + pos < len
+                   ? q + static_cast<i64>(t0 + pos) * p.q_st + row_head(r / 16, r % 16) * p.q_sh
+                   : nullptr;
+      },
+      q);
+  cp_async_commit();
+
+  // The positions' idx rows into shared memory; lane p of warp 0 fetches position p's count.
+  const i32* idx = p.idx + ((tok0 + t0) * p.H + kvh) * static_cast<i64>(n);
+  for (int e = static_cast<int>(threadIdx.x); e < kP * n; e += kThreads) {
+    const int pos = e / n;
+    s_lists[e] = t0 + pos < len ? idx[static_cast<i64>(pos) * p.H * n + (e - pos * n)] : -1;
+  }
+  int count = 0;
+  if (warp == 0 && lane < kP && t0 + lane < len) count = min(max(p.cnt[(tok0 + t0 + lane) * p.H + kvh], 0), n);
+  __syncthreads();
+
+  // Merge (warp 0, lane p = position p): repeatedly take the smallest head of the lists, record which positions
+  // hold it, advance those. Entries that cannot contribute (negative, or a block starting after t) are skipped.
+  // Every step consumes at least one entry, so the merged list has at most kP * n blocks.
+  if (warp == 0) {
+    const int t_lane = t0 + lane;
+    const i32* list = s_lists + lane * n;
+    int ptr = 0;
+    auto next = [&]() -> u32 {
+      for (; ptr < count; ++ptr) {
+        const i32 j = list[ptr];
+        if (j >= 0 && static_cast<i64>(j) * kL <= t_lane) return static_cast<u32>(j);
+      }
+      return kNone;
+    };
+    u32 head = next();
+    int merged = 0;
+    for (;;) {
+      const u32 m = warp_min_u32(head);
+      if (m == kNone) break;
+      const u32 who = __ballot_sync(0xffffffffu, head == m);
+      if (lane == 0) {
+        s_block[merged] = static_cast<i32>(m);
+        s_mask[merged] = who;
+      }
+      ++merged;
+      if (head == m) {
+        ++ptr;
+        head = next();
+      }
+    }
+    if (lane == 0) *s_count = merged;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  const int n_steps = *s_count * kTilesPerBlock;
+
+  // The warp's positions: their bits (those before the end) and their query range. Cheap functions of t0 and len,
+  // recomputed where used rather than held in registers across the main loop (which runs at the register cap).
+  const int w_first = kSmallGroup ? warp * kPosPerWarp : warp / kWarpsPerPos;
+  const int w_count = kSmallGroup ? kPosPerWarp : 1;
+  const bool warp_has_rows = kSmallGroup || (warp % kWarpsPerPos) * 16 < kG;
+  auto warp_bits = [&]() -> u32 {
+    const int live = min(len - t0 - w_first, w_count);  // positions of the warp before the end (>= 1 if any)
+    return warp_has_rows && live > 0 ? ((live >= 32 ? 0xffffffffu : (1u << live) - 1u) << w_first) : 0u;
+  };
+  const int t_hi_cta = min(t0 + kP - 1, len - 1);
+  // Merged blocks start at or before some query of the CTA, so tile starts are < len (32-bit).
+  auto tile_start = [&](int step) -> int {
+    return s_block[step / kTilesPerBlock] * kL + (step % kTilesPerBlock) * kBN;
+  };
+  // Keys past the CTA's last query are never used: zero-filled, not read.
+  auto load_kv = [&](int step, int stage) {
+    const int s0 = tile_start(step);
+    load_rows_async<kBN, kDK>(sK0 + stage * kSmemK, k + static_cast<i64>(s0) * p.k_st, p.k_st, t_hi_cta + 1 - s0);
+    load_rows_async<kBN, kDV>(sV0 + stage * kSmemV, v + static_cast<i64>(s0) * p.v_st, p.v_st, t_hi_cta + 1 - s0);
+  };
+
+  u32 qf[kQInRegs ? kDK / 16 : 1][4];
+  if constexpr (kQInRegs) {
+#pragma unroll
+    for (int kk = 0; kk < kDK / 16; ++kk)
+      ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1], qf[kk][2],
+                  qf[kk][3]);
+  }
+
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < n_steps) load_kv(i, i);
+    cp_async_commit();
+  }
+
+  float acc[kDV / 8][4];
+#pragma unroll
+  for (int i = 0; i < kDV / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float row_max[2] = {neg_inf(), neg_inf()};
+  float row_sum[2] = {0.f, 0.f};
+
+  for (int j = 0; j < n_steps; ++j) {
+    const int stage = j % kStages;
+    if (j + kStages - 1 < n_steps) load_kv(j + kStages - 1, (j + kStages - 1) % kStages);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncthreads();
+
+    const u32 block_bits = s_mask[j / kTilesPerBlock];
+    const int s0 = tile_start(j);
+    const u32 w_bits = warp_bits();
+    // Warp-uniform: skip a tile none of this warp's positions selected or can see.
+    if ((block_bits & w_bits) != 0 && s0 <= min(t0 + w_first + w_count - 1, len - 1)) {
+      const u32 sK = sK0 + stage * kSmemK;
+      const u32 sV = sV0 + stage * kSmemV;
+
+      float s[kBN / 8][4];
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kDK / 16; ++kk) {
+        u32 a[4];
+        if constexpr (kQInRegs) {
+          a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
+        } else {
+          ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2], a[3]);
+        }
+#pragma unroll
+        for (int nn = 0; nn < kBN / 16; ++nn) {
+          u32 b0, b1, b2, b3;
+          ldmatrix_x4(sK + swz<kDK / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0, b1,
+                      b2, b3);
+          mma_16816<elem>(s[2 * nn], a, b0, b1);
+          mma_16816<elem>(s[2 * nn + 1], a, b2, b3);
+        }
+      }
+
+      // Mask unless every position of the warp selected this block and the whole tile is <= its first query.
+      // Row r keeps the tile's columns c <= hi[r] (hi = -1: none, for a row whose position did not select it).
+      // Padding rows and rows past the end hold zero Q: finite, never written.
+      const bool full = (block_bits & w_bits) == w_bits && s0 + kBN - 1 <= t0 + w_first;
+      if (!full) {
+        int hi[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          // This thread's rows lane/4 and lane/4 + 8 of the warp's 16.
+          const int pos = row_position(warp, lane / 4 + 8 * r);
+          const bool live = pos >= 0 && t0 + pos < len && ((block_bits >> pos) & 1u) != 0;
+          hi[r] = live ? min(t0 + pos - s0, kBN) : -1;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = nt * 8 + (lane % 4) * 2 + (e & 1);
+            if (c > hi[e / 2]) s[nt][e] = neg_inf();
+          }
+        }
+      }
+
+      // Online softmax, base 2, per row.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = neg_inf();
+#pragma unroll
+        for (int nt = 0; nt < kBN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        mx = warp_quad_max(mx) * p.scale_log2;
+        const float m_new = fmaxf(row_max[r], mx);
+        const float m_use = m_new == neg_inf() ? 0.f : m_new;
+        const float alpha = fast_exp2(row_max[r] - m_use);
+        row_max[r] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kBN / 8; ++nt) {
+          s[nt][2 * r] = fast_exp2(s[nt][2 * r] * p.scale_log2 - m_use);
+          s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] * p.scale_log2 - m_use);
+          sum += s[nt][2 * r] + s[nt][2 * r + 1];
+        }
+        row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+        for (int dn = 0; dn < kDV / 8; ++dn) {
+          acc[dn][2 * r] *= alpha;
+          acc[dn][2 * r + 1] *= alpha;
+        }
+      }
+
+      // O += P V, P straight from the S accumulators (their layout is the A-fragment layout).
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        const u32 a[4] = {pack2<elem>(s[2 * kk][0], s[2 * kk][1]), pack2<elem>(s[2 * kk][2], s[2 * kk][3]),
+                          pack2<elem>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                          pack2<elem>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < kDV / 16; ++dn) {
+          u32 b0, b1, b2, b3;
+          ldmatrix_x4_trans(sV + swz<kDV / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16), b0,
+                            b1, b2, b3);
+          mma_16816<elem>(acc[2 * dn], a, b0, b1);
+          mma_16816<elem>(acc[2 * dn + 1], a, b2, b3);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: normalize; write o_slc, the gated output and lse for the rows that exist.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float total = warp_quad_sum(row_sum[r]);
+    const int i = lane / 4 + 8 * r;  // the row within the warp
+    const int pos = row_position(warp, i);
+    if (pos < 0 || t0 + pos >= len) continue;
+    const i64 t = t0 + pos;
+    const i64 head = static_cast<i64>(kvh) * kG + row_head(warp, i);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    if (p.o != nullptr) {
+      elem* orow = static_cast<elem*>(p.o) + o_off + t * p.o_st + head * p.o_sh;
+#pragma unroll
+      for (int dn = 0; dn < kDV / 8; ++dn)
+        *reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2) =
+            pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
+    }
+    if (p.gate != nullptr) {
+      const float g = to_float<elem>(static_cast<const elem*>(p.gate)[g_off + t * p.gate_st + head]) * inv;
+      elem* xrow = static_cast<elem*>(p.out) + x_off + t * p.out_st + head * p.out_sh;
+#pragma unroll
+      for (int dn = 0; dn < kDV / 8; ++dn) {
+        u32* dst = reinterpret_cast<u32*>(xrow + dn * 8 + (lane % 4) * 2);
+        float x0 = acc[dn][2 * r] * g, x1 = acc[dn][2 * r + 1] * g;
+        if (p.accumulate) {
+          const u32 old = *dst;
+          x0 += unpack_lo(old);
+          x1 += unpack_hi(old);
+        }
+        *dst = pack2<elem>(x0, x1);
+      }
+    }
+    if (p.lse != nullptr && lane % 4 == 0) {
+      const float ln2 = 0.6931471805599453f;
+      p.lse[l_off + t * p.lse_st + head] = total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
+    }
+  }
+}
+
+}  // namespace slc_fwd
+}  // namespace nsa
+
+#endif  // NSA_SLC_FWD_CUH

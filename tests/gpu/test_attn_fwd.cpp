@@ -1,0 +1,434 @@
+// GPU tests of the window forward: fresh random inputs, poisoned outputs, NSA.md's tolerance against the float64
+// CPU reference; long sequences against the simple GPU kernel, which is itself checked against the CPU.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "cache/cubin_cache.h"
+#include "codegen/family.h"
+#include "reference/reference.h"
+#include "runtime/device.h"
+#include "runtime/error.h"
+#include "runtime/jit.h"
+#include "runtime/attn_fwd_api.h"
+#include "tuner/inputs.h"
+
+using namespace nsajit;
+
+namespace {
+
+const int kDims[][2] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+const int kGroups[] = {1, 2, 3, 4, 8, 16, 32};
+
+Problem window_problem(Dtype dtype, int dk, int dv, int G, int H, int64_t T, int w, int64_t B = 1) {
+  Problem p = preset("fla");
+  p.dtype = dtype, p.dk = dk, p.dv = dv, p.H = H, p.HQ = G * H, p.T = T, p.w = w, p.B = B;
+  return p;
+}
+
+// Compiles every kernel the tests use in parallel up front (into the disk cache), instead of one by one on
+// first use.
+void prewarm(int max_smem) {
+  std::vector<KernelSpec> specs;
+  for (const char* name : {"win_fwd", "cmp_fwd"}) {
+    const KernelFamily& fast = find_family(name);
+    const KernelFamily& ref = find_family(std::string(name) + "_ref");
+    for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+      for (auto& dims : kDims)
+        for (int G : kGroups) {
+          const Problem p = window_problem(dt, dims[0], dims[1], G, 1, 64, 64);
+          specs.push_back({&fast, p, fast.default_config(p), "sm_90a"});
+          specs.push_back({&ref, p, {}, "sm_90a"});
+        }
+    for (auto& dims : kDims) {
+      const Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 8, 1, 64, 64);
+      for (const SpacePoint& pt : enumerate_space(fast, p, max_smem))
+        if (!pt.rejected) specs.push_back({&fast, p, pt.config, "sm_90a"});
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto outcomes = jit_compile_all(specs, CubinCache(CubinCache::default_dir()), 0);
+  for (const auto& o : outcomes) REQUIRE_MESSAGE(o.result, o.error);
+  MESSAGE(fmt::format("prewarmed {} kernels in {:.1f} s", specs.size(),
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+}
+
+Context& gpu() {
+  static Context ctx(0);
+  static const bool warmed = (prewarm(ctx.info().max_smem_optin), true);
+  (void)warmed;
+  return ctx;
+}
+
+double tolerance(Dtype d) { return d == Dtype::bf16 ? 1e-2 : 2e-3; }
+
+struct RelError {
+  double diff2 = 0, ref2 = 0;
+  int64_t non_finite = 0;
+  void add(double out, double ref) {
+    if (!std::isfinite(out)) {
+      ++non_finite;
+      return;
+    }
+    diff2 += (out - ref) * (out - ref);
+    ref2 += ref * ref;
+  }
+  double rel() const { return ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2); }
+};
+
+// How the tensors sit in memory: contiguous, or strided views of fused buffers (q padded per token, k and v
+// interleaved in one [T, H, dk + dv] buffer, o padded per head).
+enum class Layout { contiguous, strided };
+
+struct Outcome {
+  double err_o = 0, err_lse = 0, err_out = 0;
+  int64_t non_finite = 0;
+};
+
+enum class Branch { window, compressed };
+// The gated output: none, out = g * o (out poisoned first), or out += g * o (out pre-filled with random values).
+enum class Gate { none, write, accumulate };
+
+int64_t keys_of(Branch br, const Problem& p, int64_t len) {
+  if (br == Branch::window) return len;
+  return len >= p.l ? (len - p.l) / p.d + 1 : 0;
+}
+
+// Runs win_fwd or cmp_fwd (or their GPU references) on random inputs for `p` (with optional varlen offsets) and
+// compares with the CPU reference per sequence. Compressed keys are random, not pooled.
+Outcome check_attn(Branch br, const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
+                   Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
+                   bool use_reference_kernel = false, Gate gate = Gate::none) {
+  gpu();
+  const int64_t tokens = p.B * p.T;
+  // Per sequence: (first token, length, first key).
+  struct Seq {
+    int64_t first, len, key_first;
+  };
+  std::vector<Seq> seqs;
+  int64_t total_keys = 0;
+  if (!cu.empty()) {
+    for (size_t i = 0; i + 1 < cu.size(); ++i) {
+      seqs.push_back({cu[i], cu[i + 1] - cu[i], total_keys});
+      total_keys += keys_of(br, p, cu[i + 1] - cu[i]);
+    }
+  } else {
+    for (int64_t b = 0; b < p.B; ++b) seqs.push_back({b * p.T, p.T, b * keys_of(br, p, p.T)});
+    total_keys = p.B * keys_of(br, p, p.T);
+  }
+  const int64_t keys_per_batch = cu.empty() ? keys_of(br, p, p.T) : 0;
+  // Element strides of each tensor in its buffer.
+  const int64_t q_st = layout == Layout::strided ? p.HQ * p.dk + 64 : p.HQ * p.dk;
+  const int64_t kv_sh = layout == Layout::strided ? p.dk + p.dv : p.dk;
+  const int64_t kv_st = layout == Layout::strided ? p.H * kv_sh : p.H * p.dk;
+  const int64_t v_sh = layout == Layout::strided ? kv_sh : p.dv, v_st = layout == Layout::strided ? kv_st : p.H * p.dv;
+  const int64_t o_sh = layout == Layout::strided ? p.dv + 8 : p.dv, o_st = p.HQ * o_sh;
+
+  const std::vector<uint16_t> qb = random_normal_bits(static_cast<size_t>(tokens * q_st), p.dtype, seed);
+  const std::vector<uint16_t> kb = random_normal_bits(static_cast<size_t>(total_keys * kv_st + 8), p.dtype, seed + 1);
+  const std::vector<uint16_t> vb =
+      layout == Layout::strided ? std::vector<uint16_t>()
+                                : random_normal_bits(static_cast<size_t>(total_keys * v_st + 8), p.dtype, seed + 2);
+  DeviceBuffer dq(qb.size() * 2), dk(kb.size() * 2), dv(std::max<size_t>(vb.size(), 1) * 2);
+  dq.upload(qb.data(), qb.size() * 2);
+  dk.upload(kb.data(), kb.size() * 2);
+  if (!vb.empty()) dv.upload(vb.data(), vb.size() * 2);
+  DeviceBuffer dout(static_cast<size_t>(tokens * o_st) * 2), dlse(static_cast<size_t>(tokens * p.HQ) * 4);
+  dout.fill_u16(0xffff);  // NaN in bf16 and fp16
+  dlse.fill_bytes(0xff);  // NaN in fp32
+
+  // Gates in (0, 1) and the gated output buffer [tokens, HQ, dv].
+  std::vector<uint16_t> gb, out_before;
+  DeviceBuffer dgate(std::max<int64_t>(tokens * p.HQ, 1) * 2), dgated(std::max<int64_t>(tokens * p.HQ * p.dv, 1) * 2);
+  if (gate != Gate::none) {
+    gb.resize(static_cast<size_t>(tokens * p.HQ));
+    const std::vector<uint16_t> raw = random_normal_bits(gb.size(), p.dtype, seed + 3);
+    for (size_t i = 0; i < gb.size(); ++i)
+      gb[i] = float_to_bits(1.f / (1.f + std::exp(-bits_to_float(raw[i], p.dtype))), p.dtype);
+    dgate.upload(gb.data(), gb.size() * 2);
+    if (gate == Gate::accumulate) {
+      out_before = random_normal_bits(static_cast<size_t>(tokens * p.HQ * p.dv), p.dtype, seed + 4);
+      dgated.upload(out_before.data(), out_before.size() * 2);
+    } else {
+      dgated.fill_u16(0xffff);
+    }
+  }
+
+  AttnFwdArgs a;
+  const char* v_base = layout == Layout::strided ? static_cast<const char*>(dk.get()) + p.dk * 2
+                                                 : static_cast<const char*>(dv.get());
+  a.q = {dq.get(), p.T * q_st, q_st, p.dk};
+  a.k = {dk.get(), keys_per_batch * kv_st, kv_st, kv_sh};
+  a.v = {v_base, keys_per_batch * v_st, v_st, v_sh};
+  a.o = {dout.get(), p.T * o_st, o_st, o_sh};
+  a.lse = static_cast<float*>(dlse.get());
+  a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+  if (gate != Gate::none) {
+    a.gate = dgate.get(), a.gate_stride_t = p.HQ, a.gate_stride_b = p.T * p.HQ;
+    a.out = contiguous(dgated.get(), p.T, p.HQ, p.dv);
+    a.accumulate = gate == Gate::accumulate;
+  }
+  DeviceBuffer dcu(std::max<size_t>(cu.size(), 1) * 4);
+  if (!cu.empty()) {
+    dcu.upload(cu.data(), cu.size() * 4);
+    a.cu_seqlens = static_cast<const int32_t*>(dcu.get());
+    a.cu_seqlens_host = cu;
+  }
+  if (br == Branch::window)
+    use_reference_kernel ? win_fwd_reference(p, a, nullptr) : win_fwd(p, a, nullptr, cfg);
+  else
+    use_reference_kernel ? cmp_fwd_reference(p, a, nullptr) : cmp_fwd(p, a, nullptr, cfg);
+  gpu().synchronize();
+
+  std::vector<uint16_t> ob(static_cast<size_t>(tokens * o_st)), gated;
+  std::vector<float> lse(static_cast<size_t>(tokens * p.HQ));
+  dout.download(ob.data(), ob.size() * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+  if (gate != Gate::none) {
+    gated.resize(static_cast<size_t>(tokens * p.HQ * p.dv));
+    dgated.download(gated.data(), gated.size() * 2);
+  }
+
+  RelError eo, el, eg;
+  for (const Seq& sq : seqs) {
+    if (sq.len == 0) continue;
+    const int64_t keys = keys_of(br, p, sq.len);
+    ref::Config rc;
+    rc.T = sq.len, rc.HQ = p.HQ, rc.H = p.H, rc.dk = p.dk, rc.dv = p.dv, rc.l = p.l, rc.d = p.d, rc.lsel = p.lsel;
+    rc.n = p.n, rc.w = p.w, rc.scale = p.softmax_scale();
+    std::vector<double> q(static_cast<size_t>(sq.len) * p.HQ * p.dk), k(static_cast<size_t>(keys) * p.H * p.dk + 1),
+        v(static_cast<size_t>(keys) * p.H * p.dv + 1), o(static_cast<size_t>(sq.len) * p.HQ * p.dv),
+        l(static_cast<size_t>(sq.len) * p.HQ);
+    for (int64_t t = 0; t < sq.len; ++t)
+      for (int h = 0; h < p.HQ; ++h)
+        for (int i = 0; i < p.dk; ++i)
+          q[static_cast<size_t>((t * p.HQ + h) * p.dk + i)] =
+              bits_to_float(qb[static_cast<size_t>((sq.first + t) * q_st + h * p.dk + i)], p.dtype);
+    for (int64_t s = 0; s < keys; ++s) {
+      const int64_t key = sq.key_first + s;
+      for (int h = 0; h < p.H; ++h) {
+        for (int i = 0; i < p.dk; ++i)
+          k[static_cast<size_t>((s * p.H + h) * p.dk + i)] =
+              bits_to_float(kb[static_cast<size_t>(key * kv_st + h * kv_sh + i)], p.dtype);
+        for (int i = 0; i < p.dv; ++i)
+          v[static_cast<size_t>((s * p.H + h) * p.dv + i)] =
+              layout == Layout::strided
+                  ? bits_to_float(kb[static_cast<size_t>(key * kv_st + h * kv_sh + p.dk + i)], p.dtype)
+                  : bits_to_float(vb[static_cast<size_t>(key * v_st + h * v_sh + i)], p.dtype);
+      }
+    }
+    if (br == Branch::window)
+      ref::window_attention(rc, q.data(), k.data(), v.data(), o.data(), l.data());
+    else
+      ref::compressed_attention(rc, q.data(), k.data(), v.data(), o.data(), l.data());
+    for (int64_t t = 0; t < sq.len; ++t) {
+      const int64_t tok = sq.first + t;
+      for (int h = 0; h < p.HQ; ++h) {
+        const double g = gate == Gate::none ? 0.0 : bits_to_float(gb[static_cast<size_t>(tok * p.HQ + h)], p.dtype);
+        for (int i = 0; i < p.dv; ++i) {
+          const double ref_o = o[static_cast<size_t>((t * p.HQ + h) * p.dv + i)];
+          eo.add(bits_to_float(ob[static_cast<size_t>(tok * o_st + h * o_sh + i)], p.dtype), ref_o);
+          if (gate != Gate::none) {
+            const size_t at = static_cast<size_t>((tok * p.HQ + h) * p.dv + i);
+            const double before = gate == Gate::accumulate ? bits_to_float(out_before[at], p.dtype) : 0.0;
+            eg.add(bits_to_float(gated[at], p.dtype), before + g * ref_o);
+          }
+        }
+        const double lr = l[static_cast<size_t>(t * p.HQ + h)];
+        const double lg = lse[static_cast<size_t>(tok * p.HQ + h)];
+        if (std::isinf(lr)) {
+          if (!(std::isinf(lg) && lg < 0)) ++el.non_finite;  // empty key set: must be -inf
+        } else {
+          el.add(lg, lr);
+        }
+      }
+    }
+  }
+  return {eo.rel(), el.rel(), eg.rel(), eo.non_finite + el.non_finite + eg.non_finite};
+}
+
+Outcome check_window(const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
+                     Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
+                     bool use_reference_kernel = false) {
+  return check_attn(Branch::window, p, seed, cfg, layout, cu, use_reference_kernel);
+}
+
+void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
+  INFO(what, " | ", p.describe(), " | err o ", r.err_o, " lse ", r.err_lse, " non-finite ", r.non_finite);
+  CHECK(r.non_finite == 0);
+  CHECK(r.err_o <= tolerance(p.dtype));
+  CHECK(r.err_lse <= tolerance(p.dtype));
+  CHECK(r.err_out <= tolerance(p.dtype));
+}
+
+}  // namespace
+
+TEST_CASE("win_fwd: every dtype, head dims and group size") {
+  const int64_t lengths[] = {1, 15, 16, 17, 63, 64, 65, 511};
+  uint64_t seed = 100;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (auto& dims : kDims)
+      for (int G : kGroups) {
+        const int64_t T = lengths[i++ % 8];
+        const Problem p = window_problem(dt, dims[0], dims[1], G, G >= 16 ? 1 : 2, T, 48);
+        expect_ok(p, check_window(p, seed += 7), "matrix");
+      }
+}
+
+TEST_CASE("win_fwd: sequence lengths 1..8192 and window sizes") {
+  uint64_t seed = 200;
+  for (int64_t T : {1, 15, 16, 17, 63, 64, 65, 511, 1000, 4096, 8192}) {
+    const Problem p = window_problem(Dtype::bf16, 128, 128, 4, 1, T, 512);
+    expect_ok(p, check_window(p, seed += 3), "T sweep");
+  }
+  for (int w : {0, 1, 2, 7, 100, 513, 5000}) {
+    const Problem p = window_problem(Dtype::fp16, 192, 128, 3, 2, 777, w);
+    expect_ok(p, check_window(p, seed += 3), "w sweep");
+  }
+}
+
+TEST_CASE("win_fwd: every valid tile config of the space") {
+  uint64_t seed = 300;
+  for (auto& dims : kDims) {
+    const Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 8, 1, 700, 200);
+    for (const SpacePoint& pt : enumerate_space(find_family("win_fwd"), p, gpu().info().max_smem_optin)) {
+      if (pt.rejected) continue;
+      expect_ok(p, check_window(p, seed += 5, &pt.config), "config " + describe(pt.config));
+    }
+  }
+}
+
+TEST_CASE("win_fwd: batches, varlen with empty and short sequences, strided views") {
+  Problem p = window_problem(Dtype::bf16, 128, 128, 16, 2, 300, 64, 3);
+  expect_ok(p, check_window(p, 400), "batch 3");
+  expect_ok(p, check_window(p, 401, nullptr, Layout::strided), "batch 3 strided");
+
+  Problem v = window_problem(Dtype::fp16, 64, 64, 5, 2, 1000, 100);
+  const std::vector<int32_t> cu = {0, 5, 5, 1, 300, 1000};  // deliberately not sorted: must be refused
+  CHECK_THROWS_AS(check_window(v, 402, nullptr, Layout::contiguous, cu), UsageError);
+  const std::vector<int32_t> cu_ok = {0, 5, 5, 6, 300, 1000};
+  expect_ok(v, check_window(v, 403, nullptr, Layout::contiguous, cu_ok), "varlen");
+  expect_ok(v, check_window(v, 404, nullptr, Layout::strided, cu_ok), "varlen strided");
+}
+
+TEST_CASE("win_fwd_ref (the GPU reference) agrees with the CPU reference") {
+  uint64_t seed = 500;
+  for (auto& dims : kDims) {
+    const Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 4, 2, 1500, 512);
+    expect_ok(p, check_window(p, seed += 11, nullptr, Layout::contiguous, {}, true), "reference kernel");
+  }
+  const Problem f = window_problem(Dtype::fp16, 128, 128, 16, 1, 600, 100, 2);
+  expect_ok(f, check_window(f, 520, nullptr, Layout::contiguous, {}, true), "reference kernel fp16");
+}
+
+const int kBlocking[][2] = {{32, 16}, {64, 64}, {32, 32}, {64, 32}};  // (l, d)
+
+TEST_CASE("cmp_fwd: every dtype, head dims, group size and (l, d)") {
+  const int64_t lengths[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 511, 1000};
+  uint64_t seed = 1100;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (auto& dims : kDims)
+      for (int G : kGroups) {
+        Problem p = window_problem(dt, dims[0], dims[1], G, G >= 16 ? 1 : 2, lengths[i % 12], 0);
+        p.l = kBlocking[i % 4][0], p.d = kBlocking[i % 4][1];
+        ++i;
+        expect_ok(p, check_attn(Branch::compressed, p, seed += 7), "cmp matrix");
+      }
+}
+
+TEST_CASE("cmp_fwd: tile configs, batches, varlen, strided views") {
+  uint64_t seed = 1200;
+  for (auto& dims : kDims) {
+    Problem p = window_problem(Dtype::bf16, dims[0], dims[1], 8, 1, 2100, 0);
+    p.l = 32, p.d = 16;  // 130 compressed blocks: several key tiles
+    for (const SpacePoint& pt : enumerate_space(find_family("cmp_fwd"), p, gpu().info().max_smem_optin)) {
+      if (pt.rejected) continue;
+      expect_ok(p, check_attn(Branch::compressed, p, seed += 5, &pt.config), "cmp config " + describe(pt.config));
+    }
+  }
+  Problem b = window_problem(Dtype::fp16, 128, 128, 16, 2, 700, 0, 3);
+  b.l = 64, b.d = 32;
+  expect_ok(b, check_attn(Branch::compressed, b, 1300), "cmp batch 3");
+  expect_ok(b, check_attn(Branch::compressed, b, 1301, nullptr, Layout::strided), "cmp batch 3 strided");
+  Problem v = window_problem(Dtype::bf16, 192, 128, 4, 2, 1500, 0);
+  v.l = 32, v.d = 16;
+  const std::vector<int32_t> cu = {0, 5, 5, 40, 300, 1500};  // sequences of 5, 0, 35, 260, 1200 tokens
+  expect_ok(v, check_attn(Branch::compressed, v, 1302, nullptr, Layout::contiguous, cu), "cmp varlen");
+  expect_ok(v, check_attn(Branch::compressed, v, 1303, nullptr, Layout::strided, cu), "cmp varlen strided");
+  expect_ok(v, check_attn(Branch::compressed, v, 1304, nullptr, Layout::contiguous, cu, true), "cmp_fwd_ref varlen");
+}
+
+TEST_CASE("gated output: out = g * o and out += g * o, both branches") {
+  uint64_t seed = 1400;
+  for (Branch br : {Branch::window, Branch::compressed})
+    for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+      for (Gate g : {Gate::write, Gate::accumulate}) {
+        Problem p = window_problem(dt, 128, 128, 4, 2, 900, 100);
+        p.l = 32, p.d = 16;
+        expect_ok(p, check_attn(br, p, seed += 3, nullptr, Layout::contiguous, {}, false, g), "gated");
+        const std::vector<int32_t> cu = {0, 100, 900};
+        expect_ok(p, check_attn(br, p, seed += 3, nullptr, Layout::strided, cu, false, g), "gated varlen strided");
+      }
+}
+
+// Long sequences against the simple kernels: the window at T = 65536 with preset fla and at T = 131072 with
+// dk = dv = 256, where q and o hold 2^31 elements (element offsets overflow int32); the compressed branch at
+// T = 65536 with preset paper (4095 compressed blocks).
+TEST_CASE("win_fwd and cmp_fwd at T = 65536 and 131072 against the simple GPU kernels") {
+  gpu();
+  for (int dims = 0; dims < 3; ++dims) {
+    const Branch br = dims == 2 ? Branch::compressed : Branch::window;
+    Problem p = preset(dims == 2 ? "paper" : "fla");
+    p.T = 65536;
+    if (dims == 1) p.dk = 256, p.dv = 256, p.T = 131072;
+    const int64_t tokens = p.T, keys = keys_of(br, p, p.T);
+    DeviceBuffer q = random_device_tensor(static_cast<size_t>(tokens) * p.HQ * p.dk, p.dtype, 600 + dims);
+    DeviceBuffer k = random_device_tensor(static_cast<size_t>(keys) * p.H * p.dk, p.dtype, 601 + dims);
+    DeviceBuffer v = random_device_tensor(static_cast<size_t>(keys) * p.H * p.dv, p.dtype, 602 + dims);
+    const size_t o_n = static_cast<size_t>(tokens) * p.HQ * p.dv, l_n = static_cast<size_t>(tokens) * p.HQ;
+    DeviceBuffer o1(o_n * 2), o2(o_n * 2), l1(l_n * 4), l2(l_n * 4);
+    o1.fill_u16(0xffff), o2.fill_u16(0xffff), l1.fill_bytes(0xff), l2.fill_bytes(0xff);
+    AttnFwdArgs a;
+    a.q = contiguous(q.get(), p.T, p.HQ, p.dk), a.k = contiguous(k.get(), keys, p.H, p.dk);
+    a.v = contiguous(v.get(), keys, p.H, p.dv), a.o = contiguous(o1.get(), p.T, p.HQ, p.dv);
+    a.lse = static_cast<float*>(l1.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+    br == Branch::window ? win_fwd(p, a, nullptr) : cmp_fwd(p, a, nullptr);
+    AttnFwdArgs b = a;
+    b.o = contiguous(o2.get(), p.T, p.HQ, p.dv), b.lse = static_cast<float*>(l2.get());
+    br == Branch::window ? win_fwd_reference(p, b, nullptr) : cmp_fwd_reference(p, b, nullptr);
+    gpu().synchronize();
+    std::vector<uint16_t> h1(o_n), h2(o_n);
+    std::vector<float> hl1(l_n), hl2(l_n);
+    o1.download(h1.data(), o_n * 2), o2.download(h2.data(), o_n * 2);
+    l1.download(hl1.data(), l_n * 4), l2.download(hl2.data(), l_n * 4);
+    RelError eo, el;
+    int64_t ref_non_finite = 0;
+    for (size_t i = 0; i < o_n; ++i) {
+      const float ref = bits_to_float(h2[i], p.dtype);
+      ref_non_finite += !std::isfinite(ref);
+      eo.add(bits_to_float(h1[i], p.dtype), ref);
+    }
+    CHECK(ref_non_finite == 0);
+    int64_t lse_mismatch = 0;  // the empty rows of the compressed branch: both -inf
+    for (size_t i = 0; i < l_n; ++i) {
+      if (std::isinf(hl2[i]))
+        lse_mismatch += hl1[i] != hl2[i];
+      else
+        el.add(hl1[i], hl2[i]);
+    }
+    CHECK(lse_mismatch == 0);
+    INFO(p.describe(), " | err o ", eo.rel(), " lse ", el.rel(), " non-finite ", eo.non_finite + el.non_finite);
+    CHECK(eo.non_finite + el.non_finite == 0);
+    CHECK(eo.rel() <= tolerance(p.dtype));
+    CHECK(el.rel() <= tolerance(p.dtype));
+    MESSAGE(fmt::format("{}: rel error o {:.3e}, lse {:.3e}", p.describe(), eo.rel(), el.rel()));
+  }
+}

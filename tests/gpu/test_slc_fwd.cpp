@@ -1,0 +1,742 @@
+// GPU tests of the selected-attention forward (NSA.md branch 2): fresh random inputs and selections, poisoned
+// outputs, NSA.md's tolerance against the float64 CPU reference ref::selected_attention, for o_slc, lse and the
+// gated epilogue; T = 65536 (preset fla) on sampled positions, each checked against the reference run on a compact
+// sequence made of that position's selected blocks.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <future>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "cache/cubin_cache.h"
+#include "codegen/family.h"
+#include "reference/reference.h"
+#include "runtime/device.h"
+#include "runtime/error.h"
+#include "runtime/jit.h"
+#include "runtime/slc_fwd_api.h"
+#include "tuner/inputs.h"
+
+using namespace nsajit;
+
+namespace {
+
+const int kDims[][2] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+const int kGroups[] = {1, 2, 3, 4, 8, 16, 32};
+const int64_t kLengths[] = {1, 15, 16, 17, 63, 64, 65, 511};
+const int kTopN[] = {8, 16, 32};
+
+Problem slc_problem(Dtype dtype, int dk, int dv, int G, int H, int64_t T, int n, int64_t B = 1, int lsel = 64) {
+  Problem p = preset("fla");
+  p.dtype = dtype, p.dk = dk, p.dv = dv, p.H = H, p.HQ = G * H, p.T = T, p.n = n, p.B = B;
+  p.lsel = lsel, p.l = lsel, p.d = lsel;
+  return p;
+}
+
+// The problem of the matrix test for case i (dtype x head dims x G, T and n cycling).
+Problem matrix_problem(int i, Dtype dt, int dk, int dv, int G) {
+  return slc_problem(dt, dk, dv, G, G >= 8 ? 1 : 2, kLengths[i % 8], kTopN[i % 3]);
+}
+
+// Every valid point of the tile space once: each config on the first head-dim pair (rotating the start) that
+// accepts it, with G = 8 (BM = 16 .. 128 give 2 .. 16 positions per CTA).
+std::vector<std::pair<Problem, TileConfig>> config_sweep(int max_smem) {
+  const KernelFamily& f = find_family("slc_fwd");
+  std::vector<std::pair<Problem, TileConfig>> out;
+  const Problem first = slc_problem(Dtype::bf16, 64, 64, 8, 1, 600, 16);
+  int rotate = 0;
+  for (const SpacePoint& pt : enumerate_space(f, first, max_smem)) {
+    for (int tries = 0; tries < 4; ++tries) {
+      const auto& dims = kDims[(rotate + tries) % 4];
+      const Problem p = slc_problem(Dtype::bf16, dims[0], dims[1], 8, 1, 600, 16);
+      if (!f.reject(p, pt.config, max_smem)) {
+        out.push_back({p, pt.config});
+        break;
+      }
+    }
+    ++rotate;
+  }
+  return out;
+}
+
+// Positions per CTA other than the defaults': G = 1 and 3 with one warp, G = 32 with one position per CTA (the
+// paper's layout) and with four.
+std::vector<std::pair<Problem, TileConfig>> row_layouts() {
+  const KernelFamily& f = find_family("slc_fwd");
+  std::vector<std::pair<Problem, TileConfig>> out;
+  for (auto [G, BM] : {std::pair{1, 16}, {3, 16}, {3, 32}, {32, 32}, {32, 128}}) {
+    const Problem p = slc_problem(Dtype::bf16, 128, 128, G, 1, 900, 16);
+    TileConfig c = f.default_config(p);
+    c["BM"] = BM;
+    out.push_back({p, c});
+  }
+  return out;
+}
+
+// Compiles every kernel the tests use in parallel up front (into the disk cache), instead of one by one on
+// first use.
+void prewarm(int max_smem) {
+  const KernelFamily& f = find_family("slc_fwd");
+  std::vector<KernelSpec> specs;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (auto& dims : kDims)
+      for (int G : kGroups) {
+        const Problem p = matrix_problem(i++, dt, dims[0], dims[1], G);
+        specs.push_back({&f, p, f.default_config(p), "sm_90a"});
+      }
+  for (int lsel : {32, 128}) {
+    const Problem p = slc_problem(Dtype::bf16, 128, 128, 4, 1, 700, 16, 1, lsel);
+    specs.push_back({&f, p, f.default_config(p), "sm_90a"});
+  }
+  for (const auto& [p, c] : config_sweep(max_smem)) specs.push_back({&f, p, c, "sm_90a"});
+  for (const auto& [p, c] : row_layouts()) specs.push_back({&f, p, c, "sm_90a"});
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto outcomes = jit_compile_all(specs, CubinCache(CubinCache::default_dir()), 0);
+  for (const auto& o : outcomes) REQUIRE_MESSAGE(o.result, o.error);
+  MESSAGE(fmt::format("prewarmed {} slc_fwd kernels in {:.1f} s", specs.size(),
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+}
+
+Context& gpu() {
+  static Context ctx(0);
+  static const bool warmed = (prewarm(ctx.info().max_smem_optin), true);
+  (void)warmed;
+  return ctx;
+}
+
+double tolerance(Dtype d) { return d == Dtype::bf16 ? 1e-2 : 2e-3; }
+
+struct RelError {
+  double diff2 = 0, ref2 = 0;
+  int64_t non_finite = 0;
+  void add(double out, double ref) {
+    if (!std::isfinite(out)) {
+      ++non_finite;
+      return;
+    }
+    diff2 += (out - ref) * (out - ref);
+    ref2 += ref * ref;
+  }
+  // lse: an empty key set must give -inf exactly.
+  void add_lse(double out, double ref) {
+    if (std::isinf(ref)) {
+      if (!(std::isinf(out) && out < 0)) ++non_finite;
+    } else {
+      add(out, ref);
+    }
+  }
+  double rel() const { return ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2); }
+};
+
+// How the selections are drawn, per (position, KV head).
+enum class Pick {
+  standard,    // NSA.md's shape: blocks 0, floor(t/l'), floor(t/l') - 1 and random other causal blocks,
+               // cnt = min(n, floor(t/l') + 1); independent per position, so neighbours differ a lot
+  correlated,  // as standard, but groups of 8 neighbours draw the same blocks and one in three swaps one
+  disjoint,    // as standard, but the non-forced blocks of neighbouring positions are disjoint (j = t mod 32)
+  arbitrary,   // any 0 <= cnt <= n (some empty) blocks anywhere in the sequence, also after t
+};
+
+const char* pick_name(Pick p) {
+  switch (p) {
+    case Pick::standard: return "standard";
+    case Pick::correlated: return "correlated";
+    case Pick::disjoint: return "disjoint";
+    case Pick::arbitrary: return "arbitrary";
+  }
+  return "?";
+}
+
+// A cheap generator (splitmix64) to seed one per group of positions.
+struct SplitMix64 {
+  using result_type = uint64_t;
+  uint64_t s;
+  static constexpr uint64_t min() { return 0; }
+  static constexpr uint64_t max() { return ~uint64_t{0}; }
+  uint64_t operator()() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+};
+
+// The selection of one sequence of `len` tokens: idx [len, H, n] ascending and -1 padded, cnt [len, H].
+void make_selection(Pick pick, int64_t len, int H, int n, int lsel, uint64_t seed, int32_t* idx, int32_t* cnt) {
+  SplitMix64 rng{seed};
+  const int64_t NS = (len + lsel - 1) / lsel;
+  std::vector<int64_t> chosen;
+  auto has = [&](int64_t j) { return std::find(chosen.begin(), chosen.end(), j) != chosen.end(); };
+  auto uniform = [](int64_t lo, int64_t hi, SplitMix64& r) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(r);
+  };
+  for (int64_t t = 0; t < len; ++t)
+    for (int h = 0; h < H; ++h) {
+      chosen.clear();
+      const int64_t jt = t / lsel;
+      if (pick == Pick::arbitrary) {
+        const int64_t c = std::clamp<int64_t>(uniform(-n / 4, n, rng), 0, std::min<int64_t>(n, NS));
+        while (static_cast<int64_t>(chosen.size()) < c) {
+          const int64_t j = uniform(0, NS - 1, rng);
+          if (!has(j)) chosen.push_back(j);
+        }
+      } else {
+        const int64_t c = std::min<int64_t>(n, jt + 1);
+        for (int64_t j : {int64_t{0}, jt, jt - 1})
+          if (j >= 0 && !has(j)) chosen.push_back(j);
+        if (pick == Pick::disjoint) {
+          for (int64_t j = t % 32; j <= jt && static_cast<int64_t>(chosen.size()) < c; j += 32)
+            if (!has(j)) chosen.push_back(j);
+        }
+        SplitMix64 group_rng{seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>((t / 8) * H + h + 1))};
+        SplitMix64& draw = pick == Pick::correlated ? group_rng : rng;
+        while (static_cast<int64_t>(chosen.size()) < c) {
+          const int64_t j = uniform(0, jt, draw);
+          if (!has(j)) chosen.push_back(j);
+        }
+        if (pick == Pick::correlated && chosen.size() > 3 && rng() % 3 == 0) {
+          for (int tries = 0; tries < 8; ++tries) {
+            const int64_t j = uniform(0, jt, rng);
+            if (!has(j)) {
+              chosen.back() = j;
+              break;
+            }
+          }
+        }
+      }
+      std::sort(chosen.begin(), chosen.end());
+      int32_t* row = idx + (t * H + h) * n;
+      for (int m = 0; m < n; ++m) row[m] = m < static_cast<int>(chosen.size()) ? static_cast<int32_t>(chosen[m]) : -1;
+      cnt[t * H + h] = static_cast<int32_t>(chosen.size());
+    }
+}
+
+// Which outputs a run asks for.
+enum class Epilogue {
+  plain,       // o_slc and lse
+  gated,       // o_slc, lse and out = gate * o_slc
+  accumulate,  // out += gate * o_slc only (o_slc and lse null), out pre-filled with random values
+};
+
+// How the tensors sit in memory: contiguous, or strided views of fused buffers (q padded per token, k and v
+// interleaved in one [T, H, dk + dv] buffer, o and out padded per head, gate and lse padded per token).
+enum class Layout { contiguous, strided };
+
+struct Errors {
+  double o = 0, lse = 0, out = 0;
+  int64_t non_finite = 0, pad_written = 0;
+};
+
+// One set of inputs (q, k, v, selection, gate) with the reference outputs, run against any tile config and
+// epilogue.
+class SlcCase {
+public:
+  SlcCase(const Problem& p, uint64_t seed, Pick pick = Pick::standard, Layout layout = Layout::contiguous,
+          std::vector<int32_t> cu = {})
+      : p_(p), seed_(seed), layout_(layout), cu_(std::move(cu)) {
+    gpu();
+    const bool strided = layout == Layout::strided;
+    tokens_ = p.B * p.T;
+    q_st_ = strided ? p.HQ * p.dk + 64 : p.HQ * p.dk;
+    kv_sh_ = strided ? p.dk + p.dv : p.dk;
+    kv_st_ = strided ? p.H * kv_sh_ : p.H * p.dk;
+    v_sh_ = strided ? kv_sh_ : p.dv;
+    v_st_ = strided ? kv_st_ : p.H * p.dv;
+    o_sh_ = strided ? p.dv + 8 : p.dv;
+    o_st_ = p.HQ * o_sh_;
+    g_st_ = strided ? p.HQ + 8 : p.HQ;
+    l_st_ = strided ? p.HQ + 4 : p.HQ;
+
+    qb_ = random_normal_bits(static_cast<size_t>(tokens_ * q_st_), p.dtype, seed);
+    kb_ = random_normal_bits(static_cast<size_t>(tokens_ * kv_st_), p.dtype, seed + 1);
+    if (!strided) vb_ = random_normal_bits(static_cast<size_t>(tokens_ * v_st_), p.dtype, seed + 2);
+    std::mt19937_64 rng(seed + 3);
+    gb_.resize(static_cast<size_t>(tokens_ * g_st_));
+    for (auto& g : gb_) g = float_to_bits(std::uniform_real_distribution<float>(0.05f, 1.0f)(rng), p.dtype);
+
+    if (!cu_.empty()) {
+      for (size_t i = 0; i + 1 < cu_.size(); ++i) seqs_.push_back({cu_[i], cu_[i + 1] - cu_[i]});
+    } else {
+      for (int64_t b = 0; b < p.B; ++b) seqs_.push_back({b * p.T, p.T});
+    }
+    idx_.assign(static_cast<size_t>(tokens_ * p.H * p.n), -1);
+    cnt_.assign(static_cast<size_t>(tokens_ * p.H), 0);
+    for (size_t s = 0; s < seqs_.size(); ++s) {
+      const auto [first, len] = seqs_[s];
+      make_selection(pick, len, p.H, p.n, p.lsel, seed + 100 + s, idx_.data() + first * p.H * p.n,
+                     cnt_.data() + first * p.H);
+    }
+
+    dq_ = upload(qb_);
+    dk_ = upload(kb_);
+    dv_ = strided ? DeviceBuffer(16) : upload(vb_);
+    dg_ = upload(gb_);
+    didx_ = DeviceBuffer(std::max<size_t>(idx_.size(), 1) * 4);
+    dcnt_ = DeviceBuffer(std::max<size_t>(cnt_.size(), 1) * 4);
+    if (!idx_.empty()) didx_.upload(idx_.data(), idx_.size() * 4);
+    if (!cnt_.empty()) dcnt_.upload(cnt_.data(), cnt_.size() * 4);
+    dcu_ = DeviceBuffer(std::max<size_t>(cu_.size(), 1) * 4);
+    if (!cu_.empty()) dcu_.upload(cu_.data(), cu_.size() * 4);
+    compute_reference();
+  }
+
+  const Problem& problem() const { return p_; }
+
+  Errors run(const TileConfig* cfg, Epilogue ep) const {
+    const size_t o_n = static_cast<size_t>(tokens_ * o_st_), l_n = static_cast<size_t>(tokens_ * l_st_);
+    DeviceBuffer dout(o_n * 2), dl(l_n * 4), dx(o_n * 2);
+    dout.fill_u16(0xffff);  // NaN in bf16 and fp16
+    dl.fill_bytes(0xff);    // NaN in fp32
+    dx.fill_u16(0xffff);
+    std::vector<uint16_t> before;
+    if (ep == Epilogue::accumulate) {
+      before = random_normal_bits(o_n, p_.dtype, seed_ + 7);
+      for (auto& x : before) x = float_to_bits(0.25f * bits_to_float(x, p_.dtype), p_.dtype);
+      dx.upload(before.data(), o_n * 2);
+    }
+
+    SlcFwdArgs a;
+    const char* v_base = layout_ == Layout::strided ? static_cast<const char*>(dk_.get()) + p_.dk * 2
+                                                    : static_cast<const char*>(dv_.get());
+    a.q = {dq_.get(), p_.T * q_st_, q_st_, p_.dk};
+    a.k = {dk_.get(), p_.T * kv_st_, kv_st_, kv_sh_};
+    a.v = {v_base, p_.T * v_st_, v_st_, v_sh_};
+    if (ep != Epilogue::accumulate) {
+      a.o_slc = {dout.get(), p_.T * o_st_, o_st_, o_sh_};
+      a.lse = static_cast<float*>(dl.get());
+      a.lse_stride_t = l_st_, a.lse_stride_b = p_.T * l_st_;
+    }
+    a.idx = static_cast<const int32_t*>(didx_.get());
+    a.cnt = static_cast<const int32_t*>(dcnt_.get());
+    if (ep != Epilogue::plain) {
+      a.gate = dg_.get();
+      a.gate_stride_t = g_st_, a.gate_stride_b = p_.T * g_st_;
+      a.out = {dx.get(), p_.T * o_st_, o_st_, o_sh_};
+      a.accumulate = ep == Epilogue::accumulate;
+    }
+    if (!cu_.empty()) {
+      a.cu_seqlens = static_cast<const int32_t*>(dcu_.get());
+      a.cu_seqlens_host = cu_;
+    }
+    slc_fwd(p_, a, nullptr, cfg);
+    gpu().synchronize();
+
+    std::vector<uint16_t> ob(o_n), xb(o_n);
+    std::vector<float> lse(l_n);
+    dout.download(ob.data(), o_n * 2);
+    dx.download(xb.data(), o_n * 2);
+    dl.download(lse.data(), l_n * 4);
+
+    RelError eo, el, ex;
+    Errors r;
+    for (const auto& [first, len] : seqs_)
+      for (int64_t tok = first; tok < first + len; ++tok)
+        for (int h = 0; h < p_.HQ; ++h) {
+          const double g = bits_to_float(gb_[static_cast<size_t>(tok * g_st_ + h)], p_.dtype);
+          for (int i = 0; i < p_.dv; ++i) {
+            const size_t at = static_cast<size_t>(tok * o_st_ + h * o_sh_ + i);
+            const double ref = o_ref_[static_cast<size_t>((tok * p_.HQ + h) * p_.dv + i)];
+            if (ep != Epilogue::accumulate) eo.add(bits_to_float(ob[at], p_.dtype), ref);
+            if (ep == Epilogue::gated) ex.add(bits_to_float(xb[at], p_.dtype), g * ref);
+            if (ep == Epilogue::accumulate)
+              ex.add(bits_to_float(xb[at], p_.dtype), bits_to_float(before[at], p_.dtype) + g * ref);
+          }
+          // The padding after each head of o_slc must still hold the poison.
+          for (int64_t i = p_.dv; i < o_sh_ && ep != Epilogue::accumulate; ++i)
+            r.pad_written += ob[static_cast<size_t>(tok * o_st_ + h * o_sh_ + i)] != 0xffff;
+          if (ep != Epilogue::accumulate)
+            el.add_lse(lse[static_cast<size_t>(tok * l_st_ + h)], lse_ref_[static_cast<size_t>(tok * p_.HQ + h)]);
+        }
+    r.o = eo.rel(), r.lse = el.rel(), r.out = ex.rel();
+    r.non_finite = eo.non_finite + el.non_finite + ex.non_finite;
+    return r;
+  }
+
+private:
+  static DeviceBuffer upload(const std::vector<uint16_t>& host) {
+    DeviceBuffer d(std::max<size_t>(host.size(), 1) * 2);
+    if (!host.empty()) d.upload(host.data(), host.size() * 2);
+    return d;
+  }
+
+  // ref::selected_attention per sequence, with the rows split into chunks run in parallel: a chunk [a, b) runs the
+  // reference on the prefix of b tokens (all its keys) with cnt = 0 outside [a, b). Entries that select a block
+  // after t are dropped for the reference: they hold no key s <= t (the kernel gets them as they are).
+  void compute_reference() {
+    const Problem& p = p_;
+    o_ref_.assign(static_cast<size_t>(tokens_ * p.HQ * p.dv), 0.0);
+    lse_ref_.assign(static_cast<size_t>(tokens_ * p.HQ), -std::numeric_limits<double>::infinity());
+    for (const auto& [first, len] : seqs_) {
+      if (len <= 0) continue;
+      std::vector<double> q(static_cast<size_t>(len * p.HQ * p.dk)), k(static_cast<size_t>(len * p.H * p.dk)),
+          v(static_cast<size_t>(len * p.H * p.dv));
+      std::vector<int32_t> idx(static_cast<size_t>(len * p.H * p.n), -1), cnt(static_cast<size_t>(len * p.H), 0);
+      for (int64_t t = 0; t < len; ++t) {
+        const int64_t tok = first + t;
+        for (int h = 0; h < p.HQ; ++h)
+          for (int i = 0; i < p.dk; ++i)
+            q[static_cast<size_t>((t * p.HQ + h) * p.dk + i)] =
+                bits_to_float(qb_[static_cast<size_t>(tok * q_st_ + h * p.dk + i)], p.dtype);
+        for (int h = 0; h < p.H; ++h) {
+          for (int i = 0; i < p.dk; ++i)
+            k[static_cast<size_t>((t * p.H + h) * p.dk + i)] =
+                bits_to_float(kb_[static_cast<size_t>(tok * kv_st_ + h * kv_sh_ + i)], p.dtype);
+          for (int i = 0; i < p.dv; ++i)
+            v[static_cast<size_t>((t * p.H + h) * p.dv + i)] =
+                layout_ == Layout::strided
+                    ? bits_to_float(kb_[static_cast<size_t>(tok * kv_st_ + h * kv_sh_ + p.dk + i)], p.dtype)
+                    : bits_to_float(vb_[static_cast<size_t>(tok * v_st_ + h * v_sh_ + i)], p.dtype);
+          int c = 0;
+          for (int m = 0; m < cnt_[static_cast<size_t>(tok * p.H + h)]; ++m) {
+            const int32_t j = idx_[static_cast<size_t>((tok * p.H + h) * p.n + m)];
+            if (static_cast<int64_t>(j) * p.lsel <= t) idx[static_cast<size_t>((t * p.H + h) * p.n + c++)] = j;
+          }
+          cnt[static_cast<size_t>(t * p.H + h)] = c;
+        }
+      }
+      // Chunks: enough to keep the cores busy, few enough that their prefix outputs fit in about 1 GB.
+      const double out_bytes = static_cast<double>(len) * p.HQ * (p.dv + 1) * 8.0;
+      const int64_t chunks = std::clamp<int64_t>(static_cast<int64_t>(1e9 / out_bytes), 1,
+                                                 std::min<int64_t>(len, 2 * std::max(1u, std::thread::hardware_concurrency())));
+      std::vector<std::future<void>> tasks;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t a = len * c / chunks, b = len * (c + 1) / chunks;
+        if (a == b) continue;
+        tasks.push_back(std::async(std::launch::async, [&, first = first, a, b] {
+          ref::Config rc;
+          rc.T = b, rc.HQ = p.HQ, rc.H = p.H, rc.dk = p.dk, rc.dv = p.dv, rc.l = p.l, rc.d = p.d, rc.lsel = p.lsel;
+          rc.n = p.n, rc.w = p.w, rc.scale = p.softmax_scale();
+          std::vector<int32_t> cnt_chunk(cnt.begin(), cnt.begin() + b * p.H);
+          std::fill(cnt_chunk.begin(), cnt_chunk.begin() + a * p.H, 0);
+          std::vector<double> o(static_cast<size_t>(b * p.HQ * p.dv)), l(static_cast<size_t>(b * p.HQ));
+          ref::selected_attention(rc, q.data(), k.data(), v.data(), idx.data(), cnt_chunk.data(), o.data(), l.data());
+          std::copy(o.begin() + a * p.HQ * p.dv, o.end(), o_ref_.begin() + (first + a) * p.HQ * p.dv);
+          std::copy(l.begin() + a * p.HQ, l.end(), lse_ref_.begin() + (first + a) * p.HQ);
+        }));
+      }
+      for (auto& t : tasks) t.get();
+    }
+  }
+
+  Problem p_;
+  uint64_t seed_;
+  Layout layout_;
+  std::vector<int32_t> cu_;
+  std::vector<std::pair<int64_t, int64_t>> seqs_;  // (first token, length)
+  int64_t tokens_ = 0;
+  int64_t q_st_ = 0, kv_sh_ = 0, kv_st_ = 0, v_sh_ = 0, v_st_ = 0, o_sh_ = 0, o_st_ = 0, g_st_ = 0, l_st_ = 0;
+  std::vector<uint16_t> qb_, kb_, vb_, gb_;
+  std::vector<int32_t> idx_, cnt_;
+  DeviceBuffer dq_, dk_, dv_, dg_, didx_, dcnt_, dcu_;
+  std::vector<double> o_ref_, lse_ref_;  // [tokens, HQ, dv], [tokens, HQ]
+};
+
+void expect_ok(const Problem& p, const Errors& r, Epilogue ep, const std::string& what) {
+  INFO(what, " | ", p.describe(), " | err o ", r.o, " lse ", r.lse, " out ", r.out, " non-finite ", r.non_finite,
+       " padding written ", r.pad_written);
+  CHECK(r.non_finite == 0);
+  CHECK(r.pad_written == 0);
+  CHECK(r.o <= tolerance(p.dtype));
+  CHECK(r.lse <= tolerance(p.dtype));
+  if (ep != Epilogue::plain) CHECK(r.out <= tolerance(p.dtype));
+}
+
+void check_case(const SlcCase& c, const TileConfig* cfg, Epilogue ep, const std::string& what) {
+  expect_ok(c.problem(), c.run(cfg, ep), ep, what);
+}
+
+// The message of the UsageError `f` throws, or a marker saying that none was thrown.
+template <class F>
+std::string usage_error_of(F&& f) {
+  try {
+    f();
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "<no UsageError>";
+}
+
+}  // namespace
+
+TEST_CASE("slc_fwd: every dtype, head dims and group size") {
+  const Pick picks[] = {Pick::standard, Pick::correlated, Pick::arbitrary};
+  uint64_t seed = 1000;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (auto& dims : kDims)
+      for (int G : kGroups) {
+        const Problem p = matrix_problem(i, dt, dims[0], dims[1], G);
+        const Pick pick = picks[i % 3];
+        ++i;
+        check_case(SlcCase(p, seed += 7, pick), nullptr, Epilogue::plain, fmt::format("matrix, {}", pick_name(pick)));
+      }
+}
+
+TEST_CASE("slc_fwd: sequence lengths 1..4096, every n, l' = 32 and 128") {
+  uint64_t seed = 2000;
+  for (int64_t T : {1, 15, 16, 17, 63, 64, 65, 511, 4096}) {
+    const Problem p = slc_problem(Dtype::bf16, 64, 64, 4, 1, T, 16);
+    check_case(SlcCase(p, seed += 3), nullptr, Epilogue::plain, "T sweep");
+  }
+  for (int n : kTopN)
+    for (int G : {1, 16}) {
+      const Problem p = slc_problem(Dtype::fp16, 128, 128, G, 1, 1000, n);
+      check_case(SlcCase(p, seed += 3, Pick::correlated), nullptr, Epilogue::plain, "n sweep");
+    }
+  for (int lsel : {32, 128}) {
+    const Problem p = slc_problem(Dtype::bf16, 128, 128, 4, 1, 700, 16, 1, lsel);
+    check_case(SlcCase(p, seed += 3), nullptr, Epilogue::plain, fmt::format("l' = {}", lsel));
+  }
+}
+
+// The merge and the per-row block masks: positions of one CTA with unrelated, shared, disjoint, empty and
+// non-causal selections.
+TEST_CASE("slc_fwd: selections that neighbouring positions share or not") {
+  uint64_t seed = 3000;
+  for (Pick pick : {Pick::standard, Pick::correlated, Pick::disjoint, Pick::arbitrary})
+    for (int G : {1, 3, 16}) {
+      const Problem p = slc_problem(Dtype::bf16, 128, 128, G, G == 16 ? 1 : 2, 777, 16);
+      check_case(SlcCase(p, seed += 3, pick), nullptr, Epilogue::plain, pick_name(pick));
+    }
+  // A long sequence where the 32 positions of a G = 1 CTA select 32 disjoint sets: the merged list is long.
+  const Problem p = slc_problem(Dtype::bf16, 64, 64, 1, 1, 8192, 8);
+  check_case(SlcCase(p, 3100, Pick::disjoint), nullptr, Epilogue::plain, "disjoint, long");
+}
+
+TEST_CASE("slc_fwd: every valid tile config of the space, and other rows per CTA") {
+  const int max_smem = gpu().info().max_smem_optin;
+  uint64_t seed = 4000;
+  std::vector<std::pair<Problem, SlcCase*>> cases;  // one set of inputs (and reference) per problem
+  std::vector<std::unique_ptr<SlcCase>> owned;
+  auto case_for = [&](const Problem& p) -> const SlcCase& {
+    for (auto& [q, c] : cases)
+      if (q.describe() == p.describe()) return *c;
+    owned.push_back(std::make_unique<SlcCase>(p, seed += 5));
+    cases.push_back({p, owned.back().get()});
+    return *owned.back();
+  };
+  auto sweep = config_sweep(max_smem);
+  CHECK(sweep.size() >= 24);
+  for (const auto& [p, c] : sweep) check_case(case_for(p), &c, Epilogue::plain, "config " + describe(c));
+  for (const auto& [p, c] : row_layouts()) check_case(case_for(p), &c, Epilogue::gated, "rows " + describe(c));
+}
+
+TEST_CASE("slc_fwd: gated epilogue, written and accumulated, without o_slc") {
+  uint64_t seed = 5000;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (int G : {1, 3, 16}) {
+      const Problem p = slc_problem(dt, 128, 128, G, 2, 300, 16);
+      const SlcCase c(p, seed += 3, Pick::correlated);
+      check_case(c, nullptr, Epilogue::gated, "gated");
+      check_case(c, nullptr, Epilogue::accumulate, "accumulate");
+    }
+}
+
+TEST_CASE("slc_fwd: batches, varlen with empty and short sequences, strided views") {
+  const Problem b3 = slc_problem(Dtype::bf16, 128, 128, 16, 2, 300, 16, 3);
+  check_case(SlcCase(b3, 6000), nullptr, Epilogue::plain, "batch 3");
+  const SlcCase b3s(b3, 6001, Pick::arbitrary, Layout::strided);
+  check_case(b3s, nullptr, Epilogue::plain, "batch 3 strided");
+  check_case(b3s, nullptr, Epilogue::accumulate, "batch 3 strided accumulate");
+
+  const Problem v = slc_problem(Dtype::fp16, 64, 64, 3, 2, 1000, 8);
+  const std::vector<int32_t> bad = {0, 5, 5, 1, 300, 1000};  // deliberately not sorted: must be refused
+  CHECK_THROWS_AS(SlcCase(v, 6002, Pick::standard, Layout::contiguous, bad).run(nullptr, Epilogue::plain), UsageError);
+  const std::vector<int32_t> cu = {0, 5, 5, 6, 300, 1000};
+  check_case(SlcCase(v, 6003, Pick::standard, Layout::contiguous, cu), nullptr, Epilogue::plain, "varlen");
+  const SlcCase vs(v, 6004, Pick::correlated, Layout::strided, cu);
+  check_case(vs, nullptr, Epilogue::plain, "varlen strided");
+  check_case(vs, nullptr, Epilogue::gated, "varlen strided gated");
+  const Problem v32 = slc_problem(Dtype::bf16, 192, 128, 32, 1, 1000, 16);
+  check_case(SlcCase(v32, 6005, Pick::arbitrary, Layout::strided, cu), nullptr, Epilogue::accumulate,
+             "varlen strided accumulate G = 32");
+}
+
+// Every refusal names the argument (no launch happens, so the pointers are never dereferenced).
+TEST_CASE("slc_fwd: argument validation") {
+  const Problem p = slc_problem(Dtype::bf16, 128, 128, 4, 2, 100, 16);
+  alignas(16) static char fake[64];
+  const int32_t* ids = reinterpret_cast<const int32_t*>(fake);
+  SlcFwdArgs a;
+  a.q = contiguous(fake, p.T, p.HQ, p.dk), a.k = contiguous(fake, p.T, p.H, p.dk);
+  a.v = contiguous(fake, p.T, p.H, p.dv), a.o_slc = contiguous(fake, p.T, p.HQ, p.dv);
+  a.idx = ids, a.cnt = ids;
+  auto err = [&](const Problem& pp, const SlcFwdArgs& aa, const TileConfig* c = nullptr) {
+    return usage_error_of([&] { slc_fwd(pp, aa, nullptr, c); });
+  };
+  auto with = [&](auto edit) {
+    SlcFwdArgs b = a;
+    edit(b);
+    return err(p, b);
+  };
+  CHECK(with([](SlcFwdArgs& b) { b.q.data = nullptr; }).find("q is a null pointer") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.k.data = fake + 2; }).find("k is not 16-byte aligned") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.v.stride_t = 12; }).find("v's sequence stride 12") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.idx = nullptr; }).find("idx is a null pointer") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.cnt = nullptr; }).find("cnt is a null pointer") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.gate = fake; }).find("gate is given without out") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.out = b.o_slc; }).find("out is given without gate") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.accumulate = true; }).find("accumulate") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.o_slc.data = nullptr; }).find("o_slc and lse are null pointers") != std::string::npos);
+  CHECK(with([](SlcFwdArgs& b) { b.lse = reinterpret_cast<float*>(fake + 2); }).find("lse") != std::string::npos);
+  Problem bad = p;
+  bad.n = 12;
+  CHECK(err(bad, a).find("n = 12") != std::string::npos);
+  bad = p, bad.lsel = 48, bad.l = bad.d = 16;
+  CHECK(err(bad, a).find("l' = 48") != std::string::npos);
+  bad = p, bad.dk = 96;
+  CHECK(err(bad, a).find("(dk, dv) = (96, 128)") != std::string::npos);
+  bad = p, bad.B = 2;
+  SlcFwdArgs varlen = a;
+  const std::vector<int32_t> cu = {0, 50, 100};
+  varlen.cu_seqlens = ids, varlen.cu_seqlens_host = cu;
+  CHECK(err(bad, varlen).find("varlen needs B = 1") != std::string::npos);
+  const std::vector<int32_t> short_cu = {0, 50, 90};
+  varlen.cu_seqlens_host = short_cu;
+  CHECK(err(p, varlen).find("cu_seqlens ends at 90") != std::string::npos);
+  const Problem g32 = slc_problem(Dtype::bf16, 128, 128, 32, 1, 100, 16);
+  TileConfig small = find_family("slc_fwd").default_config(g32);
+  small["BM"] = 16;
+  CHECK(err(g32, a, &small).find("BM = 16 cannot hold the 32 heads") != std::string::npos);
+}
+
+// T = 65536 with preset fla on sampled positions. The reference for a sampled (t, KV head) is ref::selected_attention
+// on a compact sequence made of t's selected blocks only, in order (block m of it = selected block j_m), with the
+// query placed where the cut falls in the same place: row (c - 1) l' + (t - j_last l') when the last selected block
+// is t's own, else the last row; its G heads are the group's. Every lse entry is checked finite (each position
+// selects at least its own block), which also catches unwritten rows anywhere.
+TEST_CASE("slc_fwd at T = 65536 (preset fla) on sampled positions") {
+  gpu();
+  Problem p = preset("fla");
+  p.T = 65536;
+  const int G = p.G();
+  const size_t q_n = static_cast<size_t>(p.T) * p.HQ * p.dk, k_n = static_cast<size_t>(p.T) * p.H * p.dk;
+  const size_t v_n = static_cast<size_t>(p.T) * p.H * p.dv, o_n = static_cast<size_t>(p.T) * p.HQ * p.dv;
+  const size_t l_n = static_cast<size_t>(p.T) * p.HQ;
+  DeviceBuffer q = random_device_tensor(q_n, p.dtype, 7000);
+  DeviceBuffer k = random_device_tensor(k_n, p.dtype, 7001);
+  DeviceBuffer v = random_device_tensor(v_n, p.dtype, 7002);
+  std::vector<uint16_t> hk(k_n), hv(v_n);
+  k.download(hk.data(), k_n * 2);
+  v.download(hv.data(), v_n * 2);
+  // Selections of two kinds: neighbours sharing most blocks (as NSA's scores do), and independent random blocks
+  // (fla's benchmark).
+  for (Pick pick : {Pick::correlated, Pick::standard}) {
+    std::vector<int32_t> idx(static_cast<size_t>(p.T) * p.H * p.n), cnt(static_cast<size_t>(p.T) * p.H);
+    make_selection(pick, p.T, p.H, p.n, p.lsel, 7003, idx.data(), cnt.data());
+    DeviceBuffer didx(idx.size() * 4), dcnt(cnt.size() * 4), o(o_n * 2), lse(l_n * 4);
+    didx.upload(idx.data(), idx.size() * 4);
+    dcnt.upload(cnt.data(), cnt.size() * 4);
+    o.fill_u16(0xffff);
+    lse.fill_bytes(0xff);
+
+    SlcFwdArgs a;
+    a.q = contiguous(q.get(), p.T, p.HQ, p.dk), a.k = contiguous(k.get(), p.T, p.H, p.dk);
+    a.v = contiguous(v.get(), p.T, p.H, p.dv), a.o_slc = contiguous(o.get(), p.T, p.HQ, p.dv);
+    a.lse = static_cast<float*>(lse.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+    a.idx = static_cast<const int32_t*>(didx.get()), a.cnt = static_cast<const int32_t*>(dcnt.get());
+    slc_fwd(p, a, nullptr);
+    gpu().synchronize();
+    {  // Not a benchmark (see bench/): a rough time for the log.
+      Event start, stop;
+      start.record();
+      for (int r = 0; r < 5; ++r) slc_fwd(p, a, nullptr);
+      stop.record();
+      stop.synchronize();
+      const double ms = stop.ms_since(start) / 5;
+      MESSAGE(fmt::format("slc_fwd {} ({} selection): {:.2f} ms, {:.0f} TFLOP/s", p.describe(), pick_name(pick), ms,
+                          find_family("slc_fwd").flops(p) / ms * 1e-9));
+    }
+
+    std::vector<float> hl(l_n);
+    lse.download(hl.data(), l_n * 4);
+    int64_t bad_lse = 0;
+    for (float x : hl) bad_lse += !std::isfinite(x);
+    CHECK(bad_lse == 0);
+
+    std::vector<int64_t> samples = {0, 1, 63, 64, 65, 1023, 1024, 1025, 4095, 65535};
+    std::mt19937_64 rng(7004);
+    while (samples.size() < 48) samples.push_back(std::uniform_int_distribution<int64_t>(0, p.T - 1)(rng));
+
+    // One task per sampled position (its H KV heads), in parallel; errors summed afterwards.
+    const int L = p.lsel;
+    // The sampled rows of q and o, fetched here: the driver calls need this thread's current context.
+    std::vector<std::vector<uint16_t>> q_rows, o_rows;
+    for (int64_t t : samples) {
+      q_rows.emplace_back(static_cast<size_t>(p.HQ) * p.dk);
+      o_rows.emplace_back(static_cast<size_t>(p.HQ) * p.dv);
+      q.download(q_rows.back().data(), q_rows.back().size() * 2, static_cast<size_t>(t) * p.HQ * p.dk * 2);
+      o.download(o_rows.back().data(), o_rows.back().size() * 2, static_cast<size_t>(t) * p.HQ * p.dv * 2);
+    }
+    auto check_position = [&](size_t sample) {
+      const int64_t t = samples[sample];
+      const std::vector<uint16_t>& hq = q_rows[sample];
+      const std::vector<uint16_t>& ho = o_rows[sample];
+      RelError eo, el;
+      for (int kh = 0; kh < p.H; ++kh) {
+        const int c = cnt[static_cast<size_t>(t * p.H + kh)];
+        const int32_t* row = idx.data() + (t * p.H + kh) * p.n;
+        const int64_t j_last = row[c - 1];
+        const int64_t tc = (c - 1) * L + std::min<int64_t>(t - j_last * L, L - 1);  // the query's compact row
+        ref::Config rc;
+        rc.T = tc + 1, rc.HQ = G, rc.H = 1, rc.dk = p.dk, rc.dv = p.dv, rc.l = L, rc.d = L, rc.lsel = L, rc.n = p.n;
+        rc.w = p.w, rc.scale = p.softmax_scale();
+        std::vector<double> cq(static_cast<size_t>(rc.T * G * p.dk)), ck(static_cast<size_t>(rc.T * p.dk)),
+            cv(static_cast<size_t>(rc.T * p.dv)), co(static_cast<size_t>(rc.T * G * p.dv)),
+            cl(static_cast<size_t>(rc.T * G));
+        std::vector<int32_t> cidx(static_cast<size_t>(rc.T * p.n), -1), ccnt(static_cast<size_t>(rc.T), 0);
+        for (int64_t s = 0; s < rc.T; ++s) {
+          const int64_t src = row[s / L] * L + s % L;  // the token of compact row s
+          for (int i = 0; i < p.dk; ++i)
+            ck[static_cast<size_t>(s * p.dk + i)] =
+                bits_to_float(hk[static_cast<size_t>((src * p.H + kh) * p.dk + i)], p.dtype);
+          for (int i = 0; i < p.dv; ++i)
+            cv[static_cast<size_t>(s * p.dv + i)] =
+                bits_to_float(hv[static_cast<size_t>((src * p.H + kh) * p.dv + i)], p.dtype);
+        }
+        for (int g = 0; g < G; ++g)
+          for (int i = 0; i < p.dk; ++i)
+            cq[static_cast<size_t>((tc * G + g) * p.dk + i)] =
+                bits_to_float(hq[static_cast<size_t>((kh * G + g) * p.dk + i)], p.dtype);
+        for (int m = 0; m < c; ++m) cidx[static_cast<size_t>(tc * p.n + m)] = m;
+        ccnt[static_cast<size_t>(tc)] = c;
+        ref::selected_attention(rc, cq.data(), ck.data(), cv.data(), cidx.data(), ccnt.data(), co.data(), cl.data());
+        for (int g = 0; g < G; ++g) {
+          const int h = kh * G + g;
+          for (int i = 0; i < p.dv; ++i)
+            eo.add(bits_to_float(ho[static_cast<size_t>(h * p.dv + i)], p.dtype),
+                   co[static_cast<size_t>((tc * G + g) * p.dv + i)]);
+          el.add_lse(hl[static_cast<size_t>(t * p.HQ + h)], cl[static_cast<size_t>(tc * G + g)]);
+        }
+      }
+      return std::pair{eo, el};
+    };
+    for (int64_t t : samples)
+      for (int kh = 0; kh < p.H; ++kh) REQUIRE(cnt[static_cast<size_t>(t * p.H + kh)] >= 1);
+    std::vector<std::future<std::pair<RelError, RelError>>> tasks;
+    for (size_t i = 0; i < samples.size(); ++i) tasks.push_back(std::async(std::launch::async, check_position, i));
+    RelError eo, el;
+    for (auto& task : tasks) {
+      const auto [o_err, l_err] = task.get();
+      eo.diff2 += o_err.diff2, eo.ref2 += o_err.ref2, eo.non_finite += o_err.non_finite;
+      el.diff2 += l_err.diff2, el.ref2 += l_err.ref2, el.non_finite += l_err.non_finite;
+    }
+    INFO(p.describe(), " | ", pick_name(pick), " | err o ", eo.rel(), " lse ", el.rel(), " non-finite ",
+         eo.non_finite + el.non_finite);
+    CHECK(eo.non_finite + el.non_finite == 0);
+    CHECK(eo.rel() <= tolerance(p.dtype));
+    CHECK(el.rel() <= tolerance(p.dtype));
+    MESSAGE(fmt::format("{} ({}) on {} sampled positions: rel error o {:.3e}, lse {:.3e}", p.describe(),
+                        pick_name(pick), samples.size(), eo.rel(), el.rel()));
+  }
+}
