@@ -106,10 +106,12 @@ __device__ __forceinline__ float unpack_hi(u32 x) {
 }
 
 // Copies rows [0, kRows) of D elements, row r at base + r * stride, into a swizzled shared tile; rows >= valid are
-// zero-filled and not read. The stride passes through an empty asm so that the row offsets are recomputed per call:
-// hoisted out of the main loop, they would hold one 64-bit register per copied row.
+// zero-filled and not read (`readable`, an address inside the tensor, stands in for them). The stride passes through
+// an empty asm so that the row offsets are recomputed per call: hoisted out of the main loop, they would hold one
+// 64-bit register per copied row.
 template <int kRows, int D>
-__device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 stride, int valid) {
+__device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 stride, int valid,
+                                                const elem* readable) {
   constexpr int kChunks = D / 8;
   static_assert((kRows * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
   asm volatile("" : "+l"(stride));
@@ -119,7 +121,7 @@ __device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 
     const int row = linear / kChunks;
     const int chunk = linear % kChunks;
     const bool ok = row < valid;
-    const elem* src = ok ? base + row * stride + chunk * 8 : base;
+    const elem* src = ok ? base + row * stride + chunk * 8 : readable;
     cp_async_16(tile + swz<kChunks>(row, chunk), src, ok);
   }
 }
@@ -239,8 +241,10 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   // Keys past the CTA's last query are never used: zero-filled, not read.
   auto load_kv = [&](int step, int stage) {
     const int s0 = tile_start(step);
-    load_rows_async<kBN, kDK>(sK0 + stage * kSmemK, k + static_cast<i64>(s0) * p.k_st, p.k_st, t_hi_cta + 1 - s0);
-    load_rows_async<kBN, kDV>(sV0 + stage * kSmemV, v + static_cast<i64>(s0) * p.v_st, p.v_st, t_hi_cta + 1 - s0);
+    load_rows_async<kBN, kDK>(sK0 + stage * kSmemK, k + static_cast<i64>(s0) * p.k_st, p.k_st, t_hi_cta + 1 - s0,
+                              k);
+    load_rows_async<kBN, kDV>(sV0 + stage * kSmemV, v + static_cast<i64>(s0) * p.v_st, p.v_st, t_hi_cta + 1 - s0,
+                              v);
   };
 
   u32 qf[kQInRegs ? kDK / 16 : 1][4];

@@ -103,10 +103,11 @@ public:
     int BM = 64;
     while (positions_per_cta(G, BM) > 32) BM /= 2;
     while (positions_per_cta(G, BM) == 0 && BM < 128) BM *= 2;
-    // Registers decide the rest (checked with ptxas): Q stays in shared memory from dk = 192 on (held in
-    // registers it spills with BN = 64), and dv = 256 (128 accumulator registers) needs BN = 16.
+    // Registers decide the rest (checked with ptxas through NVRTC for every G and both dtypes): with BN = 64 and
+    // Q held in registers, dk = 128 sits at the edge (a few bytes of spill for some G) and dk = 192 spills, so Q
+    // stays in shared memory from dk = 128 on; dv = 256 (128 accumulator registers) needs BN = 16.
     const int BN = p.dv >= 256 ? 16 : std::min(64, p.lsel);
-    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", p.dk <= 128 ? 1 : 0}};
+    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", p.dk <= 64 ? 1 : 0}};
   }
 
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {

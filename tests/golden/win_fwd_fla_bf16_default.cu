@@ -144,10 +144,11 @@ __device__ __forceinline__ u32 swz(int row, int chunk) {
 template <int kThreads, int kRows, int D, class RowPtr>
 __device__ __forceinline__ void load_tile_async(u32 tile, RowPtr row_ptr, const void* any_valid) {
   constexpr int kChunks = D / 8;
-  static_assert((kRows * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
+  constexpr int kTotal = kRows * kChunks;
 #pragma unroll
-  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+  for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
     const int linear = i * kThreads + static_cast<int>(threadIdx.x);
+    if (kTotal % kThreads != 0 && linear >= kTotal) break;
     const int row = linear / kChunks;
     const int chunk = linear % kChunks;
     const char* src = static_cast<const char*>(row_ptr(row));

@@ -64,6 +64,7 @@ struct Case {
   bool strided = false;
   uint64_t seed = 0;
   std::string what;
+  bool zero_q = false;  // q = 0: every candidate block scores the same (exact ties)
 };
 
 std::vector<Case> matrix_cases() {
@@ -90,6 +91,24 @@ std::vector<Case> length_cases() {
   out.push_back({select_problem(Dtype::fp16, 64, 16, 1, 4096, kShapes[1], 16), {}, false, seed += 3, "length"});
   out.push_back({select_problem(Dtype::bf16, 192, 2, 1, 4096, kShapes[2], 32), {}, false, seed += 3, "length"});
   out.push_back({select_problem(Dtype::fp16, 128, 8, 1, 4096, kShapes[3], 8), {}, false, seed += 3, "length"});
+  // Past 64 candidate blocks a lane holds three or more of them: its cache of two empties and it rescans.
+  out.push_back({select_problem(Dtype::bf16, 64, 1, 1, 16384, kShapes[1], 32), {}, false, seed += 3, "rescans"});
+  out.push_back({select_problem(Dtype::fp16, 64, 2, 1, 8192, kShapes[0], 16), {}, false, seed += 3, "rescans"});
+  out.push_back({select_problem(Dtype::bf16, 64, 1, 2, 12000, kShapes[3], 8), {}, false, seed += 3, "rescans"});
+  return out;
+}
+
+// q = 0: all logits 0, p = 1 / nc for every visible block, and every candidate block sums the same terms in the
+// same order (for these shapes), so its score is exactly equal: the lowest indices must be chosen, exactly.
+std::vector<Case> tie_cases() {
+  std::vector<Case> out;
+  uint64_t seed = 2500;
+  for (int s : {1, 2, 3})
+    for (int G : {1, 3, 16}) {
+      Case c{select_problem(Dtype::bf16, 64, G, 1, 3000, kShapes[s], 16), {}, false, seed += 3, "ties"};
+      c.zero_q = true;
+      out.push_back(c);
+    }
   return out;
 }
 
@@ -160,7 +179,7 @@ void prewarm(int max_smem) {
   auto add = [&](const Problem& launch, const TileConfig& c) {
     if (seen.insert(f.preamble(launch, c)).second) specs.push_back({&f, launch, c, "sm_90a"});
   };
-  for (const auto& list : {matrix_cases(), length_cases(), layout_cases()})
+  for (const auto& list : {matrix_cases(), length_cases(), tie_cases(), layout_cases()})
     for (const Case& c : list) {
       const Problem l = launch_problem(c.p, c.cu);
       add(l, f.default_config(l));
@@ -293,7 +312,8 @@ Prepared prepare(const Case& c) {
   }
   k_n = std::max<int64_t>(k_n, 64);  // a valid pointer even without compressed blocks
 
-  const std::vector<uint16_t> qb = random_normal_bits(static_cast<size_t>(q_n), p.dtype, c.seed);
+  const std::vector<uint16_t> qb = c.zero_q ? std::vector<uint16_t>(static_cast<size_t>(q_n), 0)
+                                            : random_normal_bits(static_cast<size_t>(q_n), p.dtype, c.seed);
   const std::vector<uint16_t> kb = random_normal_bits(static_cast<size_t>(k_n), p.dtype, c.seed + 1);
   std::vector<float> lse(static_cast<size_t>(l_n), std::numeric_limits<float>::quiet_NaN());
 
@@ -554,6 +574,16 @@ void check_long(const Problem& p, uint64_t seed) {
 TEST_CASE("select: every dtype, head dim and group size") { check_cases(matrix_cases()); }
 
 TEST_CASE("select: sequence lengths 1 .. 4096, every block shape and n") { check_cases(length_cases()); }
+
+TEST_CASE("select: exact ties go to the lower block index") {
+  gpu();
+  for (const Case& c : tie_cases()) {
+    const Prepared in = prepare(c);
+    const Outcome r = run(in, nullptr);
+    expect_ok(c, r);
+    CHECK(r.inexact == 0);
+  }
+}
 
 TEST_CASE("select: batches, varlen with empty and short sequences, strided views, group sizes") {
   check_cases(layout_cases());
