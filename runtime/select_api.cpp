@@ -93,6 +93,16 @@ void select_blocks(const Problem& problem, const SelectArgs& a, CUstream stream,
     if (problem.B > 65535) throw UsageError(fmt::format("select: B = {} exceeds the grid limit 65535", problem.B));
   }
 
+  if (config != nullptr) {
+    for (const ParamDecl& d : family.params()) {
+      const auto it = config->find(d.name);
+      if (it == config->end() || std::find(d.domain.begin(), d.domain.end(), it->second) == d.domain.end())
+        throw UsageError(fmt::format("select: tile config [{}] needs {} in {{{}}}", describe(*config), d.name,
+                                     fmt::join(d.domain, ", ")));
+    }
+    if (config->size() != family.params().size())
+      throw UsageError(fmt::format("select: tile config [{}] has parameters the family does not know", describe(*config)));
+  }
   // The default config and the shared memory depend on the longest sequence; the compiled kernel does not.
   KernelSpec spec{&family, launch, config ? *config : family.default_config(launch), "sm_90a"};
   if (auto why = family.reject(launch, spec.config, kHopperMaxSmemOptin))

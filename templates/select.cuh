@@ -21,7 +21,7 @@
 #include "common.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8, kBN = 64, kQInRegs = 1;
+constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8, kBN = 32, kQInRegs = 1, kOcc = 2;
 }  // namespace nsa::spec
 #endif
 
@@ -77,6 +77,7 @@ static_assert((kR4 * kD) % kLSel == 0, "a run must cover whole selection blocks"
 static_assert(kL - kD < kLSel, "a compressed block may reach at most one selection block past its first");
 static_assert(kN >= 3 && kN <= 32, "n must be 3 .. 32 (one lane per selected block)");
 static_assert(kPPW >= 1 && kPPW * kG <= kRowsW, "a warp holds whole positions");
+static_assert(kOcc == 1 || kOcc == 2, "kOcc (CTAs' register budget, applied by the entry's launch bounds) is 1 or 2");
 
 // nc(t): compressed blocks whose every token is <= t.
 __device__ __forceinline__ int visible_blocks(i64 t) {

@@ -70,6 +70,7 @@ static_assert(kL % kBN == 0, "a selection block must be a whole number of key ti
 static_assert(kSmallGroup || kWarps % kWarpsPerPos == 0, "a CTA must hold whole positions");
 static_assert(kP >= 1 && kP <= 32, "block masks are 32-bit: 1..32 positions per CTA");
 static_assert(kStages >= 2, "at least double buffering");
+static_assert(kP * kMaxN * 4 <= kStages * (kSmemK + kSmemV), "the idx rows must fit the K/V stages");
 
 // Position (0 .. kP) of row i (0 .. 16) of warp w, or -1 for a padding row; and the row's head within the group.
 __device__ __forceinline__ int row_position(int w, int i) {
@@ -134,36 +135,28 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   const int kvh = static_cast<int>(blockIdx.y);
   const int n = p.n;
 
-  // len: this sequence's length; tok0: its first token in the [B*T] (or packed varlen) rows of idx and cnt.
-  // Positions within a sequence are < 2^31 (T is), so they are 32-bit; every address is 64-bit.
-  int len = static_cast<int>(p.T);
-  i64 tok0 = b * p.T;
-  i64 q_off = b * p.q_sb, k_off = b * p.k_sb, v_off = b * p.v_sb, o_off = b * p.o_sb, x_off = b * p.out_sb;
-  i64 l_off = b * p.lse_sb, g_off = b * p.gate_sb;
-  if (p.cu_seqlens != nullptr) {
-    const i64 begin = p.cu_seqlens[b];
-    len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
-    tok0 = begin;
-    q_off = begin * p.q_st;
-    k_off = begin * p.k_st;
-    v_off = begin * p.v_st;
-    o_off = begin * p.o_st;
-    x_off = begin * p.out_st;
-    l_off = begin * p.lse_st;
-    g_off = begin * p.gate_st;
-  }
+  // The sequence: its length, and the offset of its first token in a tensor with batch / sequence strides sb, st
+  // (varlen: token cu_seqlens[b] of the packed rows). Positions within a sequence are < 2^31 (T is), so they are
+  // 32-bit; every address is 64-bit. Offsets are recomputed where used: the epilogue's four would otherwise stay
+  // live through the main loop, which runs at the register cap.
+  const bool varlen = p.cu_seqlens != nullptr;
+  const int len = varlen ? p.cu_seqlens[b + 1] - p.cu_seqlens[b] : static_cast<int>(p.T);
+  auto seq_offset = [&](i64 sb, i64 st) -> i64 {
+    return varlen ? static_cast<i64>(p.cu_seqlens[b]) * st : static_cast<i64>(b) * sb;
+  };
+  const i64 tok0 = seq_offset(p.T, 1);  // the sequence's first row of idx and cnt
   if (static_cast<i64>(blockIdx.x) * kP >= len) return;
   const int t0 = static_cast<int>(blockIdx.x) * kP;  // first query position of this CTA
 
-  const elem* q = static_cast<const elem*>(p.q) + q_off + static_cast<i64>(kvh) * kG * p.q_sh;
-  const elem* k = static_cast<const elem*>(p.k) + k_off + static_cast<i64>(kvh) * p.k_sh;
-  const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
+  const elem* q = static_cast<const elem*>(p.q) + seq_offset(p.q_sb, p.q_st) + static_cast<i64>(kvh) * kG * p.q_sh;
 
   const u32 sQ = smem_addr(smem);
   const u32 sK0 = sQ + kSmemQ;
   const u32 sV0 = sK0 + kStages * kSmemK;
-  i32* s_lists = reinterpret_cast<i32*>(smem + kSmemQ + kStages * (kSmemK + kSmemV));  // [kP][n] as given
-  i32* s_block = s_lists + kP * kMaxN;                         // merged block indices, ascending
+  // The idx rows as given, [kP][n], live only until the merge is done: they borrow the K/V stages, which are
+  // first written after the barrier that ends the merge.
+  i32* s_lists = reinterpret_cast<i32*>(smem + kSmemQ);
+  i32* s_block = reinterpret_cast<i32*>(smem + kSmemQ + kStages * (kSmemK + kSmemV));  // merged blocks, ascending
   u32* s_mask = reinterpret_cast<u32*>(s_block + kP * kMaxN);  // per merged block: bit p = position p selected it
   i32* s_count = reinterpret_cast<i32*>(s_mask + kP * kMaxN);  // number of merged blocks
 
@@ -238,9 +231,12 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   auto tile_start = [&](int step) -> int {
     return s_block[step / kTilesPerBlock] * kL + (step % kTilesPerBlock) * kBN;
   };
-  // Keys past the CTA's last query are never used: zero-filled, not read.
+  // Keys past the CTA's last query are never used: zero-filled, not read. The K/V base pointers are recomputed per
+  // tile (registers again).
   auto load_kv = [&](int step, int stage) {
     const int s0 = tile_start(step);
+    const elem* k = static_cast<const elem*>(p.k) + seq_offset(p.k_sb, p.k_st) + static_cast<i64>(kvh) * p.k_sh;
+    const elem* v = static_cast<const elem*>(p.v) + seq_offset(p.v_sb, p.v_st) + static_cast<i64>(kvh) * p.v_sh;
     load_rows_async<kBN, kDK>(sK0 + stage * kSmemK, k + static_cast<i64>(s0) * p.k_st, p.k_st, t_hi_cta + 1 - s0,
                               k);
     load_rows_async<kBN, kDV>(sV0 + stage * kSmemV, v + static_cast<i64>(s0) * p.v_st, p.v_st, t_hi_cta + 1 - s0,
@@ -383,15 +379,15 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
     const i64 head = static_cast<i64>(kvh) * kG + row_head(warp, i);
     const float inv = total > 0.f ? 1.f / total : 0.f;
     if (p.o != nullptr) {
-      elem* orow = static_cast<elem*>(p.o) + o_off + t * p.o_st + head * p.o_sh;
+      elem* orow = static_cast<elem*>(p.o) + seq_offset(p.o_sb, p.o_st) + t * p.o_st + head * p.o_sh;
 #pragma unroll
       for (int dn = 0; dn < kDV / 8; ++dn)
         *reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2) =
             pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
     }
     if (p.gate != nullptr) {
-      const float g = to_float<elem>(static_cast<const elem*>(p.gate)[g_off + t * p.gate_st + head]) * inv;
-      elem* xrow = static_cast<elem*>(p.out) + x_off + t * p.out_st + head * p.out_sh;
+      const float g = to_float<elem>(static_cast<const elem*>(p.gate)[seq_offset(p.gate_sb, p.gate_st) + t * p.gate_st + head]) * inv;
+      elem* xrow = static_cast<elem*>(p.out) + seq_offset(p.out_sb, p.out_st) + t * p.out_st + head * p.out_sh;
 #pragma unroll
       for (int dn = 0; dn < kDV / 8; ++dn) {
         u32* dst = reinterpret_cast<u32*>(xrow + dn * 8 + (lane % 4) * 2);
@@ -406,7 +402,7 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
     }
     if (p.lse != nullptr && lane % 4 == 0) {
       const float ln2 = 0.6931471805599453f;
-      p.lse[l_off + t * p.lse_st + head] = total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
+      p.lse[seq_offset(p.lse_sb, p.lse_st) + t * p.lse_st + head] = total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
     }
   }
 }

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <tuple>
 
 #include "codegen/family.h"
 #include "runtime/error.h"
@@ -35,20 +34,35 @@ int64_t smem_bytes(const Problem& p, const TileConfig& c) {
 }
 
 // Fragment registers per thread: S accumulators (BN / 2), the run values and their butterflies (about BN / 4 per
-// position slot), Q when held (row tiles x dk / 4).
+// position slot), Q when held (row tiles x dk / 4). Calibrated against ptxas on sm_90a (nsajit compile
+// --all-configs): with OCC = 1 (up to 255 registers) configs past 120 spill, and so does BN = 128 with dk = 256;
+// within 128 registers (OCC = 2) only configs up to 64 with BN = 32, or BN = 64 at dk = 64, stay clear of spills.
 int fragment_registers(const Problem& p, const TileConfig& c) {
   const int BN = c.at("BN"), G = p.G();
   const int slots = (G <= 8 && 8 % G == 0) ? 2 : 1;
   return BN / 2 + slots * BN / 4 + (c.at("QREGS") ? row_tiles(G) * p.dk / 4 : 0);
 }
 
-// Warps resident per SM as far as shared memory allows (228 KB per SM, 1 KB reserved per CTA), capped at 16 (two
-// CTAs of 8 warps at <= 128 registers).
+std::optional<std::string> register_problem(const Problem& p, const TileConfig& c) {
+  const int regs = fragment_registers(p, c), BN = c.at("BN");
+  if (c.at("OCC") == 2) {
+    if (regs > 64 || (BN > 32 && p.dk > 64))
+      return fmt::format("fragment registers {} (BN = {}, dk = {}) do not fit 128 registers per thread (OCC = 2)",
+                         regs, BN, p.dk);
+    return std::nullopt;
+  }
+  if (regs > 120) return fmt::format("fragment registers {} > 120: would spill", regs);
+  if (BN == 128 && p.dk == 256) return std::string("BN = 128 with dk = 256 would spill");
+  return std::nullopt;
+}
+
+// Warps resident per SM: shared memory (228 KB per SM, 1 KB reserved per CTA) and, with OCC = 2, at most 16; with
+// OCC = 1 the registers (up to 255) allow one CTA of 8 warps, or two of 4, so count 8.
 int64_t resident_warps(const Problem& p, const TileConfig& c) {
-  const int64_t smem = smem_bytes(p, c);
-  if (smem > kHopperMaxSmemOptin) return 0;
-  const int64_t ctas = std::min<int64_t>(233472 / (smem + 1024), 2048 / (32 * c.at("W")));
-  return std::min<int64_t>(ctas * c.at("W"), 16);
+  const int64_t W = c.at("W");
+  const int64_t by_smem = 233472 / (smem_bytes(p, c) + 1024);
+  const int64_t by_regs = c.at("OCC") == 2 ? 16 / W : std::max<int64_t>(1, 8 / W);
+  return std::min(by_smem, by_regs) * W;
 }
 
 class SelectFamily final : public KernelFamily {
@@ -70,6 +84,9 @@ public:
          "positions, whose scores (ceil(T/l') floats each) live in shared memory"},
         {"BN", {32, 64, 128}, "compressed keys per shared-memory tile"},
         {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
+        {"OCC", {1, 2},
+         "1: up to 255 registers per thread; 2: at most 128, so that 16 warps fit per SM (the launch bounds ask "
+         "for 16 / W CTAs)"},
     };
     return decls;
   }
@@ -94,26 +111,22 @@ public:
     if (smem > max_smem)
       return fmt::format("shared memory {} B > device limit {} B ({} positions x {} score floats at T = {})", smem,
                          max_smem, positions_per_cta(p.G(), c.at("W")), select_score_row_floats(p.T, p.lsel), p.T);
-    const int regs = fragment_registers(p, c);
-    if (regs > 160) return fmt::format("fragment registers {} > 160: would spill", regs);
-    return std::nullopt;
+    return register_problem(p, c);
   }
 
-  // The configuration with the most resident warps per SM, then the most positions per CTA (fewer k_cmp reads),
-  // then the larger key tile; Q in registers where it fits.
+  // 32-key tiles within 128 registers, Q in registers where it is small; then the W with the most resident warps
+  // per SM, the larger on a tie (more positions per CTA: fewer k_cmp reads).
   TileConfig default_config(const Problem& p) const override {
     TileConfig best;
-    std::tuple<int64_t, int, int> best_key{-1, 0, 0};
-    for (int W : {1, 2, 4, 8})
-      for (int BN : {32, 64}) {
-        TileConfig c{{"W", W}, {"BN", BN}, {"QREGS", 1}};
-        if (fragment_registers(p, c) > 112) c["QREGS"] = 0;
-        if (reject(p, c, kHopperMaxSmemOptin)) continue;
-        const std::tuple<int64_t, int, int> key{resident_warps(p, c), W, BN};
-        if (key > best_key) best_key = key, best = c;
-      }
+    int64_t best_warps = 0;
+    for (int W : {8, 4, 2, 1}) {
+      const TileConfig c{{"W", W}, {"BN", 32}, {"QREGS", row_tiles(p.G()) * p.dk <= 128 ? 1 : 0}, {"OCC", 2}};
+      if (reject(p, c, kHopperMaxSmemOptin)) continue;
+      const int64_t warps = resident_warps(p, c);
+      if (warps > best_warps) best_warps = warps, best = c;
+    }
     // Nothing fits (a very long sequence): the smallest config, which reject() explains.
-    if (best.empty()) best = {{"W", 1}, {"BN", 32}, {"QREGS", 0}};
+    if (best.empty()) best = {{"W", 1}, {"BN", 32}, {"QREGS", 0}, {"OCC", 2}};
     return best;
   }
 
@@ -129,14 +142,16 @@ public:
   std::string preamble(const Problem& p, const TileConfig& c) const override {
     return fmt::format(
         "typedef {} elem;\nconstexpr int kDK = {}, kG = {}, kL = {}, kD = {}, kLSel = {}, kN = {}, kW = {}, kBN = {}, "
-        "kQInRegs = {};\n",
+        "kQInRegs = {}, kOcc = {};\n",
         p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.G(), p.l, p.d, p.lsel, p.n, c.at("W"), c.at("BN"),
-        c.at("QREGS"));
+        c.at("QREGS"), c.at("OCC"));
   }
   std::string entry_body() const override { return "nsa::select_blocks::run(p);"; }
   std::string launch_bounds(const Problem&, const TileConfig& c) const override {
-    // The explicit minimum of one CTA per SM lets ptxas use registers freely for small blocks too.
-    return fmt::format("{}, 1", 32 * c.at("W"));
+    // OCC = 2: 16 warps per SM, so at most 128 registers. OCC = 1: the explicit minimum of one CTA lets ptxas use
+    // registers freely for small blocks too.
+    const int W = c.at("W");
+    return fmt::format("{}, {}", 32 * W, c.at("OCC") == 2 ? 16 / W : 1);
   }
 
   double flops(const Problem& p) const override {

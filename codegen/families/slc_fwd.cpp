@@ -38,8 +38,8 @@ public:
            "the tile rows, their block lists merged so each K/V block is loaded once per CTA";
   }
   std::string_view template_path() const override { return "templates/slc_fwd.cuh"; }
-  // No standalone harness yet: `nsajit emit` of this family reports that the file is not embedded.
-  std::string_view harness_path() const override { return "templates/harness_slc_fwd.cuh"; }
+  // No standalone harness (yet): `nsajit emit` cannot build a checking program for this family.
+  std::string_view harness_path() const override { return {}; }
   std::string_view params_type() const override { return "nsa::SlcFwdParams"; }
 
   const std::vector<ParamDecl>& params() const override {
@@ -153,12 +153,12 @@ public:
   }
 
 private:
-  // Q tile, the K/V pipeline stages, and the merge's lists: raw idx rows, merged blocks and their masks
-  // (P * 32 entries each, for any n <= 32: n is not compiled in, and the runtime loads one kernel per compiled
-  // source) plus the merged count.
+  // Q tile, the K/V pipeline stages (which also hold the raw idx rows during the merge), the merged blocks and
+  // their position masks (P * 32 entries each, for any n <= 32: n is not compiled in, and the runtime loads one
+  // kernel per compiled source) and the merged count.
   static int smem_bytes(const Problem& p, const TileConfig& c) {
     const int P = std::max(positions_per_cta(p.G(), c.at("BM")), 1);
-    return c.at("BM") * p.dk * 2 + c.at("STAGES") * c.at("BN") * (p.dk + p.dv) * 2 + 3 * P * kMaxTopN * 4 + 16;
+    return c.at("BM") * p.dk * 2 + c.at("STAGES") * c.at("BN") * (p.dk + p.dv) * 2 + 2 * P * kMaxTopN * 4 + 16;
   }
 };
 

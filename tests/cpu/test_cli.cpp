@@ -278,7 +278,7 @@ TEST_CASE("cli: compile, then the cache commands") {
   CHECK_EXIT(list, 0);
   CHECK_CONTAINS(list.output, "1 entries");
   CHECK_CONTAINS(list.output, key16);
-  CHECK_CONTAINS(list.output, "win_fwd [BM=64 BN=64 QREGS=1]");
+  CHECK_CONTAINS(list.output, "win_fwd [BM=64 BN=32 QREGS=1]");
 
   const Run verify = cli("cache verify");
   CHECK_EXIT(verify, 0);

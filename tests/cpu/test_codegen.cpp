@@ -125,7 +125,7 @@ void check_golden(const std::string& name, const KernelSpec& spec) {
 
 TEST_CASE("golden: win_fwd fla bf16 default config") {
   const KernelSpec spec = make_spec("win_fwd", nsajit::preset("fla"));
-  REQUIRE(spec.config == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 1}});
+  REQUIRE(spec.config == TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 1}});
   check_golden("win_fwd_fla_bf16_default", spec);
 }
 
@@ -186,7 +186,7 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
     const std::string pre = specialization(src);
     REQUIRE(!pre.empty());
     CHECK_CONTAINS(pre, "typedef bf16 elem;");
-    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1;");
+    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 32, kQInRegs = 1;");
     CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(128) nsa_win_fwd(");
     // common.cuh, then the support headers and the specialization, then the template, then the entry.
     const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
@@ -296,7 +296,7 @@ TEST_CASE("codegen: generate_standalone is the kernel plus the harness main and 
   CHECK_CONTAINS(s, "constexpr long long kB = 1, kT = 65536;");
   CHECK_CONTAINS(s, "constexpr int kHQ = 64, kH = 4, kDK = 128, kDV = 128, kW = 512");
   CHECK_CONTAINS(s, "kGridX = 16384, kGridY = 4, kGridZ = 1, kThreads = 128;");
-  CHECK_CONTAINS(s, "constexpr int kSmemBytes = 81920;");
+  CHECK_CONTAINS(s, "constexpr int kSmemBytes = 49152;");
   // main comes after the kernel it launches.
   CHECK(s.find("int main(") > s.find("nsa_win_fwd("));
 }
@@ -417,7 +417,7 @@ TEST_CASE("family: apply_overrides") {
   const TileConfig base = f.default_config(nsajit::preset("fla"));
   CHECK(nsajit::apply_overrides(f, base, "") == base);
   CHECK(nsajit::apply_overrides(f, base, "BM=128,BN=32") == TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 1}});
-  CHECK(nsajit::apply_overrides(f, base, "QREGS=0") == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 0}});
+  CHECK(nsajit::apply_overrides(f, base, "QREGS=0") == TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 0}});
   CHECK(nsajit::describe(nsajit::apply_overrides(f, base, "BN=128")) == "BM=64 BN=128 QREGS=1");
 
   const std::string unknown = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BK=64"); });

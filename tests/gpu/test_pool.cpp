@@ -88,7 +88,7 @@ TEST_CASE("pool: every (l, d), dtype and head dim") {
       for (int dim : {64, 128, 192, 256})
         for (int64_t T : {1, 31, 32, 33, 1000}) {
           Problem p = preset("fla");
-          p.dtype = dt, p.T = T, p.H = 3, p.HQ = 3, p.l = ld[0], p.d = ld[1], p.lsel = 64;
+          p.dtype = dt, p.T = T, p.H = 3, p.HQ = 3, p.l = ld[0], p.d = ld[1], p.lsel = 64, p.dk = p.dv = dim;
           const double err = check_pool(p, dim, seed += 3, 0);
           INFO(p.describe(), " dim ", dim, " err ", err);
           CHECK(err >= 0);

@@ -131,13 +131,13 @@ std::vector<Case> layout_cases() {
 }
 
 // Problems whose every valid tile config is run: G = 16 (register sums over the whole warp), G = 3 (shared-memory
-// sums), G = 1 (two positions per thread), G = 32 (two row tiles); each with a spilling block shape.
+// sums), G = 1 (two positions per thread); each with a block shape whose runs spill into the next. (Two row tiles,
+// G = 32, run with Q in registers at dk = 64 and from shared memory above, in the matrix.)
 std::vector<Case> config_cases() {
   return {
       {select_problem(Dtype::bf16, 128, 16, 1, 700, kShapes[0], 8), {}, false, 4000, "configs G=16"},
       {select_problem(Dtype::fp16, 64, 3, 2, 700, kShapes[3], 16), {}, false, 4001, "configs G=3"},
       {select_problem(Dtype::bf16, 192, 1, 2, 700, kShapes[0], 8), {}, false, 4002, "configs G=1"},
-      {select_problem(Dtype::bf16, 256, 32, 1, 500, kShapes[3], 8), {}, false, 4003, "configs G=32"},
   };
 }
 
@@ -700,11 +700,19 @@ TEST_CASE("select: bad arguments are refused with the argument named") {
     CHECK_ERROR(error(p, c), "cu_seqlens_host is given but cu_seqlens is null");
   }
   SUBCASE("tile configs") {
-    const TileConfig unknown_fit{{"W", 8}, {"BN", 64}, {"QREGS", 0}};
+    const TileConfig too_big{{"W", 8}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
     Problem g1 = select_problem(Dtype::bf16, 128, 1, 4, 131072, kShapes[1], 16);
-    const std::string e = error(g1, a, &unknown_fit);
-    CHECK_ERROR(e, "tile config [BN=64 QREGS=0 W=8] is not valid");
+    const std::string e = error(g1, a, &too_big);
+    CHECK_ERROR(e, "tile config [BN=64 OCC=1 QREGS=0 W=8] is not valid");
     CHECK_ERROR(e, "shared memory");
+    const TileConfig spills{{"W", 8}, {"BN", 128}, {"QREGS", 1}, {"OCC", 2}};
+    CHECK_ERROR(error(p, a, &spills), "do not fit 128 registers");
+    const TileConfig partial{{"W", 8}, {"BN", 64}};
+    CHECK_ERROR(error(p, a, &partial), "needs QREGS in {0, 1}");
+    const TileConfig outside{{"W", 3}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
+    CHECK_ERROR(error(p, a, &outside), "needs W in {1, 2, 4, 8}");
+    const TileConfig extra{{"W", 8}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}, {"BM", 64}};
+    CHECK_ERROR(error(p, a, &extra), "has parameters the family does not know");
   }
 #undef CHECK_ERROR
 }
