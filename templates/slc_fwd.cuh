@@ -3,11 +3,13 @@
 //
 // One CTA serves kP consecutive query positions of one KV head; its kBM MMA rows are (position, head-in-group)
 // pairs, whole positions per warp: for G <= 16 a warp holds 16 / G positions (row i = position * G + head, rows
-// past that are padding), for G > 16 one position spans ceil(G / 16) warps. The positions' block lists are merged
-// into one ascending, de-duplicated list in shared memory, each block with a bitmask of the positions that
-// selected it. The K/V of every listed block streams once through cp.async-pipelined shared-memory tiles for all
-// rows; a warp skips a tile that none of its positions selected, and each row is masked to its own position's
-// blocks and to s <= t. The MMA fragment layouts and the base-2 online softmax are those of win_fwd.cuh.
+// past that are padding), for G > 16 one position spans ceil(G / 16) warps (rounded up to a power of two). The
+// grid runs positions fastest, so CTAs in flight together work on neighbouring positions of one KV head and share
+// its blocks in L2. The positions' block lists are merged into one ascending, de-duplicated list in shared memory,
+// each block with a bitmask of the positions that selected it. The K/V of every listed block streams once through
+// cp.async-pipelined shared-memory tiles for all rows; a warp skips a tile that none of its positions selected, and
+// each row is masked to its own position's blocks and to s <= t. The MMA fragment layouts and the base-2 online
+// softmax are those of attn_fwd.cuh.
 #ifndef NSA_SLC_FWD_CUH
 #define NSA_SLC_FWD_CUH
 #ifndef NSAJIT_GENERATED

@@ -36,7 +36,8 @@ int64_t smem_bytes(const Problem& p, const TileConfig& c) {
 // Fragment registers per thread: S accumulators (BN / 2), the run values and their butterflies (about BN / 4 per
 // position slot), Q when held (row tiles x dk / 4). Calibrated against ptxas on sm_90a (nsajit compile
 // --all-configs): with OCC = 1 (up to 255 registers) configs past 120 spill, and so does BN = 128 with dk = 256;
-// within 128 registers (OCC = 2) only configs up to 64 with BN = 32, or BN = 64 at dk = 64, stay clear of spills.
+// within 128 registers (OCC = 2) only configs up to 64 with BN = 32 stay clear of spills, or BN = 64 at dk = 64
+// when one row tile sums in registers.
 int fragment_registers(const Problem& p, const TileConfig& c) {
   const int BN = c.at("BN"), G = p.G();
   const int slots = (G <= 8 && 8 % G == 0) ? 2 : 1;
@@ -46,9 +47,11 @@ int fragment_registers(const Problem& p, const TileConfig& c) {
 std::optional<std::string> register_problem(const Problem& p, const TileConfig& c) {
   const int regs = fragment_registers(p, c), BN = c.at("BN");
   if (c.at("OCC") == 2) {
-    if (regs > 64 || (BN > 32 && p.dk > 64))
-      return fmt::format("fragment registers {} (BN = {}, dk = {}) do not fit 128 registers per thread (OCC = 2)",
-                         regs, BN, p.dk);
+    const bool light = BN == 32 || (BN == 64 && p.dk == 64 && row_tiles(p.G()) == 1 && !sums_through_smem(p.G()));
+    if (regs > 64 || !light)
+      return fmt::format("fragment registers {} (BN = {}, dk = {}, G = {}) do not fit 128 registers per thread "
+                         "(OCC = 2)",
+                         regs, BN, p.dk, p.G());
     return std::nullopt;
   }
   if (regs > 120) return fmt::format("fragment registers {} > 120: would spill", regs);
