@@ -1,19 +1,21 @@
 // Top-n block selection (NSA.md branch 2, selection part): block scores from q, k_cmp and lse_cmp, never writing
 // the [T, Nc] probabilities to memory, then the forced blocks and the top-n, as idx (ascending, -1 padded) and cnt.
 //
-// One CTA owns kP consecutive query positions of one KV head of one sequence. Its kW warps each own kPPW whole
-// positions: their G query heads sit in the warp's MMA rows (m = position * G + head, 16 * kMT rows, padding rows at
-// the end), as in win_fwd. The CTA walks the compressed keys its last position sees, kBN per tile (cp.async, double
-// buffered, swizzled), computes S = Q K^T with mma.sync m16n8k16 (fp32 accumulators) and
-// p = exp2(S * scale * log2e - lse * log2e), 0 for blocks a row does not see, then sums p over the G rows of each
-// position in fp32 (register butterflies when G divides 8 or 16 divides G, else a per-warp shared buffer), folds
-// compressed blocks into selection blocks with the overlap weights of Eq. 9, and stores the scores of its positions
-// into a [kP, ns_row] fp32 array in shared memory. The rows of a tile are loaded in a permuted order so that each
-// thread's accumulator columns are kBN / 4 consecutive compressed blocks (a "run"): every selection block is then
-// written by exactly one thread, once, and the only block shared between runs (the spill of the run's last blocks
-// when l > d) is handed to the next run by a shuffle, or across tiles in a register. After the key loop one warp per
-// position picks the top n (forced blocks first, then a warp-wide argmax that keeps each lane's two best candidates
-// cached, ties to the lower index), sorts the set across the warp and writes it.
+// One CTA owns kP consecutive query positions of one KV head of one sequence. Its kW warps form kWR row groups x kKS
+// key splits. A row group's warps own kPPW whole positions: their G query heads sit in the MMA rows
+// (m = position * G + head, 16 * kMT rows, padding rows at the end), as in win_fwd. The CTA walks the compressed
+// keys its last position sees, kKS * kBN per tile (cp.async, double buffered, swizzled); key split s of a row group
+// takes the tile's s-th kBN keys. S = Q K^T by mma.sync m16n8k16 (fp32 accumulators),
+// p = exp2(S * scale * log2e - lse * log2e), 0 for blocks a row does not see; p is summed over the G rows of each
+// position in fp32 (register butterflies when G divides 8 or 16 divides G, else a per-warp shared buffer), compressed
+// blocks are folded into selection blocks with the overlap weights of Eq. 9, and the scores of the CTA's positions
+// go to a [kP, ns_row] fp32 array in shared memory. The rows of a key tile are loaded in a permuted order so that
+// each thread's accumulator columns are kBN / 4 consecutive compressed blocks (a "run"): every selection block but a
+// run's first is written by exactly one thread, once; a run's first block also gets the spill of the run before it
+// (its last blocks reach into it when l > d), so there the two values are added to the zeroed array with shared
+// atomics (two adds onto 0 commute exactly: the result does not depend on their order). After the key loop one warp
+// per position picks the top n (forced blocks first, then a warp-wide argmax that keeps each lane's two best
+// candidates cached, ties to the lower index), sorts the set across the warp and writes it.
 #ifndef NSA_SELECT_CUH
 #define NSA_SELECT_CUH
 #ifndef NSAJIT_GENERATED
@@ -21,7 +23,8 @@
 #include "common.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8, kBN = 32, kQInRegs = 1, kOcc = 2;
+constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8, kKS = 1, kBN = 32, kQInRegs = 1,
+              kOcc = 2;
 }  // namespace nsa::spec
 #endif
 
@@ -50,8 +53,10 @@ using namespace spec;
 
 constexpr int kMT = (kG + 15) / 16;  // MMA row tiles per warp
 constexpr int kRowsW = 16 * kMT;     // rows per warp
-constexpr int kPPW = kRowsW / kG;    // whole positions per warp
-constexpr int kP = kW * kPPW;        // positions per CTA
+constexpr int kPPW = kRowsW / kG;    // whole positions per row group
+constexpr int kWR = kW / kKS;        // row groups
+constexpr int kP = kWR * kPPW;       // positions per CTA
+constexpr int kTile = kKS * kBN;     // compressed blocks per key tile
 constexpr int kThreads = 32 * kW;
 // How the G rows of a position are summed: butterflies over the lane groups of one row half (G = 1, 2, 4, 8) or of
 // the whole warp after an in-thread sum over halves and row tiles (G a multiple of 16); else through shared memory.
@@ -63,8 +68,8 @@ constexpr int kNJ = kR4 * kD / kLSel;              // selection blocks a run cov
 constexpr bool kSpill = kL > kD;                   // a run's last blocks reach into the next run's first block
 constexpr int kNOut = kNJ + (kSpill ? 1 : 0);
 constexpr int kPStride = kBN + 8;  // floats per row of the probability buffer (padded against bank conflicts)
-constexpr int kSmemQ = kW * kRowsW * kDK * 2;
-constexpr int kSmemK = kBN * kDK * 2;
+constexpr int kSmemQ = kWR * kRowsW * kDK * 2;
+constexpr int kSmemK = kTile * kDK * 2;
 constexpr int kSmemP = kPath == kPathSmem ? kW * kRowsW * kPStride * 4 : 0;
 constexpr int kNone = 0x7fffffff;
 constexpr unsigned kFull = 0xffffffffu;
@@ -78,6 +83,7 @@ static_assert(kL - kD < kLSel, "a compressed block may reach at most one selecti
 static_assert(kN >= 3 && kN <= 32, "n must be 3 .. 32 (one lane per selected block)");
 static_assert(kPPW >= 1 && kPPW * kG <= kRowsW, "a warp holds whole positions");
 static_assert(kOcc == 1 || kOcc == 2, "kOcc (CTAs' register budget, applied by the entry's launch bounds) is 1 or 2");
+static_assert(kW % kKS == 0, "the warps split into whole row groups");
 
 // nc(t): compressed blocks whose every token is <= t.
 __device__ __forceinline__ int visible_blocks(i64 t) {
@@ -110,21 +116,18 @@ __device__ __forceinline__ void fold_run(const float (&v)[kR4], float (&out)[kNO
   }
 }
 
-// Stores a thread's folded run into its score row at j_start .. j_start + kNJ - 1 (blocks at or past ns_row are
-// dropped: they are past the sequence and hold 0). With l > d it first adds the spill of the run before it: the
-// left neighbour in the quad, or, for the quad's first run, the last run of the previous tile (`carry`), and hands
-// its own spill on. Every lane must call this (shuffles); only owners store.
-__device__ __forceinline__ void emit_run(float (&acc)[kNOut], float& carry, bool owner, float* row, int j_start,
-                                         int ns_row) {
-  const int lane = static_cast<int>(threadIdx.x) % 32;
+// Stores a thread's folded run into its score row at j_start .. j_start + kNJ - 1 and, when l > d, its spill at
+// j_start + kNJ (blocks at or past ns_row are dropped: they are past the sequence and hold 0). A run's first block
+// also receives the spill of the run before it, so with l > d that block and the spill are added atomically to the
+// zeroed row: exactly two adds onto 0, whose result does not depend on their order.
+__device__ __forceinline__ void emit_run(const float (&acc)[kNOut], float* row, int j_start, int ns_row) {
   if constexpr (kSpill) {
-    const float left = __shfl_up_sync(kFull, acc[kNJ], 1);
-    const float last = __shfl_sync(kFull, acc[kNJ], lane | 3);
-    acc[0] += lane % 4 == 0 ? carry : left;
-    carry = last;
-  }
-  if (!owner) return;
-  if constexpr (kNJ % 4 == 0) {
+    if (j_start < ns_row) atomicAdd(row + j_start, acc[0]);
+#pragma unroll
+    for (int s = 1; s < kNJ; ++s)
+      if (j_start + s < ns_row) row[j_start + s] = acc[s];
+    if (j_start + kNJ < ns_row) atomicAdd(row + j_start + kNJ, acc[kNJ]);
+  } else if constexpr (kNJ % 4 == 0) {
     // j_start and ns_row are multiples of 4 here: whole vectors are in or out.
 #pragma unroll
     for (int s = 0; s < kNJ; s += 4)
@@ -221,6 +224,8 @@ __device__ __forceinline__ void run(const SelectParams& p) {
   extern __shared__ __align__(128) char smem[];
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int wr = warp % kWR;  // row group: the positions
+  const int ks = warp / kWR;  // key split: the tile's ks-th kBN blocks
   const int q4 = lane % 4;
   const int b = static_cast<int>(blockIdx.z);
   const int kvh = static_cast<int>(blockIdx.y);
@@ -246,7 +251,7 @@ __device__ __forceinline__ void run(const SelectParams& p) {
 
   const i64 t_hi = min(len - 1, t0 + kP - 1);
   const int n_keys = visible_blocks(t_hi);
-  const int n_tiles = (n_keys + kBN - 1) / kBN;
+  const int n_tiles = (n_keys + kTile - 1) / kTile;
   const int ns_row = p.ns_row;
 
   const elem* q = static_cast<const elem*>(p.q) + q_off + static_cast<i64>(kvh) * kG * p.q_sh;
@@ -261,23 +266,23 @@ __device__ __forceinline__ void run(const SelectParams& p) {
   for (int i = static_cast<int>(threadIdx.x); i < kP * ns_row / 4; i += kThreads)
     reinterpret_cast<float4*>(scores)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  // A key tile, rows permuted (key_of_row). Unrolled at most 4 deep: with few threads, a full unroll would keep
-  // every row's address live across the key loop.
+  // A key tile, rows permuted within each split's kBN (key_of_row). Unrolled at most 4 deep: with few threads, a
+  // full unroll would keep every row's address live across the key loop.
   auto load_k = [&](int tile, int stage) {
     constexpr int kChunks = kDK / 8;
-    static_assert((kBN * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
-    const int i0 = tile * kBN;
+    static_assert((kTile * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
+    const int i0 = tile * kTile;
     const u32 dst = sK0 + stage * kSmemK;
 #pragma unroll 4
-    for (int it = 0; it < kBN * kChunks / kThreads; ++it) {
+    for (int it = 0; it < kTile * kChunks / kThreads; ++it) {
       const int linear = it * kThreads + static_cast<int>(threadIdx.x);
       const int r = linear / kChunks, chunk = linear % kChunks;
-      const int i = i0 + key_of_row(r);
+      const int i = i0 + (r / kBN) * kBN + key_of_row(r % kBN);
       cp_async_16(dst + swz<kChunks>(r, chunk), i < n_keys ? k + static_cast<i64>(i) * p.k_st + chunk * 8 : k,
                   i < n_keys);
     }
   };
-  load_tile_async<kThreads, kW * kRowsW, kDK>(
+  load_tile_async<kThreads, kWR * kRowsW, kDK>(
       sQ,
       [&](int r) -> const void* {
         const int lr = r % kRowsW;
@@ -289,8 +294,9 @@ __device__ __forceinline__ void run(const SelectParams& p) {
   if (n_tiles > 0) load_k(0, 0);
   cp_async_commit();
 
-  // This thread's rows: mt * 16 + lane / 4 + 8 h of the warp. Padding rows and rows past the sequence see nothing.
-  const i64 t_first = t0 + warp * kPPW;
+  // This thread's rows: mt * 16 + lane / 4 + 8 h of its row group. Padding rows and rows past the sequence see
+  // nothing.
+  const i64 t_first = t0 + wr * kPPW;
   const bool warp_active = t_first < len;
   const int vis_first = visible_blocks(t_first);
   float nlse[kMT][2];
@@ -311,7 +317,7 @@ __device__ __forceinline__ void run(const SelectParams& p) {
     }
   }
 
-  // The positions (within the warp) whose sums this thread holds, and whether it stores them.
+  // The positions (within the row group) whose sums this thread holds, and whether it stores them.
   bool owner[kSlots];
   float* row[kSlots];
 #pragma unroll
@@ -326,11 +332,8 @@ __device__ __forceinline__ void run(const SelectParams& p) {
       owner[h] = lane / 4 < kPPW;
       pos = owner[h] ? lane / 4 : 0;
     }
-    row[h] = scores + (warp * kPPW + pos) * ns_row;
+    row[h] = scores + (wr * kPPW + pos) * ns_row;
   }
-  float carry[kSlots];
-#pragma unroll
-  for (int h = 0; h < kSlots; ++h) carry[h] = 0.f;
 
   u32 qf[kQInRegs ? kMT : 1][kQInRegs ? kDK / 16 : 1][4];
 
@@ -348,12 +351,12 @@ __device__ __forceinline__ void run(const SelectParams& p) {
           for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
             for (int kk = 0; kk < kDK / 16; ++kk)
-              ldmatrix_x4(sQ + swz<kDK / 8>(warp * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), qf[mt][kk][0],
+              ldmatrix_x4(sQ + swz<kDK / 8>(wr * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), qf[mt][kk][0],
                           qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
         }
       }
-      const u32 sK = sK0 + stage * kSmemK;
-      const int i0 = kt * kBN;
+      const u32 sK = sK0 + stage * kSmemK + ks * (kBN * kDK * 2);  // this split's kBN rows
+      const int i0 = kt * kTile + ks * kBN;
       const int run0 = i0 + q4 * kR4;  // first compressed block of this thread's run
       const bool full = i0 + kBN <= vis_first;
 
@@ -374,7 +377,7 @@ __device__ __forceinline__ void run(const SelectParams& p) {
           if constexpr (kQInRegs) {
             a[0] = qf[mt][kk][0], a[1] = qf[mt][kk][1], a[2] = qf[mt][kk][2], a[3] = qf[mt][kk][3];
           } else {
-            ldmatrix_x4(sQ + swz<kDK / 8>(warp * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2],
+            ldmatrix_x4(sQ + swz<kDK / 8>(wr * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2],
                         a[3]);
           }
 #pragma unroll
@@ -460,21 +463,12 @@ __device__ __forceinline__ void run(const SelectParams& p) {
         }
       }
 #pragma unroll
-      for (int h = 0; h < kSlots; ++h) emit_run(acc[h], carry[h], owner[h], row[h], run0 * kD / kLSel, ns_row);
+      for (int h = 0; h < kSlots; ++h)
+        if (owner[h]) emit_run(acc[h], row[h], run0 * kD / kLSel, ns_row);
     }
     __syncthreads();
   }
   cp_async_wait<0>();
-
-  if constexpr (kSpill) {
-    // The spill of the last tile's last run.
-    const int j = n_tiles * (kBN * kD / kLSel);
-    if (warp_active && n_tiles > 0 && q4 == 0 && j < ns_row) {
-#pragma unroll
-      for (int h = 0; h < kSlots; ++h)
-        if (owner[h]) row[h][j] = carry[h];
-    }
-  }
   __syncthreads();
 
   for (int pos = warp; pos < kP; pos += kW) {

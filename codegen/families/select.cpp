@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 
 #include "codegen/family.h"
 #include "runtime/error.h"
@@ -16,28 +15,29 @@ constexpr int kHeadDims[] = {64, 128, 192, 256};
 constexpr std::array<std::array<int, 3>, 4> kBlockShapes = {{{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}}};
 constexpr int kTopN[] = {8, 16, 32};
 
-// Mirrors kMT, kPPW and kP of the template.
+// Mirrors kMT, kPPW, kWR and kP of the template.
 int row_tiles(int G) { return (G + 15) / 16; }
 int positions_per_warp(int G) { return 16 * row_tiles(G) / G; }
-int positions_per_cta(int G, int W) { return W * positions_per_warp(G); }
+int row_groups(const TileConfig& c) { return c.at("W") / c.at("KS"); }
+int positions_per_cta(int G, const TileConfig& c) { return row_groups(c) * positions_per_warp(G); }
 // The template sums a position's G rows in registers when G divides 8 or 16 divides G, else through a
 // per-warp buffer of 16 * kMT rows x (BN + 8) floats.
 bool sums_through_smem(int G) { return !((G <= 8 && 8 % G == 0) || G % 16 == 0); }
 
 int64_t smem_bytes(const Problem& p, const TileConfig& c) {
-  const int64_t W = c.at("W"), BN = c.at("BN"), G = p.G(), rows = 16 * row_tiles(p.G());
-  const int64_t q = W * rows * p.dk * 2, k = 2 * BN * p.dk * 2;
+  const int64_t W = c.at("W"), BN = c.at("BN"), rows = 16 * row_tiles(p.G());
+  const int64_t q = row_groups(c) * rows * p.dk * 2, k = 2 * c.at("KS") * BN * p.dk * 2;
   const int64_t pbuf = sums_through_smem(p.G()) ? W * rows * (BN + 8) * 4 : 0;
-  const int64_t scores = static_cast<int64_t>(positions_per_cta(static_cast<int>(G), static_cast<int>(W))) *
-                         select_score_row_floats(p.T, p.lsel) * 4;
+  const int64_t scores =
+      static_cast<int64_t>(positions_per_cta(p.G(), c)) * select_score_row_floats(p.T, p.lsel) * 4;
   return q + k + pbuf + scores;
 }
 
 // Fragment registers per thread: S accumulators (BN / 2), the run values and their butterflies (about BN / 4 per
 // position slot), Q when held (row tiles x dk / 4). Calibrated against ptxas on sm_90a (nsajit compile
-// --all-configs): with OCC = 1 (up to 255 registers) configs past 120 spill, and so does BN = 128 with dk = 256;
-// within 128 registers (OCC = 2) only configs up to 64 with BN = 32 stay clear of spills, or BN = 64 at dk = 64
-// when one row tile sums in registers.
+// --all-configs): with OCC = 1 (up to 255 registers) configs past 120 spill; within 128 registers (OCC = 2) only
+// configs up to 64 with BN = 32 stay clear of spills, or BN = 64 at dk = 64 when one row tile sums in registers;
+// and not with Q held for two row tiles or at dk = 128 with key splits, nor with shared-memory sums at dk = 256.
 int fragment_registers(const Problem& p, const TileConfig& c) {
   const int BN = c.at("BN"), G = p.G();
   const int slots = (G <= 8 && 8 % G == 0) ? 2 : 1;
@@ -47,7 +47,10 @@ int fragment_registers(const Problem& p, const TileConfig& c) {
 std::optional<std::string> register_problem(const Problem& p, const TileConfig& c) {
   const int regs = fragment_registers(p, c), BN = c.at("BN");
   if (c.at("OCC") == 2) {
-    const bool light = BN == 32 || (BN == 64 && p.dk == 64 && row_tiles(p.G()) == 1 && !sums_through_smem(p.G()));
+    const int G = p.G();
+    const bool light = (BN == 32 || (BN == 64 && p.dk == 64 && row_tiles(G) == 1 && !sums_through_smem(G))) &&
+                       (c.at("QREGS") == 0 || (row_tiles(G) == 1 && (p.dk <= 64 || c.at("KS") == 1))) &&
+                       !(sums_through_smem(G) && p.dk > 192);
     if (regs > 64 || !light)
       return fmt::format("fragment registers {} (BN = {}, dk = {}, G = {}) do not fit 128 registers per thread "
                          "(OCC = 2)",
@@ -55,7 +58,6 @@ std::optional<std::string> register_problem(const Problem& p, const TileConfig& 
     return std::nullopt;
   }
   if (regs > 120) return fmt::format("fragment registers {} > 120: would spill", regs);
-  if (BN == 128 && p.dk == 256) return std::string("BN = 128 with dk = 256 would spill");
   return std::nullopt;
 }
 
@@ -82,10 +84,12 @@ public:
 
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> decls = {
-        {"W", {1, 2, 4, 8},
-         "warps per CTA; each owns 16 * ceil(G/16) MMA rows holding floor(16 * ceil(G/16) / G) whole query "
-         "positions, whose scores (ceil(T/l') floats each) live in shared memory"},
-        {"BN", {32, 64, 128}, "compressed keys per shared-memory tile"},
+        {"W", {2, 4, 8}, "warps per CTA: W / KS row groups x KS key splits"},
+        {"KS", {1, 2, 4},
+         "key splits: warps sharing a row group's positions, each taking BN of every KS * BN-key tile. A row group "
+         "holds 16 * ceil(G/16) MMA rows, floor(16 * ceil(G/16) / G) whole query positions, whose scores "
+         "(ceil(T/l') floats each) live in shared memory"},
+        {"BN", {32, 64}, "compressed keys per warp and tile"},
         {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
         {"OCC", {1, 2},
          "1: up to 255 registers per thread; 2: at most 128, so that 16 warps fit per SM (the launch bounds ask "
@@ -110,32 +114,39 @@ public:
   }
 
   std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
+    if (c.at("KS") > c.at("W")) return fmt::format("KS = {} key splits need W >= KS warps", c.at("KS"));
     const int64_t smem = smem_bytes(p, c);
     if (smem > max_smem)
       return fmt::format("shared memory {} B > device limit {} B ({} positions x {} score floats at T = {})", smem,
-                         max_smem, positions_per_cta(p.G(), c.at("W")), select_score_row_floats(p.T, p.lsel), p.T);
+                         max_smem, positions_per_cta(p.G(), c), select_score_row_floats(p.T, p.lsel), p.T);
     return register_problem(p, c);
   }
 
-  // 32-key tiles within 128 registers, Q in registers where it is small; then the W with the most resident warps
-  // per SM, the larger on a tie (more positions per CTA: fewer k_cmp reads).
+  // 32-key tiles within 128 registers (else within 255), Q in registers where it is small; then the W and KS with
+  // the most resident warps per SM, on a tie the more warps per CTA, then the fewer key splits (more positions per
+  // CTA: fewer k_cmp reads).
   TileConfig default_config(const Problem& p) const override {
-    TileConfig best;
-    int64_t best_warps = 0;
-    for (int W : {8, 4, 2, 1}) {
-      const TileConfig c{{"W", W}, {"BN", 32}, {"QREGS", row_tiles(p.G()) * p.dk <= 128 ? 1 : 0}, {"OCC", 2}};
-      if (reject(p, c, kHopperMaxSmemOptin)) continue;
-      const int64_t warps = resident_warps(p, c);
-      if (warps > best_warps) best_warps = warps, best = c;
+    const int qregs = row_tiles(p.G()) == 1 && p.dk <= 128 ? 1 : 0;
+    for (int occ : {2, 1}) {
+      TileConfig best;
+      int64_t best_warps = 0;
+      for (int W : {8, 4, 2})
+        for (int KS : {1, 2, 4}) {
+          TileConfig c{{"W", W}, {"KS", KS}, {"BN", 32}, {"QREGS", qregs}, {"OCC", occ}};
+          if (reject(p, c, kHopperMaxSmemOptin)) c["QREGS"] = 0;
+          if (reject(p, c, kHopperMaxSmemOptin)) continue;
+          const int64_t warps = resident_warps(p, c);
+          if (warps > best_warps) best_warps = warps, best = c;
+        }
+      if (!best.empty()) return best;
     }
     // Nothing fits (a very long sequence): the smallest config, which reject() explains.
-    if (best.empty()) best = {{"W", 1}, {"BN", 32}, {"QREGS", 0}, {"OCC", 2}};
-    return best;
+    return {{"W", 4}, {"KS", 4}, {"BN", 32}, {"QREGS", 0}, {"OCC", 1}};
   }
 
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
     LaunchGeometry g;
-    const int64_t P = positions_per_cta(p.G(), c.at("W"));
+    const int64_t P = positions_per_cta(p.G(), c);
     g.grid = {static_cast<unsigned>((p.T + P - 1) / P), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)};
     g.block = {static_cast<unsigned>(32 * c.at("W")), 1, 1};
     g.smem_bytes = static_cast<int>(smem_bytes(p, c));
@@ -144,10 +155,10 @@ public:
 
   std::string preamble(const Problem& p, const TileConfig& c) const override {
     return fmt::format(
-        "typedef {} elem;\nconstexpr int kDK = {}, kG = {}, kL = {}, kD = {}, kLSel = {}, kN = {}, kW = {}, kBN = {}, "
-        "kQInRegs = {}, kOcc = {};\n",
-        p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.G(), p.l, p.d, p.lsel, p.n, c.at("W"), c.at("BN"),
-        c.at("QREGS"), c.at("OCC"));
+        "typedef {} elem;\nconstexpr int kDK = {}, kG = {}, kL = {}, kD = {}, kLSel = {}, kN = {}, kW = {}, kKS = {}, "
+        "kBN = {}, kQInRegs = {}, kOcc = {};\n",
+        p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.G(), p.l, p.d, p.lsel, p.n, c.at("W"), c.at("KS"),
+        c.at("BN"), c.at("QREGS"), c.at("OCC"));
   }
   std::string entry_body() const override { return "nsa::select_blocks::run(p);"; }
   std::string launch_bounds(const Problem&, const TileConfig& c) const override {

@@ -376,3 +376,50 @@ TEST_CASE("compile: nvrtc_options takes real GPU archs only") {
   CHECK(version.find('.') != std::string::npos);
   CHECK(version.size() >= 3);
 }
+
+TEST_CASE("compile: the default config of every forward family over the supported matrix, for sm_90a") {
+  TempCacheDir dir;
+  const nsajit::CubinCache cache(dir.path);
+  std::vector<KernelSpec> specs;
+  std::map<std::string, size_t> seen;  // by source: G and the blocking reach only some families' sources
+  auto add = [&](const nsajit::KernelFamily& f, const Problem& p) {
+    REQUIRE_NOTHROW(f.check_problem(p));
+    const KernelSpec spec{&f, p, f.default_config(p), "sm_90a"};
+    if (seen.emplace(nsajit::generate_source(spec), specs.size()).second) specs.push_back(spec);
+  };
+  const int blocking[][3] = {{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}};
+  // Every dtype x head dims x G with the paper's blocking; the other blockings at G in {1, 16} (they reach only
+  // select's source, and only through l / d / l').
+  for (const char* name : {"cmp_fwd", "pool", "select", "slc_fwd"}) {
+    const nsajit::KernelFamily& f = nsajit::find_family(name);
+    for (Dtype dtype : {Dtype::bf16, Dtype::fp16})
+      for (auto [dk, dv] : kHeadDims)
+        for (int G : {1, 2, 3, 4, 8, 16, 32})
+          for (const auto& b : blocking) {
+            if (&b != &blocking[0] && G != 1 && G != 16) continue;
+            Problem p = problem_for(dtype, dk, dv, G);
+            p.l = b[0], p.d = b[1], p.lsel = b[2];
+            add(f, p);
+          }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<nsajit::JitOutcome> outcomes = nsajit::jit_compile_all(specs, cache, 0);
+  MESSAGE(specs.size() << " distinct default kernels of cmp_fwd, pool, select and slc_fwd compiled in "
+                       << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
+  std::map<std::string, int> per_family;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const nsajit::JitOutcome& o = outcomes[i];
+    INFO(specs[i].describe());
+    REQUIRE_MESSAGE(o.result.has_value(), o.error);
+    CHECK(is_elf(o.result->cubin));
+    CHECK(o.result->usage.parsed);
+    CHECK(o.result->usage.spill_store_bytes == 0);  // the design expects no spills from a default config
+    CHECK(o.result->usage.spill_load_bytes == 0);
+    ++per_family[std::string(specs[i].family->name())];
+  }
+  // Every family compiled, and G reached the sources of the families that pack heads into MMA rows.
+  CHECK(per_family["cmp_fwd"] >= 2 * 4 * 7);
+  CHECK(per_family["select"] >= 2 * 4 * 7);
+  CHECK(per_family["slc_fwd"] >= 2 * 4 * 7);
+  CHECK(per_family["pool"] >= 2 * 3);
+}

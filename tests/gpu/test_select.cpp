@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <future>
 #include <limits>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -65,6 +66,7 @@ struct Case {
   uint64_t seed = 0;
   std::string what;
   bool zero_q = false;  // q = 0: every candidate block scores the same (exact ties)
+  std::optional<TileConfig> config = std::nullopt;  // else the default
 };
 
 std::vector<Case> matrix_cases() {
@@ -127,6 +129,13 @@ std::vector<Case> layout_cases() {
   uint64_t seed = 3100;
   for (int G : {5, 6, 7, 24})
     out.push_back({select_problem(Dtype::bf16, 128, G, 1, 900, kShapes[G % 4], 8), {}, false, seed += 5, "group"});
+  // Two row tiles with Q held in registers (the defaults re-read Q there), register and shared-memory sums.
+  const TileConfig q_in_regs{{"W", 4}, {"KS", 2}, {"BN", 32}, {"QREGS", 1}, {"OCC", 1}};
+  for (int G : {24, 32}) {
+    Case c{select_problem(Dtype::fp16, 64, G, 2, 800, kShapes[0], 16), {}, false, seed += 5, "two row tiles"};
+    c.config = q_in_regs;
+    out.push_back(c);
+  }
   return out;
 }
 
@@ -170,6 +179,25 @@ std::vector<TileConfig> valid_configs(const Problem& launch, int max_smem) {
   return out;
 }
 
+// Every point of the space that is valid for one of config_cases(), each run once: point i on case i % 3 if valid
+// there, else on the next case where it is (so every path sees every parameter value).
+std::vector<std::pair<size_t, TileConfig>> config_plan(int max_smem) {
+  const std::vector<Case> cases = config_cases();
+  std::vector<std::vector<TileConfig>> valid;
+  for (const Case& c : cases) valid.push_back(valid_configs(launch_problem(c.p, c.cu), max_smem));
+  std::vector<std::pair<size_t, TileConfig>> plan;
+  for (const SpacePoint& pt : enumerate_space(find_family("select"), cases[0].p, max_smem)) {
+    for (size_t k = 0; k < cases.size(); ++k) {
+      const size_t c = (plan.size() + k) % cases.size();
+      if (std::find(valid[c].begin(), valid[c].end(), pt.config) != valid[c].end()) {
+        plan.push_back({c, pt.config});
+        break;
+      }
+    }
+  }
+  return plan;
+}
+
 // Compiles every kernel the tests use in parallel up front (into the disk cache), instead of one by one on
 // first use.
 void prewarm(int max_smem) {
@@ -182,10 +210,10 @@ void prewarm(int max_smem) {
   for (const auto& list : {matrix_cases(), length_cases(), tie_cases(), layout_cases()})
     for (const Case& c : list) {
       const Problem l = launch_problem(c.p, c.cu);
-      add(l, f.default_config(l));
+      add(l, c.config ? *c.config : f.default_config(l));
     }
-  for (const Case& c : config_cases())
-    for (const TileConfig& cfg : valid_configs(launch_problem(c.p, c.cu), max_smem)) add(c.p, cfg);
+  const std::vector<Case> configs = config_cases();
+  for (const auto& [c, cfg] : config_plan(max_smem)) add(launch_problem(configs[c].p, configs[c].cu), cfg);
   for (int which : {0, 1}) add(long_problem(which), f.default_config(long_problem(which)));
   const auto t0 = std::chrono::steady_clock::now();
   const auto outcomes = jit_compile_all(specs, CubinCache(CubinCache::default_dir()), 0);
@@ -410,8 +438,11 @@ Outcome run(const Prepared& in, const TileConfig* config) {
 }
 
 void expect_ok(const Case& c, const Outcome& r, const std::string& config = "default config") {
-  INFO(c.what, " | ", c.p.describe(), c.cu.empty() ? "" : fmt::format(" cu_seqlens {}", fmt::join(c.cu, ",")),
-       c.strided ? " strided" : "", " | ", config, " | ", r.error);
+  const std::string what =
+      fmt::format("{} | {}{}{} | {} | {}", c.what, c.p.describe(),
+                  c.cu.empty() ? std::string() : fmt::format(" cu_seqlens {}", fmt::join(c.cu, ",")),
+                  c.strided ? " strided" : "", config, r.error);
+  INFO(what);
   CHECK(r.error.empty());
   CHECK(r.rows > 0);
   if (r.inexact > 0)
@@ -422,7 +453,7 @@ void check_cases(const std::vector<Case>& cases) {
   gpu();
   for (const Case& c : cases) {
     const Prepared in = prepare(c);
-    expect_ok(c, run(in, nullptr));
+    expect_ok(c, run(in, c.config ? &*c.config : nullptr), c.config ? "config " + describe(*c.config) : "default config");
   }
 }
 
@@ -590,13 +621,19 @@ TEST_CASE("select: batches, varlen with empty and short sequences, strided views
 }
 
 TEST_CASE("select: every valid tile config of the space") {
-  const int max_smem = gpu().info().max_smem_optin;
-  for (const Case& c : config_cases()) {
-    const Prepared in = prepare(c);
-    const std::vector<TileConfig> configs = valid_configs(launch_problem(c.p, c.cu), max_smem);
-    CHECK(configs.size() >= 8);
-    for (const TileConfig& cfg : configs) expect_ok(c, run(in, &cfg), "config " + describe(cfg));
+  const std::vector<Case> cases = config_cases();
+  std::vector<Prepared> inputs;
+  for (const Case& c : cases) inputs.push_back(prepare(c));
+  const auto plan = config_plan(gpu().info().max_smem_optin);
+  std::vector<int> per_case(cases.size(), 0);
+  for (const auto& [c, cfg] : plan) {
+    expect_ok(cases[c], run(inputs[c], &cfg), "config " + describe(cfg));
+    ++per_case[c];
   }
+  MESSAGE(fmt::format("{} tile configs run ({} on G = 16, {} on G = 3, {} on G = 1)", plan.size(), per_case[0],
+                      per_case[1], per_case[2]));
+  CHECK(plan.size() >= 40);
+  for (int n : per_case) CHECK(n >= 10);
 }
 
 TEST_CASE("select at T = 65536 (fla) and T = 131072 (dk = 256, 64-bit offsets)") {
@@ -700,18 +737,20 @@ TEST_CASE("select: bad arguments are refused with the argument named") {
     CHECK_ERROR(error(p, c), "cu_seqlens_host is given but cu_seqlens is null");
   }
   SUBCASE("tile configs") {
-    const TileConfig too_big{{"W", 8}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
+    const TileConfig too_big{{"W", 8}, {"KS", 1}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
     Problem g1 = select_problem(Dtype::bf16, 128, 1, 4, 131072, kShapes[1], 16);
     const std::string e = error(g1, a, &too_big);
-    CHECK_ERROR(e, "tile config [BN=64 OCC=1 QREGS=0 W=8] is not valid");
+    CHECK_ERROR(e, "tile config [BN=64 KS=1 OCC=1 QREGS=0 W=8] is not valid");
     CHECK_ERROR(e, "shared memory");
-    const TileConfig spills{{"W", 8}, {"BN", 128}, {"QREGS", 1}, {"OCC", 2}};
+    const TileConfig spills{{"W", 8}, {"KS", 1}, {"BN", 64}, {"QREGS", 1}, {"OCC", 2}};
     CHECK_ERROR(error(p, a, &spills), "do not fit 128 registers");
+    const TileConfig splits{{"W", 2}, {"KS", 4}, {"BN", 32}, {"QREGS", 1}, {"OCC", 2}};
+    CHECK_ERROR(error(p, a, &splits), "KS = 4 key splits need W >= KS");
     const TileConfig partial{{"W", 8}, {"BN", 64}};
-    CHECK_ERROR(error(p, a, &partial), "needs QREGS in {0, 1}");
-    const TileConfig outside{{"W", 3}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
-    CHECK_ERROR(error(p, a, &outside), "needs W in {1, 2, 4, 8}");
-    const TileConfig extra{{"W", 8}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}, {"BM", 64}};
+    CHECK_ERROR(error(p, a, &partial), "needs KS in {1, 2, 4}");
+    const TileConfig outside{{"W", 3}, {"KS", 1}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
+    CHECK_ERROR(error(p, a, &outside), "needs W in {2, 4, 8}");
+    const TileConfig extra{{"W", 8}, {"KS", 1}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}, {"BM", 64}};
     CHECK_ERROR(error(p, a, &extra), "has parameters the family does not know");
   }
 #undef CHECK_ERROR
@@ -741,7 +780,7 @@ TEST_CASE("select family: work counts, geometry and default configs") {
           CAPTURE(p.describe());
           CHECK_MESSAGE(!why, describe(c) << ": " << *why);
           const LaunchGeometry g = f.geometry(p, c);
-          const int64_t P = static_cast<int64_t>(c.at("W")) * (16 * ((G + 15) / 16) / G);
+          const int64_t P = static_cast<int64_t>(c.at("W") / c.at("KS")) * (16 * ((G + 15) / 16) / G);
           CHECK(g.grid.x == static_cast<unsigned>((T + P - 1) / P));
           CHECK(g.block.x == static_cast<unsigned>(32 * c.at("W")));
           CHECK(g.smem_bytes >= P * select_score_row_floats(T, s.lsel) * 4);
