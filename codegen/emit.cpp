@@ -2,11 +2,18 @@
 
 #include "codegen/codegen.h"
 #include "codegen/embedded.h"
+#include "runtime/error.h"
 
 namespace nsajit {
 
 std::string generate_standalone(const KernelSpec& spec) {
   const KernelFamily& f = *spec.family;
+  if (f.harness_path().empty()) {
+    std::string with;
+    for (const KernelFamily* other : families())
+      if (!other->harness_path().empty()) with += fmt::format("{}{}", with.empty() ? "" : ", ", other->name());
+    throw UsageError(fmt::format("emit: family {} has no standalone harness yet; families with one: {}", f.name(), with));
+  }
   const Problem& p = spec.problem;
   const LaunchGeometry g = f.geometry(p, spec.config);
   const std::string build = fmt::format("nvcc -std=c++17 -O2 -arch={} {}.cu -o {}", spec.arch, f.name(), f.name());
