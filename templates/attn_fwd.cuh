@@ -161,47 +161,8 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
       }
     }
 
-    // Online softmax, base 2, per row.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = neg_inf();
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = warp_quad_max(mx) * p.scale_log2;
-      const float m_new = fmaxf(row_max[r], mx);
-      const float m_use = m_new == neg_inf() ? 0.f : m_new;
-      const float alpha = fast_exp2(row_max[r] - m_use);
-      row_max[r] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) {
-        s[nt][2 * r] = fast_exp2(s[nt][2 * r] * p.scale_log2 - m_use);
-        s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] * p.scale_log2 - m_use);
-        sum += s[nt][2 * r] + s[nt][2 * r + 1];
-      }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int dn = 0; dn < kDV / 8; ++dn) {
-        acc[dn][2 * r] *= alpha;
-        acc[dn][2 * r + 1] *= alpha;
-      }
-    }
-
-    // O += P V, P straight from the S accumulators (their layout is the A-fragment layout).
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const u32 a[4] = {pack2<elem>(s[2 * kk][0], s[2 * kk][1]), pack2<elem>(s[2 * kk][2], s[2 * kk][3]),
-                        pack2<elem>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        pack2<elem>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dn = 0; dn < kDV / 16; ++dn) {
-        u32 b0, b1, b2, b3;
-        ldmatrix_x4_trans(sV + swz<kDV / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16), b0,
-                          b1, b2, b3);
-        mma_16816<elem>(acc[2 * dn], a, b0, b1);
-        mma_16816<elem>(acc[2 * dn + 1], a, b2, b3);
-      }
-    }
+    online_softmax<kBN, kDV>(s, acc, row_max, row_sum, p.scale_log2);
+    accumulate_pv<elem, kBN, kDV>(s, acc, sV, lane);
     __syncthreads();
   }
   cp_async_wait<0>();

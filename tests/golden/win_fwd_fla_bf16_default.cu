@@ -167,7 +167,62 @@ __device__ __forceinline__ float warp_quad_sum(float v) {
   return v;
 }
 
+// ---- the flash-attention inner step, shared by the attention kernels --------------------------------------------
+// A warp owns 16 rows; this thread holds two of them (lane / 4 and lane / 4 + 8). s holds the warp's S = Q K^T tile
+// as m16n8 accumulators (kBN / 8 of them, masked entries -inf), acc the O accumulators (kDV / 8 m16n8 tiles).
+
+// Online softmax in base 2: rescales acc and the running (max, sum) of both rows, turns s into P.
+template <int kBN, int kDV>
+__device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], float (&acc)[kDV / 8][4], float (&row_max)[2],
+                                               float (&row_sum)[2], float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = neg_inf();
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+    mx = warp_quad_max(mx) * scale_log2;
+    const float m_new = fmaxf(row_max[r], mx);
+    const float m_use = m_new == neg_inf() ? 0.f : m_new;
+    const float alpha = fast_exp2(row_max[r] - m_use);
+    row_max[r] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+      s[nt][2 * r] = fast_exp2(s[nt][2 * r] * scale_log2 - m_use);
+      s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] * scale_log2 - m_use);
+      sum += s[nt][2 * r] + s[nt][2 * r + 1];
+    }
+    row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+    for (int dn = 0; dn < kDV / 8; ++dn) {
+      acc[dn][2 * r] *= alpha;
+      acc[dn][2 * r + 1] *= alpha;
+    }
+  }
+}
+
+// acc += P V for a kBN x kDV tile of V in swizzled shared memory at sV; P straight from the S accumulators (their
+// layout is the A-fragment layout).
+template <class T, int kBN, int kDV>
+__device__ __forceinline__ void accumulate_pv(const float (&s)[kBN / 8][4], float (&acc)[kDV / 8][4], u32 sV,
+                                              int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    const u32 a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                      pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int dn = 0; dn < kDV / 16; ++dn) {
+      u32 b0, b1, b2, b3;
+      ldmatrix_x4_trans(sV + swz<kDV / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16), b0, b1, b2,
+                        b3);
+      mma_16816<T>(acc[2 * dn], a, b0, b1);
+      mma_16816<T>(acc[2 * dn + 1], a, b2, b3);
+    }
+  }
+}
+
 }  // namespace nsa
+
 
 #endif  // NSA_COMMON_CUH
 // ---- templates/attn_params.cuh ----
@@ -409,47 +464,8 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
       }
     }
 
-    // Online softmax, base 2, per row.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = neg_inf();
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = warp_quad_max(mx) * p.scale_log2;
-      const float m_new = fmaxf(row_max[r], mx);
-      const float m_use = m_new == neg_inf() ? 0.f : m_new;
-      const float alpha = fast_exp2(row_max[r] - m_use);
-      row_max[r] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) {
-        s[nt][2 * r] = fast_exp2(s[nt][2 * r] * p.scale_log2 - m_use);
-        s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] * p.scale_log2 - m_use);
-        sum += s[nt][2 * r] + s[nt][2 * r + 1];
-      }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int dn = 0; dn < kDV / 8; ++dn) {
-        acc[dn][2 * r] *= alpha;
-        acc[dn][2 * r + 1] *= alpha;
-      }
-    }
-
-    // O += P V, P straight from the S accumulators (their layout is the A-fragment layout).
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const u32 a[4] = {pack2<elem>(s[2 * kk][0], s[2 * kk][1]), pack2<elem>(s[2 * kk][2], s[2 * kk][3]),
-                        pack2<elem>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        pack2<elem>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dn = 0; dn < kDV / 16; ++dn) {
-        u32 b0, b1, b2, b3;
-        ldmatrix_x4_trans(sV + swz<kDV / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16), b0,
-                          b1, b2, b3);
-        mma_16816<elem>(acc[2 * dn], a, b0, b1);
-        mma_16816<elem>(acc[2 * dn + 1], a, b2, b3);
-      }
-    }
+    online_softmax<kBN, kDV>(s, acc, row_max, row_sum, p.scale_log2);
+    accumulate_pv<elem, kBN, kDV>(s, acc, sV, lane);
     __syncthreads();
   }
   cp_async_wait<0>();
