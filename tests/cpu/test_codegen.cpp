@@ -141,6 +141,13 @@ TEST_CASE("golden: win_fwd_ref fla bf16") {
   check_golden("win_fwd_ref_fla_bf16", make_spec("win_fwd_ref", nsajit::preset("fla")));
 }
 
+TEST_CASE("golden: the other forward families' default configs") {
+  check_golden("cmp_fwd_paper_bf16_default", make_spec("cmp_fwd", nsajit::preset("paper")));
+  check_golden("pool_paper_bf16_default", make_spec("pool", nsajit::preset("paper")));
+  check_golden("select_paper_bf16_default", make_spec("select", nsajit::preset("paper")));
+  check_golden("slc_fwd_fla_bf16_g4_default", make_spec("slc_fwd", with_group(nsajit::preset("fla"), 4)));
+}
+
 // ---- properties of generated source ------------------------------------------------------------------------------
 
 TEST_CASE("codegen: the same spec gives byte-identical source") {
