@@ -39,7 +39,4 @@ void cmp_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, c
 void win_fwd_reference(const Problem& problem, const AttnFwdArgs& args, CUstream stream);
 void cmp_fwd_reference(const Problem& problem, const AttnFwdArgs& args, CUstream stream);
 
-// Checks cu_seqlens_host (starts at 0, non-decreasing, ends at `total`); returns the longest sequence.
-int64_t check_cu_seqlens(const char* who, std::span<const int32_t> cu, int64_t total);
-
 }  // namespace nsajit

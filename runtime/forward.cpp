@@ -9,6 +9,7 @@
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
+#include "runtime/validate.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"
 #include "runtime/slc_fwd_api.h"

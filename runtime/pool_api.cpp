@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include "codegen/codegen.h"
-#include "runtime/attn_fwd_api.h"
 #include "runtime/error.h"
+#include "runtime/validate.h"
 #include "runtime/kernels.h"
 
 namespace nsajit {
@@ -32,17 +32,11 @@ void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const
   family.check_problem(problem);
   if (a.dim != problem.dk && a.dim != problem.dv)
     throw UsageError(fmt::format("pool: dim {} is neither dk = {} nor dv = {}", a.dim, problem.dk, problem.dv));
-  for (auto [name, t] : {std::pair{"x", a.x}, std::pair{"y", a.y}}) {
-    if (t.data == nullptr) throw UsageError(fmt::format("pool: {} is a null pointer", name));
-    if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-      throw UsageError(fmt::format("pool: {} is not 16-byte aligned", name));
-    for (int64_t s : {t.stride_b, t.stride_t, t.stride_h})
-      if (s < 0 || s % 8 != 0)
-        throw UsageError(fmt::format("pool: {}'s strides must be non-negative multiples of 8 elements", name));
-  }
+  const bool varlen = a.cu_seqlens != nullptr;
+  check_view("pool", "x", a.x, varlen);
+  check_view("pool", "y", a.y, varlen);
   Problem launch = problem;
   launch.dk = a.dim;  // the family pools one tensor of this dim per launch
-  const bool varlen = a.cu_seqlens != nullptr;
   if (varlen) {
     if (problem.B != 1) throw UsageError(fmt::format("pool: varlen needs B = 1 (got B = {})", problem.B));
     launch.T = std::max<int64_t>(check_cu_seqlens("pool", a.cu_seqlens_host, problem.T), 1);

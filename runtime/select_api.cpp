@@ -9,6 +9,7 @@
 #include "runtime/driver.h"
 #include "runtime/error.h"
 #include "runtime/kernels.h"
+#include "runtime/validate.h"
 
 namespace nsajit {
 namespace {
@@ -31,20 +32,6 @@ struct SelectParams {
 };
 static_assert(sizeof(SelectParams) == 136, "must match templates/select.cuh");
 
-void check_view(const char* name, const TensorView& t, bool varlen) {
-  if (t.data == nullptr) throw UsageError(fmt::format("select: {} is a null pointer", name));
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-    throw UsageError(fmt::format("select: {} is not 16-byte aligned (the kernel copies 16-byte chunks)", name));
-  const int64_t strides[] = {t.stride_b, t.stride_t, t.stride_h};
-  const char* names[] = {"batch", "sequence", "head"};
-  for (int i = varlen ? 1 : 0; i < 3; ++i) {
-    if (strides[i] < 0 || strides[i] % 8 != 0)
-      throw UsageError(fmt::format("select: {}'s {} stride {} must be a non-negative multiple of 8 elements "
-                                   "(16 bytes)",
-                                   name, names[i], strides[i]));
-  }
-}
-
 void check_output(const char* name, const void* p) {
   if (p == nullptr) throw UsageError(fmt::format("select: {} is a null pointer", name));
   if (reinterpret_cast<uintptr_t>(p) % 4 != 0) throw UsageError(fmt::format("select: {} is not 4-byte aligned", name));
@@ -56,8 +43,8 @@ void select_blocks(const Problem& problem, const SelectArgs& a, CUstream stream,
   const KernelFamily& family = find_family("select");
   family.check_problem(problem);
   const bool varlen = a.cu_seqlens != nullptr;
-  check_view("q", a.q, varlen);
-  check_view("k_cmp", a.k_cmp, varlen);
+  check_view("select", "q", a.q, varlen);
+  check_view("select", "k_cmp", a.k_cmp, varlen);
   if (a.lse_cmp == nullptr) throw UsageError("select: lse_cmp is a null pointer");
   if (reinterpret_cast<uintptr_t>(a.lse_cmp) % 4 != 0) throw UsageError("select: lse_cmp is not 4-byte aligned");
   if (a.lse_stride_t < 0 || (!varlen && a.lse_stride_b < 0))
@@ -71,19 +58,7 @@ void select_blocks(const Problem& problem, const SelectArgs& a, CUstream stream,
   if (varlen) {
     if (problem.B != 1) throw UsageError(fmt::format("select: varlen needs B = 1 (got B = {})", problem.B));
     const auto& cu = a.cu_seqlens_host;
-    if (cu.size() < 2)
-      throw UsageError("select: cu_seqlens_host must hold N + 1 >= 2 offsets (the device copy's values)");
-    if (cu[0] != 0) throw UsageError(fmt::format("select: cu_seqlens[0] = {} must be 0", cu[0]));
-    int64_t longest = 0;
-    for (size_t i = 1; i < cu.size(); ++i) {
-      if (cu[i] < cu[i - 1])
-        throw UsageError(fmt::format("select: cu_seqlens is not non-decreasing: cu_seqlens[{}] = {} < "
-                                     "cu_seqlens[{}] = {}",
-                                     i, cu[i], i - 1, cu[i - 1]));
-      longest = std::max<int64_t>(longest, cu[i] - cu[i - 1]);
-    }
-    if (cu.back() != problem.T)
-      throw UsageError(fmt::format("select: cu_seqlens ends at {} but T = {} tokens", cu.back(), problem.T));
+    const int64_t longest = check_cu_seqlens("select", cu, problem.T);
     if (cu.size() - 1 > 65535)
       throw UsageError(fmt::format("select: {} sequences exceed the grid limit 65535", cu.size() - 1));
     launch.B = static_cast<int64_t>(cu.size()) - 1;

@@ -7,6 +7,7 @@
 #include "codegen/codegen.h"
 #include "runtime/error.h"
 #include "runtime/kernels.h"
+#include "runtime/validate.h"
 
 namespace nsajit {
 namespace {
@@ -38,20 +39,6 @@ struct SlcFwdParams {
 };
 static_assert(sizeof(SlcFwdParams) == 256, "must match templates/slc_fwd.cuh");
 
-void check_view(const char* name, const TensorView& t, bool varlen) {
-  if (t.data == nullptr) throw UsageError(fmt::format("slc_fwd: {} is a null pointer", name));
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-    throw UsageError(fmt::format("slc_fwd: {} is not 16-byte aligned (the kernel copies 16-byte chunks)", name));
-  const int64_t strides[] = {t.stride_b, t.stride_t, t.stride_h};
-  const char* names[] = {"batch", "sequence", "head"};
-  for (int i = varlen ? 1 : 0; i < 3; ++i) {
-    if (strides[i] < 0 || strides[i] % 8 != 0)
-      throw UsageError(fmt::format("slc_fwd: {}'s {} stride {} must be a non-negative multiple of 8 elements "
-                                   "(16 bytes)",
-                                   name, names[i], strides[i]));
-  }
-}
-
 void check_row_strides(const char* name, int64_t stride_b, int64_t stride_t, bool varlen) {
   if ((!varlen && stride_b < 0) || stride_t < 0)
     throw UsageError(fmt::format("slc_fwd: {}'s batch and sequence strides ({}, {}) must be non-negative", name,
@@ -64,21 +51,21 @@ void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const
   const KernelFamily& family = find_family("slc_fwd");
   family.check_problem(problem);
   const bool varlen = a.cu_seqlens != nullptr;
-  check_view("q", a.q, varlen);
-  check_view("k", a.k, varlen);
-  check_view("v", a.v, varlen);
+  check_view("slc_fwd", "q", a.q, varlen);
+  check_view("slc_fwd", "k", a.k, varlen);
+  check_view("slc_fwd", "v", a.v, varlen);
   const bool gated = a.gate != nullptr;
   if (a.out.data != nullptr && !gated)
     throw UsageError("slc_fwd: out is given without gate (the gated epilogue needs both)");
   if (gated) {
     if (a.out.data == nullptr) throw UsageError("slc_fwd: gate is given without out (the gated epilogue needs both)");
-    check_view("out", a.out, varlen);
+    check_view("slc_fwd", "out", a.out, varlen);
     if (reinterpret_cast<uintptr_t>(a.gate) % 2 != 0) throw UsageError("slc_fwd: gate is not 2-byte aligned");
     check_row_strides("gate", a.gate_stride_b, a.gate_stride_t, varlen);
   }
   if (a.accumulate && !gated) throw UsageError("slc_fwd: accumulate is set but no gate and out are given");
   if (a.o_slc.data != nullptr)
-    check_view("o_slc", a.o_slc, varlen);
+    check_view("slc_fwd", "o_slc", a.o_slc, varlen);
   else if (!gated && a.lse == nullptr)
     throw UsageError("slc_fwd: o_slc and lse are null pointers and no gated out is given: nothing would be written");
   if (a.lse != nullptr) {
@@ -95,19 +82,7 @@ void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const
   if (varlen) {
     if (problem.B != 1) throw UsageError(fmt::format("slc_fwd: varlen needs B = 1 (got B = {})", problem.B));
     const auto& cu = a.cu_seqlens_host;
-    if (cu.size() < 2)
-      throw UsageError("slc_fwd: cu_seqlens_host must hold N + 1 >= 2 offsets (the device copy's values)");
-    if (cu[0] != 0) throw UsageError(fmt::format("slc_fwd: cu_seqlens[0] = {} must be 0", cu[0]));
-    int64_t longest = 0;
-    for (size_t i = 1; i < cu.size(); ++i) {
-      if (cu[i] < cu[i - 1])
-        throw UsageError(fmt::format("slc_fwd: cu_seqlens is not non-decreasing: cu_seqlens[{}] = {} < "
-                                     "cu_seqlens[{}] = {}",
-                                     i, cu[i], i - 1, cu[i - 1]));
-      longest = std::max<int64_t>(longest, cu[i] - cu[i - 1]);
-    }
-    if (cu.back() != problem.T)
-      throw UsageError(fmt::format("slc_fwd: cu_seqlens ends at {} but T = {} tokens", cu.back(), problem.T));
+    const int64_t longest = check_cu_seqlens("slc_fwd", cu, problem.T);
     launch.B = static_cast<int64_t>(cu.size()) - 1;
     launch.T = std::max<int64_t>(longest, 1);
   }
