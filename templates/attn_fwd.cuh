@@ -117,25 +117,7 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
     const u32 sV = sV0 + stage * kSmemV;
 
     float s[kBN / 8][4];
-#pragma unroll
-    for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kDK / 16; ++kk) {
-      u32 a[4];
-      if constexpr (kQInRegs) {
-        a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
-      } else {
-        ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2], a[3]);
-      }
-#pragma unroll
-      for (int nn = 0; nn < kBN / 16; ++nn) {
-        u32 b0, b1, b2, b3;
-        ldmatrix_x4(sK + swz<kDK / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0, b1,
-                    b2, b3);
-        mma_16816<elem>(s[2 * nn], a, b0, b1);
-        mma_16816<elem>(s[2 * nn + 1], a, b2, b3);
-      }
-    }
+    qk_tile<elem, kBN, kDK, kQInRegs != 0>(s, qf, sQ, sK, warp, lane);
 
     // Mask only the tiles that reach past some row's key range. Row r sees the tile's columns c with
     // lo[r] <= c <= hi[r], in 32-bit tile-relative terms.

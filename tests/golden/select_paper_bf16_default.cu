@@ -171,6 +171,32 @@ __device__ __forceinline__ float warp_quad_sum(float v) {
 // A warp owns 16 rows; this thread holds two of them (lane / 4 and lane / 4 + 8). s holds the warp's S = Q K^T tile
 // as m16n8 accumulators (kBN / 8 of them, masked entries -inf), acc the O accumulators (kDV / 8 m16n8 tiles).
 
+// S = Q K^T for this warp's 16 rows against a kBN x kDK tile of K in swizzled shared memory at sK. Q comes from
+// qf (its A fragments, when kQInRegs) or from the swizzled Q tile at sQ, rows warp * 16 ...
+template <class T, int kBN, int kDK, bool kQInRegs>
+__device__ __forceinline__ void qk_tile(float (&s)[kBN / 8][4], const u32 (&qf)[kQInRegs ? kDK / 16 : 1][4], u32 sQ,
+                                        u32 sK, int warp, int lane) {
+#pragma unroll
+  for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kDK / 16; ++kk) {
+    u32 a[4];
+    if constexpr (kQInRegs) {
+      a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
+    } else {
+      ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2], a[3]);
+    }
+#pragma unroll
+    for (int nn = 0; nn < kBN / 16; ++nn) {
+      u32 b0, b1, b2, b3;
+      ldmatrix_x4(sK + swz<kDK / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0, b1, b2,
+                  b3);
+      mma_16816<T>(s[2 * nn], a, b0, b1);
+      mma_16816<T>(s[2 * nn + 1], a, b2, b3);
+    }
+  }
+}
+
 // Online softmax in base 2: rescales acc and the running (max, sum) of both rows, turns s into P.
 template <int kBN, int kDV>
 __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], float (&acc)[kDV / 8][4], float (&row_max)[2],
