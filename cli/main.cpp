@@ -11,6 +11,7 @@
 
 #include "cache/cubin_cache.h"
 #include "cli/bench.h"
+#include "cli/db_cmd.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
@@ -22,6 +23,14 @@
 #include "runtime/attn_fwd_api.h"
 #include "tuner/inputs.h"
 #include "tuner/timing.h"
+#include "tuner/db.h"
+#include "tuner/keys.h"
+#include "tuner/search.h"
+#include "tuner/tuner.h"
+#include "tuner/worker.h"
+
+#include <charconv>
+#include <unistd.h>
 
 namespace nsajit {
 namespace {
@@ -225,71 +234,103 @@ int cmd_compile(const ProblemFlags& pf, const SpecFlags& sf, bool all_configs) {
   return failures ? 1 : 0;
 }
 
-// Until the tuner exists (issue #4): every variant of every family compiled into the cache with its resource
-// report; on a GPU each valid variant of a timed family is also timed, fastest first.
-int cmd_tune(const ProblemFlags& pf, const std::vector<std::string>& family_names, const std::string& arch_flag) {
-  const Problem p = pf.build();
-  for (const std::string& name : family_names) find_family(name);  // a UsageError naming the families
-  const std::string arch = arch_flag.empty() ? default_arch() : arch_flag;
-  nvrtc_options(arch);
-  const CubinCache cache(CubinCache::default_dir());
-  std::string why;
-  const bool gpu = driver_available(&why);
-  fmt::print("nsajit tune: {} on {}\n", p.describe(), arch);
-  if (!gpu) fmt::print("no GPU here ({}).\nCompiling every variant into the cache; timing needs a GPU.\n", why);
-  int failures = 0;
-  for (const KernelFamily* f : families()) {
-    if (!family_names.empty() &&
-        std::find(family_names.begin(), family_names.end(), std::string(f->name())) == family_names.end())
-      continue;
-    if (f->params().empty()) continue;  // reference kernels: nothing to tune
-    f->check_problem(p);
-    std::vector<KernelSpec> specs;
-    size_t pruned = 0;
-    fmt::print("\n{}: {}\n", f->name(), f->description());
-    for (const SpacePoint& pt : enumerate_space(*f, p, max_smem_for(arch))) {
-      if (pt.rejected) {
-        fmt::print("  [{}] pruned: {}\n", describe(pt.config), *pt.rejected);
-        ++pruned;
-      } else {
-        specs.push_back({f, p, pt.config, arch});
-      }
-    }
-    const auto outcomes = compile_with_progress(specs, cache);
-    int family_failures = 0;
-    for (size_t i = 0; i < specs.size(); ++i) {
-      print_usage_row(specs[i], outcomes[i]);
-      family_failures += !outcomes[i].result;
-    }
-    failures += family_failures;
-    fmt::print("  {} variants compiled, {} pruned, {} failed\n", specs.size() - family_failures, pruned,
-               family_failures);
-    if (!gpu || f->name() != "win_fwd") continue;
-    Context ctx(0);
-    const size_t q_n = static_cast<size_t>(p.B * p.T) * p.HQ * p.dk, k_n = static_cast<size_t>(p.B * p.T) * p.H * p.dk;
-    const size_t v_n = static_cast<size_t>(p.B * p.T) * p.H * p.dv, o_n = static_cast<size_t>(p.B * p.T) * p.HQ * p.dv;
-    DeviceBuffer q = random_device_tensor(q_n, p.dtype, 1), k = random_device_tensor(k_n, p.dtype, 2),
-                 v = random_device_tensor(v_n, p.dtype, 3), o(o_n * 2), lse(static_cast<size_t>(p.B * p.T) * p.HQ * 4);
-    AttnFwdArgs a;
-    a.q = contiguous(q.get(), p.T, p.HQ, p.dk), a.k = contiguous(k.get(), p.T, p.H, p.dk);
-    a.v = contiguous(v.get(), p.T, p.H, p.dv), a.o = contiguous(o.get(), p.T, p.HQ, p.dv);
-    a.lse = static_cast<float*>(lse.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
-    std::vector<std::pair<double, std::string>> times;
-    const TileConfig def = f->default_config(p);
-    double default_ms = 0;
-    for (size_t i = 0; i < specs.size(); ++i) {
-      if (!outcomes[i].result) continue;
-      const TimingStats t = time_gpu([&](CUstream s) { win_fwd(p, a, s, &specs[i].config); }, 10, 30);
-      times.push_back({t.median_ms, describe(specs[i].config)});
-      if (specs[i].config == def) default_ms = t.median_ms;
-      fmt::print("  [{}] {:.3f} ms\n", describe(specs[i].config), t.median_ms);
-    }
-    std::sort(times.begin(), times.end());
-    if (!times.empty())
-      fmt::print("  fastest [{}] {:.3f} ms; default [{}] {:.3f} ms (not stored: the tuning database is issue #4)\n",
-                 times[0].second, times[0].first, describe(def), default_ms);
+// ---- tune -------------------------------------------------------------------------------------------------------
+
+struct TuneFlags {
+  std::vector<int64_t> seqs;
+  std::vector<std::string> families;
+  std::string strategy = "halving";
+  std::string budget;
+  std::string devices = "0";
+  std::string db;
+  double timeout_s = 30;
+  uint64_t seed = 1;
+};
+
+std::vector<int> parse_devices(const std::string& s) {
+  std::vector<int> out;
+  if (s == "all") {
+    const int n = device_count();
+    for (int i = 0; i < n; ++i) out.push_back(i);
+    return out;
   }
-  return failures ? 1 : 0;
+  const int n = device_count();
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    const size_t comma = s.find(',', pos);
+    const std::string item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    int v = -1;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || v < 0)
+      throw UsageError(fmt::format("bad --devices '{}': expected GPU ordinals such as 0,1 or 'all'", s));
+    if (v >= n) throw UsageError(fmt::format("bad --devices: GPU {} does not exist ({} GPUs here)", v, n));
+    if (std::find(out.begin(), out.end(), v) != out.end())
+      throw UsageError(fmt::format("bad --devices: GPU {} is listed twice", v));
+    out.push_back(v);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  const auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw Error(fmt::format("cannot find the nsajit binary (/proc/self/exe): {}", ec.message()));
+  return p.string();
+}
+
+int cmd_tune(const ProblemFlags& pf, const TuneFlags& tf) {
+  TuneOptions o;
+  // Validate everything a user can get wrong before touching the GPU.
+  const Problem base = pf.build();
+  if (tf.seqs.empty()) {
+    o.problems.push_back(base);
+  } else {
+    for (int64_t T : tf.seqs) {
+      Problem p = base;
+      p.T = T;
+      p.validate();
+      o.problems.push_back(p);
+    }
+  }
+  o.families = tf.families;
+  for (const std::string& n : o.families) find_family(n);
+  o.search.strategy = parse_strategy(tf.strategy);
+  if (!tf.budget.empty()) o.search.budget = parse_budget(tf.budget);
+  o.search.seed = tf.seed;
+  o.db_path = tf.db.empty() ? default_db_path() : std::filesystem::path(tf.db);
+  o.timeout_s = tf.timeout_s;
+  o.live_progress = ::isatty(2);
+  std::string why;
+  if (!driver_available(&why)) {
+    fmt::print(stderr, "nsajit tune needs a GPU to measure on: {}\n(`nsajit compile --all-configs` compiles a "
+               "family's whole space without one.)\n", why);
+    return 1;
+  }
+  o.devices = parse_devices(tf.devices);
+  o.worker_exe = self_exe();
+  fmt::print("nsajit tune: strategy {}, budget {}, database {}\n", strategy_name(o.search.strategy),
+             tf.budget.empty() ? "none" : tf.budget, o.db_path.string());
+  const TuneReport r = run_tune(o);
+  fmt::print("\n{:<9} {:<28} {:>6} {:>6} {:>6} {:>6}  {:<34} {:>10} {:>10} {:>8}\n", "family", "problem (T)", "space",
+             "pruned", "meas.", "reused", "best config", "best ms", "default ms", "speed-up");
+  int missing = 0;
+  for (const FamilyTuneResult& f : r.results) {
+    const Problem p = parse_problem(f.problem);
+    if (f.best_config.empty()) {
+      ++missing;
+      fmt::print("{:<9} T={:<26} {:>6} {:>6} {:>6} {:>6}  no result: {}\n", f.family, p.T, f.space, f.pruned, f.measured,
+                 f.reused, f.note);
+      continue;
+    }
+    fmt::print("{:<9} T={:<26} {:>6} {:>6} {:>6} {:>6}  {:<34} {:>10.4f} {:>10} {:>8}\n", f.family, p.T, f.space, f.pruned,
+               f.measured, f.reused, f.best_config, f.best_ms,
+               f.default_ms > 0 ? fmt::format("{:.4f}", f.default_ms) : "-",
+               f.default_ms > 0 ? fmt::format("{:.2f}x", f.default_ms / f.best_ms) : "-");
+  }
+  fmt::print("done in {:.1f} s; results in {}\n", r.seconds, o.db_path.string());
+  return missing ? 1 : 0;
 }
 
 // ---- cache --------------------------------------------------------------------------------------------------------
@@ -343,12 +384,29 @@ int run(int argc, char** argv) {
   compile_sf.add_to(*compile, true);
   compile->add_flag("--all-configs", all_configs, "Every valid point of the family's tile space");
 
-  std::vector<std::string> tune_families;
-  std::string tune_arch;
-  auto* tune = app.add_subcommand("tune", "Compile every variant (and time them on a GPU)");
-  tune_pf.add_to(*tune);
-  tune->add_option("--families", tune_families, "Families to sweep (default: all)")->delimiter(',');
-  tune->add_option("--arch", tune_arch, "Target GPU arch (default: the GPU's, else sm_90a)");
+  TuneFlags tf;
+  auto* tune = app.add_subcommand("tune", "Autotune kernel variants on the GPU and store the fastest correct ones");
+  tune_pf.add_to(*tune, false);
+  tune->add_option("--seq", tf.seqs, "Sequence lengths to tune, e.g. 16384,65536 (default: the preset's)")
+      ->delimiter(',')
+      ->check(kPositive);
+  tune->add_option("--families", tf.families, "Families to tune (default: pool, cmp_fwd, select, slc_fwd, win_fwd)")
+      ->delimiter(',');
+  tune->add_option("--strategy", tf.strategy, "exhaustive | random | halving (successive halving)")
+      ->capture_default_str();
+  tune->add_option("--budget", tf.budget, "Per family and problem: N trials, or a total time such as 3m or 90s");
+  tune->add_option("--devices", tf.devices, "GPUs to measure on: 0,1 or all (trials are shared out)")
+      ->capture_default_str();
+  tune->add_option("--db", tf.db, "Tuning database (default: $NSAJIT_DB, else $XDG_DATA_HOME/nsajit/tuning.db)");
+  tune->add_option("--timeout", tf.timeout_s, "Seconds before a measurement is declared hung")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  tune->add_option("--seed", tf.seed, "Seed of the random strategy")->capture_default_str();
+
+  int worker_device = 0;
+  auto* worker = app.add_subcommand("tune-worker", "");  // internal: the tuner's measuring process
+  worker->add_option("--device", worker_device)->required();
+  worker->group("");
 
   std::vector<int64_t> bench_seqs = {8192, 16384, 32768, 65536};
   std::string bench_json;
@@ -369,6 +427,8 @@ int run(int argc, char** argv) {
       ->check(CLI::IsMember({"list", "verify", "clear"}));
   cache->add_flag("--repair", repair, "With verify: remove the bad entries");
 
+  const std::unique_ptr<DbCommand> db = add_db_command(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -385,9 +445,11 @@ int run(int argc, char** argv) {
     if (*fams) return cmd_families();
     if (*emit) return cmd_emit(emit_pf, emit_sf, emit_out);
     if (*compile) return cmd_compile(compile_pf, compile_sf, all_configs);
-    if (*tune) return cmd_tune(tune_pf, tune_families, tune_arch);
+    if (*tune) return cmd_tune(tune_pf, tf);
+    if (*worker) return run_worker(worker_device);
     if (*bench) return run_forward_bench(bench_pf.build(), bench_seqs, bench_json);
     if (*cache) return cmd_cache(cache_action, repair);
+    if (db->parsed()) return db->run();
   } catch (const UsageError& e) {
     fmt::print(stderr, "nsajit: {}\n", e.what());
     return 2;

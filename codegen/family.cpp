@@ -1,5 +1,7 @@
 #include "codegen/family.h"
 
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -16,6 +18,8 @@ const KernelFamily& cmp_fwd_family();
 const KernelFamily& cmp_fwd_ref_family();
 const KernelFamily& pool_family();
 const KernelFamily& select_family();
+const KernelFamily& compare_family();
+const KernelFamily& fault_test_family();
 
 std::string describe(const TileConfig& c) {
   std::string s;
@@ -24,7 +28,16 @@ std::string describe(const TileConfig& c) {
 }
 
 const std::vector<const KernelFamily*>& families() {
-  static const std::vector<const KernelFamily*> all = {&win_fwd_family(), &win_fwd_ref_family(), &slc_fwd_family(), &cmp_fwd_family(), &cmp_fwd_ref_family(), &pool_family(), &select_family()};
+  // The forward families in the order the forward runs them, then the simple reference kernels and the tuner's
+  // compare kernel; the test-only family only with NSAJIT_TEST_FAMILIES=1.
+  static const std::vector<const KernelFamily*> all = [] {
+    std::vector<const KernelFamily*> v = {&pool_family(),        &cmp_fwd_family(),     &select_family(),
+                                          &slc_fwd_family(),     &win_fwd_family(),     &win_fwd_ref_family(),
+                                          &cmp_fwd_ref_family(), &compare_family()};
+    const char* test = std::getenv("NSAJIT_TEST_FAMILIES");
+    if (test != nullptr && std::string_view(test) == "1") v.push_back(&fault_test_family());
+    return v;
+  }();
   return all;
 }
 

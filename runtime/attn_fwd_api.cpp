@@ -7,6 +7,7 @@
 #include "codegen/codegen.h"
 #include "runtime/error.h"
 #include "runtime/kernels.h"
+#include "runtime/tuned.h"
 #include "runtime/validate.h"
 
 namespace nsajit {
@@ -65,7 +66,7 @@ void launch_attn(const KernelFamily& family, const Problem& problem, const AttnF
     throw UsageError(who + ": cu_seqlens_host given without the device cu_seqlens");
   }
 
-  KernelSpec spec{&family, problem, config ? *config : family.default_config(problem), "sm_90a"};
+  KernelSpec spec{&family, problem, config ? *config : resolve_config(family, problem, problem).config, "sm_90a"};
   if (auto why = family.reject(problem, spec.config, kHopperMaxSmemOptin))
     throw UsageError(fmt::format("{}: tile config [{}] is not valid: {}", who, describe(spec.config), *why));
   const Kernel& kernel = runtime_kernel(spec);

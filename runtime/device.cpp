@@ -16,6 +16,10 @@ std::string DeviceInfo::arch() const {
   return fmt::format("sm_{}{}", cc_major, cc_minor);
 }
 
+std::string DeviceInfo::model_fingerprint() const {
+  return fmt::format("{}|cc{}.{}|sm{}|l2:{}|mem:{}", name, cc_major, cc_minor, sm_count, l2_bytes, memory_bytes);
+}
+
 std::string DeviceInfo::fingerprint() const {
   return fmt::format("{}|cc{}.{}|sm{}|l2:{}|mem:{}|driver:{}|nvrtc:{}", name, cc_major, cc_minor, sm_count,
                      l2_bytes, memory_bytes, driver_version, nvrtc_version);

@@ -25,6 +25,9 @@ struct DeviceInfo {
 
   std::string arch() const;         // "sm_90a" on compute capability 9.0, else "sm_XY"
   std::string fingerprint() const;  // one line identifying the GPU model and software stack
+  // The GPU model alone (name, compute capability, SMs, L2, memory): what tuning results are keyed on; the
+  // driver and NVRTC are kept beside them, and a change makes them stale.
+  std::string model_fingerprint() const;
 };
 
 int device_count();                // throws nsajit::Error without a driver

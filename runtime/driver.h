@@ -23,6 +23,7 @@ namespace nsajit {
   X(cuDevicePrimaryCtxRelease)     \
   X(cuCtxSetCurrent)               \
   X(cuCtxGetCurrent)               \
+  X(cuCtxGetDevice)                \
   X(cuCtxSynchronize)              \
   X(cuModuleLoadData)              \
   X(cuModuleUnload)                \

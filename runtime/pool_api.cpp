@@ -8,6 +8,7 @@
 #include "runtime/error.h"
 #include "runtime/validate.h"
 #include "runtime/kernels.h"
+#include "runtime/tuned.h"
 
 namespace nsajit {
 namespace {
@@ -42,7 +43,7 @@ void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const
     launch.T = std::max<int64_t>(check_cu_seqlens("pool", a.cu_seqlens_host, problem.T), 1);
     launch.B = static_cast<int64_t>(a.cu_seqlens_host.size()) - 1;
   }
-  KernelSpec spec{&family, launch, config ? *config : family.default_config(launch), "sm_90a"};
+  KernelSpec spec{&family, launch, config ? *config : resolve_config(family, problem, launch).config, "sm_90a"};
   const Kernel& kernel = runtime_kernel(spec);
   const LaunchGeometry g = family.geometry(launch, spec.config);
   PoolParams p{};

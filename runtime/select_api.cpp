@@ -9,6 +9,7 @@
 #include "runtime/driver.h"
 #include "runtime/error.h"
 #include "runtime/kernels.h"
+#include "runtime/tuned.h"
 #include "runtime/validate.h"
 
 namespace nsajit {
@@ -79,7 +80,7 @@ void select_blocks(const Problem& problem, const SelectArgs& a, CUstream stream,
       throw UsageError(fmt::format("select: tile config [{}] has parameters the family does not know", describe(*config)));
   }
   // The default config and the shared memory depend on the longest sequence; the compiled kernel does not.
-  KernelSpec spec{&family, launch, config ? *config : family.default_config(launch), "sm_90a"};
+  KernelSpec spec{&family, launch, config ? *config : resolve_config(family, problem, launch).config, "sm_90a"};
   if (auto why = family.reject(launch, spec.config, kHopperMaxSmemOptin))
     throw UsageError(fmt::format("select: tile config [{}] is not valid: {}", describe(spec.config), *why));
   const Kernel& kernel = runtime_kernel(spec);

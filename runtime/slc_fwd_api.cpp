@@ -7,6 +7,7 @@
 #include "codegen/codegen.h"
 #include "runtime/error.h"
 #include "runtime/kernels.h"
+#include "runtime/tuned.h"
 #include "runtime/validate.h"
 
 namespace nsajit {
@@ -89,7 +90,7 @@ void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const
   if (launch.B > 65535)
     throw UsageError(fmt::format("slc_fwd: {} = {} > 65535 (grid z)", varlen ? "sequences" : "B", launch.B));
 
-  KernelSpec spec{&family, problem, config ? *config : family.default_config(problem), "sm_90a"};
+  KernelSpec spec{&family, problem, config ? *config : resolve_config(family, problem, launch).config, "sm_90a"};
   if (auto why = family.reject(problem, spec.config, kHopperMaxSmemOptin))
     throw UsageError(fmt::format("slc_fwd: tile config [{}] is not valid: {}", describe(spec.config), *why));
   const Kernel& kernel = runtime_kernel(spec);

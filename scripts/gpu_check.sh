@@ -2,7 +2,9 @@
 # Whole checks on the GPU machine, logs under $OUT (or ./gpu-logs).
 #   scripts/gpu_check.sh BUILD tests   devices, GPU tests, emitted standalone programs built with nvcc and run
 #   scripts/gpu_check.sh BUILD bench   tile sweeps of the dense kernels, the forward benchmark, torch baselines
-#   scripts/gpu_check.sh BUILD all     both
+#   scripts/gpu_check.sh BUILD tuner   the autotuner: a planted faulting family, the fla sweep at 65536 timed,
+#                                      default vs tuned forward, kill -9 halfway then resume
+#   scripts/gpu_check.sh BUILD all     tests and bench
 set -uo pipefail
 build=${1:-build}
 what=${2:-all}
@@ -44,6 +46,46 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   "$build/nsajit" bench --preset fla --heads 16 --kv-heads 4 --seq 65536 --json "$out/bench_g4.json" 2>&1 | tee -a "$out/bench.log" || status=1
   step torch baselines
   python3 bench/baselines.py --seqs 8192,65536 --json "$out/baselines.json" 2>&1 | tail -8 | tee "$out/baselines.log" || status=1
+fi
+if [ "$what" = tuner ]; then
+  nsajit="$build/nsajit"
+  dbs=${DB_DIR:-/tmp/nsajit-dbs}
+  rm -rf "$dbs"; mkdir -p "$dbs"
+  step planted faults: fault_test MODE 1 writes out of bounds, 2 hangs, 3 is wrong
+  NSAJIT_TEST_FAMILIES=1 "$nsajit" tune --preset fla --seq 4096 --families fault_test --strategy exhaustive \
+    --timeout 5 --db "$dbs/fault.db" > "$out/fault.log" 2>&1
+  "$nsajit" db show --db "$dbs/fault.db" >> "$out/fault.log" 2>&1
+  grep -v "trials  " "$out/fault.log"
+  grep -q "launch_error" "$out/fault.log" || { echo "no launch_error recorded"; status=1; }
+
+  step tune fla 65536, all forward families, cold CUBIN cache
+  rm -rf "$NSAJIT_CACHE_DIR"
+  t0=$(date +%s%N)
+  "$nsajit" tune --preset fla --seq 65536 --db "$dbs/tune.db" 2>&1 | grep -v "trials  " || status=1
+  echo "tune wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  "$nsajit" db list --db "$dbs/tune.db" || status=1
+  "$nsajit" db verify --db "$dbs/tune.db" || status=1
+  "$nsajit" db export --db "$dbs/tune.db" -o "$out/tune_export.json" || status=1
+
+  step forward: defaults, then tuned
+  NSAJIT_DB=off "$nsajit" bench --preset fla --seq 65536 --json "$out/bench_default.json" || status=1
+  NSAJIT_DB="$dbs/tune.db" NSAJIT_LOG=info "$nsajit" bench --preset fla --seq 65536 --json "$out/bench_tuned.json" || status=1
+
+  step kill -9 halfway, then resume
+  "$nsajit" tune --preset fla --seq 65536 --families select,slc_fwd --strategy exhaustive --db "$dbs/kill.db" > "$dbs/kill_first.log" 2>&1 &
+  pid=$!
+  sleep "${KILL_AFTER:-25}"
+  kill -9 $pid; wait $pid 2>/dev/null
+  echo "killed with -9 after ${KILL_AFTER:-25} s; its last lines:"; tail -4 "$dbs/kill_first.log"
+  "$nsajit" db show --db "$dbs/kill.db" > "$dbs/before.txt" 2>&1
+  "$nsajit" db verify --db "$dbs/kill.db" || status=1
+  "$nsajit" tune --preset fla --seq 65536 --families select,slc_fwd --strategy exhaustive --db "$dbs/kill.db" 2>&1 | grep -v "trials  " || status=1
+  "$nsajit" db show --db "$dbs/kill.db" > "$dbs/after.txt" 2>&1
+  "$nsajit" db verify --db "$dbs/kill.db" || status=1
+  # Every trial line recorded before the rerun is still there, unchanged.
+  lost=$(grep '^#' "$dbs/before.txt" | while IFS= read -r line; do grep -qxF -- "$line" "$dbs/after.txt" || echo x; done | wc -l)
+  echo "trials before the rerun: $(grep -c '^#' "$dbs/before.txt"); after: $(grep -c '^#' "$dbs/after.txt"); lost: $lost"
+  [ "$lost" = 0 ] || status=1
 fi
 echo; echo "gpu_check status $status"
 exit $status

@@ -107,8 +107,6 @@ void flip_last_byte(const fs::path& path) {
   REQUIRE(file.good());
 }
 
-bool has_gpu(const Cli& cli) { return contains(cli("devices").output, "device 0"); }
-
 const std::vector<std::string> kCommands = {"devices", "families", "emit", "compile", "tune", "bench", "cache"};
 
 }  // namespace
@@ -208,7 +206,6 @@ TEST_CASE("cli: usage errors exit 2 and say what is wrong") {
     const Run r = cli("compile --family win_fwd --preset fla --arch banana");
     CHECK_EXIT(r, 2);
     CHECK_CONTAINS(r.output, "'banana'");
-    CHECK_EXIT(cli("tune --preset fla --arch sm_75 --families win_fwd"), 2);
   }
   SUBCASE("missing or bad arguments") {
     CHECK_EXIT(cli("emit --preset fla"), 2);  // --family is required
@@ -346,56 +343,6 @@ TEST_CASE("cli: emit writes a standalone program") {
   CHECK(stdout_run.output == text);
   // emit compiles nothing.
   CHECK(cli.entries().empty());
-}
-
-TEST_CASE("cli: tune without a GPU compiles every variant and lists the pruned ones") {
-  Cli cli;
-  if (has_gpu(cli)) {
-    MESSAGE("a GPU is present: tune would time the variants; skipped");
-    return;
-  }
-  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
-  // Runs tune on `args` for `p` and checks it against the family's space: every valid point compiled and listed
-  // with its resources, every other one listed with its reason.
-  auto check_tune = [&](const std::string& args, const nsajit::Problem& p) {
-    const Run r = cli("tune " + args);
-    CHECK_EXIT(r, 0);
-    CHECK_CONTAINS(r.output, "timing needs a GPU");
-    size_t valid = 0, pruned = 0;
-    for (const nsajit::SpacePoint& pt : nsajit::enumerate_space(f, p, nsajit::kHopperMaxSmemOptin)) {
-      // Built by appending: GCC 12 warns (-Wrestrict, a false positive) on "literal" + std::string here.
-      std::string row = "[";
-      row += nsajit::describe(pt.config);
-      row += "] ";
-      if (pt.rejected) {
-        ++pruned;
-        CHECK_CONTAINS(r.output, row + "pruned: " + *pt.rejected + "\n");
-      } else {
-        ++valid;
-        CHECK_CONTAINS(r.output, row + "regs ");
-      }
-    }
-    CHECK_CONTAINS(r.output,
-                   std::to_string(valid) + " variants compiled, " + std::to_string(pruned) + " pruned, 0 failed");
-    const std::regex row(R"(\[BM=\d+ BN=\d+ QREGS=\d\] regs +\d+ +spill +\d+ B)");
-    const auto rows =
-        std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), row), std::sregex_iterator());
-    CHECK(rows == static_cast<std::ptrdiff_t>(valid));
-    CHECK(cli.entries().size() == valid);
-    return r;
-  };
-  SUBCASE("fla") {
-    nsajit::Problem p = nsajit::preset("fla");
-    p.T = 1024;
-    check_tune("--preset fla --seq 1024 --families win_fwd", p);
-  }
-  SUBCASE("dk = dv = 256: pruned points come with reasons") {
-    nsajit::Problem p = nsajit::preset("fla");
-    p.T = 1024, p.dk = 256, p.dv = 256;
-    const Run r = check_tune("--preset fla --seq 1024 --families win_fwd --dk 256 --dv 256", p);
-    CHECK_CONTAINS(r.output, "[BM=64 BN=128 QREGS=0] pruned: shared memory");
-    CHECK_CONTAINS(r.output, "[BM=64 BN=64 QREGS=1] pruned: fragment registers");
-  }
 }
 
 TEST_CASE("cli: tune refuses an unknown family name") {

@@ -1,0 +1,71 @@
+// The tuner's correctness gate on the GPU: relative L2 difference of a tensor against a trusted one, and the count
+// of non-finite values, without copying either to the host. Element kinds: 0 bf16, 1 fp16, 2 fp32, 3 int32 (exact:
+// mismatching elements are counted).
+#ifndef NSA_COMPARE_CUH
+#define NSA_COMPARE_CUH
+#ifndef NSAJIT_GENERATED
+#include "common.cuh"
+#endif
+
+namespace nsa {
+
+// Mirrored byte for byte by tuner/cases.cpp.
+struct CompareParams {
+  const void* a;    // candidate
+  const void* ref;  // trusted
+  i64 n;            // elements
+  double* sums;     // [2]: sum (a - ref)^2, sum ref^2; zeroed by the caller
+  u64* counts;      // [2]: non-finite values in a, mismatching int32 elements; zeroed by the caller
+  i32 kind;
+  i32 unused;
+};
+
+namespace compare {
+
+__device__ __forceinline__ float load_as_float(const void* p, i64 i, int kind) {
+  if (kind == 2) return static_cast<const float*>(p)[i];
+  const unsigned short bits = static_cast<const unsigned short*>(p)[i];
+  if (kind == 0) return __uint_as_float(static_cast<u32>(bits) << 16);
+  float f;
+  asm("{ .reg .b16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"(bits));
+  return f;
+}
+
+__device__ __forceinline__ void run(const CompareParams& p) {
+  double d2 = 0.0, r2 = 0.0;
+  u64 bad = 0, mismatch = 0;
+  const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
+  for (i64 i = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) {
+    if (p.kind == 3) {
+      mismatch += static_cast<const i32*>(p.a)[i] != static_cast<const i32*>(p.ref)[i];
+      continue;
+    }
+    const float a = load_as_float(p.a, i, p.kind), r = load_as_float(p.ref, i, p.kind);
+    if (!isfinite(a)) {
+      // -inf where the trusted value is -inf too (an lse over no keys) is the right answer.
+      if (!(isinf(a) && a == r)) ++bad;
+      continue;
+    }
+    if (!isfinite(r)) continue;
+    const double d = static_cast<double>(a) - static_cast<double>(r);
+    d2 += d * d;
+    r2 += static_cast<double>(r) * r;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    d2 += __shfl_xor_sync(0xffffffffu, d2, o);
+    r2 += __shfl_xor_sync(0xffffffffu, r2, o);
+    bad += __shfl_xor_sync(0xffffffffu, bad, o);
+    mismatch += __shfl_xor_sync(0xffffffffu, mismatch, o);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    atomicAdd(&p.sums[0], d2);
+    atomicAdd(&p.sums[1], r2);
+    atomicAdd(&p.counts[0], bad);
+    atomicAdd(&p.counts[1], mismatch);
+  }
+}
+
+}  // namespace compare
+}  // namespace nsa
+
+#endif  // NSA_COMPARE_CUH

@@ -1,0 +1,1325 @@
+// The tuning database (tuner/db.h), its keys (tuner/keys.h) and the `nsajit db` command: schema, migration,
+// classification of foreign / damaged / newer files, repair, concurrent writers, kill -9, export / import.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "codegen/codegen.h"
+#include "codegen/family.h"
+#include "codegen/problem.h"
+#include "runtime/device.h"
+#include "runtime/driver.h"
+#include "runtime/error.h"
+#include "runtime/nvrtc_compiler.h"
+#include "tuner/db.h"
+#include "tuner/keys.h"
+
+namespace fs = std::filesystem;
+using nsajit::BestEntry;
+using nsajit::DbError;
+using nsajit::Outcome;
+using nsajit::Problem;
+using nsajit::Toolkit;
+using nsajit::Trial;
+using nsajit::TuningDb;
+
+namespace {
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+#define CHECK_CONTAINS(haystack, needle) \
+  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
+#define CHECK_NOT_CONTAINS(haystack, needle) \
+  CHECK_MESSAGE(!contains((haystack), (needle)), "did not expect \"" << (needle) << "\" in:\n" << (haystack))
+
+// A fresh directory per test, removed afterwards.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string model = (fs::temp_directory_path() / "nsajit-db-test-XXXXXX").string();
+    REQUIRE(mkdtemp(model.data()) != nullptr);
+    path = model;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+// The message of the UsageError `fn` throws, or a marker when it throws nothing or something else.
+std::string usage_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const nsajit::UsageError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<other exception: ") + e.what() + ">";
+  }
+  return "<no exception>";
+}
+
+// The DbError `fn` throws, if any.
+std::optional<DbError> db_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const DbError& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+// A plain SQLite connection, to build and inspect files behind TuningDb's back.
+class Raw {
+public:
+  explicit Raw(const fs::path& path, int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) {
+    REQUIRE(sqlite3_open_v2(path.string().c_str(), &db_, flags, nullptr) == SQLITE_OK);
+    sqlite3_extended_result_codes(db_, 1);
+  }
+  ~Raw() { sqlite3_close_v2(db_); }
+  Raw(const Raw&) = delete;
+  Raw& operator=(const Raw&) = delete;
+  int exec_rc(const std::string& sql) { return sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr); }
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
+    const std::string msg = err ? err : "";
+    sqlite3_free(err);
+    REQUIRE_MESSAGE(rc == SQLITE_OK, sql << ": " << msg);
+  }
+  int64_t scalar(const std::string& sql) {
+    sqlite3_stmt* s = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) == SQLITE_OK);
+    const int rc = sqlite3_step(s);
+    const int64_t v = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
+    sqlite3_finalize(s);
+    REQUIRE_MESSAGE(rc == SQLITE_ROW, sql);
+    return v;
+  }
+  std::string text(const std::string& sql) {
+    sqlite3_stmt* s = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) == SQLITE_OK);
+    std::string v;
+    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+      v = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+    return v;
+  }
+  // Steps through every row of a query; the first error code met, or SQLITE_DONE.
+  int scan(const std::string& sql) {
+    sqlite3_stmt* s = nullptr;
+    int rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr);
+    if (rc == SQLITE_OK)
+      while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      }
+    sqlite3_finalize(s);
+    return rc;
+  }
+  sqlite3* get() { return db_; }
+
+private:
+  sqlite3* db_ = nullptr;
+};
+
+const Toolkit kToolkit{"NVIDIA H200|cc9.0|sm132|l2:62914560|mem:150754820096", 13000, "13.0"};
+
+Trial make_trial(int i, const Toolkit& tk = kToolkit) {
+  Trial t;
+  t.toolkit = tk;
+  t.family = "win_fwd";
+  t.shape = "bf16 B=1 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512";
+  t.t_bucket = 65536;
+  t.problem = "bf16 B=1 T=65536 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512";
+  t.config = "BM=64 BN=" + std::to_string(16 << (i % 3)) + " QREGS=1";
+  t.source_hash = std::string(64, 'a');
+  t.stage = i % 3;
+  t.outcome = Outcome::ok;
+  t.median_ms = 1.0 + i * 0.001;
+  t.p20_ms = t.median_ms * 0.99;
+  t.p80_ms = t.median_ms * 1.01;
+  t.reps = 30;
+  t.registers = 128 + i % 64;
+  t.spill_bytes = i % 5;
+  t.smem_bytes = 49152;
+  t.compile_seconds = 1.5;
+  t.created = 1700000000 + i;
+  return t;
+}
+
+BestEntry make_best(const std::string& family, int64_t t_bucket, double median, const Toolkit& tk = kToolkit) {
+  BestEntry e;
+  e.toolkit = tk;
+  e.family = family;
+  e.shape = "bf16 B=1 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512";
+  e.t_bucket = t_bucket;
+  e.problem = "bf16 B=1 T=" + std::to_string(t_bucket) + " HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512";
+  e.config = "BM=64 BN=32 QREGS=1";
+  e.source_hash = std::string(64, 'b');
+  e.median_ms = median;
+  e.default_ms = median * 1.5;
+  e.updated = 1700000000;
+  e.nsajit_version = "0.0.9";
+  return e;
+}
+
+void check_same_trial(const Trial& a, const Trial& b) {
+  CHECK(a.id == b.id);
+  CHECK(a.toolkit == b.toolkit);
+  CHECK(a.family == b.family);
+  CHECK(a.shape == b.shape);
+  CHECK(a.t_bucket == b.t_bucket);
+  CHECK(a.problem == b.problem);
+  CHECK(a.config == b.config);
+  CHECK(a.source_hash == b.source_hash);
+  CHECK(a.stage == b.stage);
+  CHECK(a.outcome == b.outcome);
+  CHECK(a.detail == b.detail);
+  CHECK(a.median_ms == b.median_ms);
+  CHECK(a.p20_ms == b.p20_ms);
+  CHECK(a.p80_ms == b.p80_ms);
+  CHECK(a.reps == b.reps);
+  CHECK(a.registers == b.registers);
+  CHECK(a.spill_bytes == b.spill_bytes);
+  CHECK(a.smem_bytes == b.smem_bytes);
+  CHECK(a.compile_seconds == b.compile_seconds);
+  CHECK(a.created == b.created);
+  CHECK(a.nsajit_version == b.nsajit_version);
+}
+
+void check_same_best(const BestEntry& a, const BestEntry& b) {
+  CHECK(a.toolkit == b.toolkit);
+  CHECK(a.family == b.family);
+  CHECK(a.shape == b.shape);
+  CHECK(a.t_bucket == b.t_bucket);
+  CHECK(a.problem == b.problem);
+  CHECK(a.config == b.config);
+  CHECK(a.source_hash == b.source_hash);
+  CHECK(a.median_ms == b.median_ms);
+  CHECK(a.default_ms == b.default_ms);
+  CHECK(a.updated == b.updated);
+  CHECK(a.nsajit_version == b.nsajit_version);
+}
+
+// A database with `best_n` best entries (written first, so their pages come first) and `trials_n` trials with a
+// long detail each, so that the trials span many pages; closed, so that everything is checkpointed into the file.
+void fill_db(const fs::path& path, int trials_n, int best_n) {
+  TuningDb db = TuningDb::open(path);
+  for (int i = 0; i < best_n; ++i) db.set_best(make_best("win_fwd", int64_t{1} << (i % 30), 1.0 + i, kToolkit));
+  for (int i = 0; i < trials_n; ++i) {
+    Trial t = make_trial(i);
+    t.detail = std::string(300, static_cast<char>('a' + i % 26));
+    db.add_trial(t);
+  }
+}
+
+// Writes garbage over pages [first, first + count) of an SQLite file (page size from its header).
+void smash_pages(const fs::path& path, int64_t first, int64_t count) {
+  const std::string bytes = read_file(path);
+  REQUIRE(bytes.size() > 100);
+  int64_t page = (static_cast<unsigned char>(bytes[16]) << 8) | static_cast<unsigned char>(bytes[17]);
+  if (page == 1) page = 65536;
+  REQUIRE(static_cast<int64_t>(bytes.size()) >= (first + count) * page);
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(first * page);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (int64_t i = 0; i < count * page; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    f.put(static_cast<char>(x >> 56));
+  }
+  REQUIRE(f.good());
+}
+
+// A file that is SQLite but whose trials b-tree is damaged: really SQLITE_CORRUPT when scanned.
+void make_corrupted_db(const fs::path& path, int trials_n = 1500, int best_n = 20) {
+  fill_db(path, trials_n, best_n);
+  REQUIRE(!fs::exists(path.string() + "-wal"));
+  const int64_t pages = static_cast<int64_t>(fs::file_size(path)) / 4096;
+  REQUIRE(pages > 60);
+  smash_pages(path, pages / 2, 8);
+  Raw raw(path, SQLITE_OPEN_READONLY);
+  const int rc = raw.scan("SELECT * FROM trials ORDER BY rowid");
+  REQUIRE_MESSAGE((rc & 0xff) == SQLITE_CORRUPT, "scan returned " << rc);
+}
+
+}  // namespace
+
+// ---- keys -------------------------------------------------------------------------------------------------------
+
+TEST_CASE("db keys: T is bucketed to the next power of two") {
+  Problem p = nsajit::preset("fla");
+  const std::vector<std::pair<int64_t, int64_t>> cases = {{0, 1},
+                                                          {1, 1},
+                                                          {2, 2},
+                                                          {3, 4},
+                                                          {4, 4},
+                                                          {5, 8},
+                                                          {1000, 1024},
+                                                          {1024, 1024},
+                                                          {1025, 2048},
+                                                          {65535, 65536},
+                                                          {65536, 65536},
+                                                          {65537, 131072},
+                                                          {(int64_t{1} << 31) - 1, int64_t{1} << 31}};
+  for (const auto& [t, bucket] : cases) {
+    p.T = t;
+    CHECK_MESSAGE(nsajit::problem_key(p).t_bucket == bucket, "T = " << t);
+  }
+  p.T = 40000;
+  const nsajit::ProblemKey a = nsajit::problem_key(p);
+  p.T = 65536;
+  const nsajit::ProblemKey b = nsajit::problem_key(p);
+  CHECK(a == b);
+  CHECK(a.shape == "bf16 B=1 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512");
+  CHECK(a.str() == "bf16 B=1 T<=65536 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512");
+  p.T = 65537;
+  CHECK_FALSE(nsajit::problem_key(p) == b);
+  p.B = 2;
+  p.T = 65536;
+  CHECK_FALSE(nsajit::problem_key(p) == b);  // every other field is exact
+  p.B = 1;
+  p.scale = 0.125;
+  const nsajit::ProblemKey s = nsajit::problem_key(p);
+  CHECK(s.shape == "bf16 B=1 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512 scale=0.125");
+  CHECK(s.str() == "bf16 B=1 T<=65536 HQ=64 H=4 dk=128 dv=128 l=64 d=64 l'=64 n=16 w=512 scale=0.125");
+}
+
+TEST_CASE("db keys: parse_problem inverts describe") {
+  std::vector<Problem> problems;
+  for (const std::string& name : nsajit::preset_names()) {
+    Problem p = nsajit::preset(name);
+    problems.push_back(p);
+    p.dtype = nsajit::Dtype::fp16, p.B = 3, p.T = 1000, p.HQ = 32, p.H = 2, p.n = 5, p.w = 0;
+    problems.push_back(p);
+    p.scale = 1.0 / std::sqrt(3.0);
+    problems.push_back(p);
+    p.scale = 0.1, p.dk = 64, p.dv = 64, p.T = 1;
+    problems.push_back(p);
+  }
+  for (const Problem& p : problems) {
+    const std::string text = p.describe();
+    const Problem q = nsajit::parse_problem(text);
+    CHECK(q.describe() == text);
+    CHECK(q.dtype == p.dtype);
+    CHECK(q.B == p.B);
+    CHECK(q.T == p.T);
+    CHECK(q.HQ == p.HQ);
+    CHECK(q.H == p.H);
+    CHECK(q.dk == p.dk);
+    CHECK(q.dv == p.dv);
+    CHECK(q.l == p.l);
+    CHECK(q.d == p.d);
+    CHECK(q.lsel == p.lsel);
+    CHECK(q.n == p.n);
+    CHECK(q.w == p.w);
+    CHECK(q.scale == p.scale);  // exact: describe writes the shortest text that reads back the same double
+  }
+  CHECK(nsajit::parse_problem(problems[1].describe()).describe() != problems[0].describe());
+}
+
+TEST_CASE("db keys: bad problem and config strings name the field") {
+  const std::string good = nsajit::preset("fla").describe();
+  auto without = [&](const std::string& field) {
+    std::string s = good;
+    const size_t at = s.find(" " + field + "=");
+    REQUIRE(at != std::string::npos);
+    const size_t end = s.find(' ', at + 1);
+    s.erase(at, end == std::string::npos ? std::string::npos : end - at);
+    return s;
+  };
+  auto replaced = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    const size_t at = s.find(from);
+    REQUIRE(at != std::string::npos);
+    return s.replace(at, from.size(), to);
+  };
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_problem(""); }), "dtype");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(replaced("bf16", "f32")); }), "dtype");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(without("dv")); }), "missing field 'dv'");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(without("T")); }), "missing field 'T'");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(without("l'")); }), "missing field 'l''");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(good + " x=1"); }), "unknown field 'x'");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(good + " HQ=64"); }), "'HQ' given twice");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(replaced("HQ=64", "HQ=six")); }), "field 'HQ'");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(replaced("T=65536", "T=99999999999999999999")); }),
+                 "field 'T'");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(replaced("w=512", "w")); }), "'w' is not a NAME=VALUE");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(good + " scale=-1"); }), "field 'scale'");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_problem(replaced("H=4", "H=5")); }), "HQ = 64");  // validate()
+  CHECK(usage_error_of([&] { nsajit::parse_problem(good); }) == "<no exception>");
+
+  CHECK(nsajit::parse_config("").empty());
+  const nsajit::TileConfig c = nsajit::parse_config("BM=64 BN=32 QREGS=1");
+  CHECK(c == nsajit::TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 1}});
+  CHECK(nsajit::describe(c) == "BM=64 BN=32 QREGS=1");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_config("BM"); }), "'BM' is not a NAME=VALUE");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_config("BM=x"); }), "field 'BM'");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_config("BM=1 BM=2"); }), "'BM' given twice");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_config("=3"); }), "'=3'");
+}
+
+TEST_CASE("db keys: source_hash is the BLAKE3 of the generated source") {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  const Problem p = nsajit::preset("fla");
+  const nsajit::KernelSpec spec{&f, p, f.default_config(p), "sm_90a"};
+  const std::string h = nsajit::source_hash(spec);
+  CHECK(h.size() == 64);
+  CHECK(h.find_first_not_of("0123456789abcdef") == std::string::npos);
+  CHECK(nsajit::source_hash(spec) == h);
+  std::optional<nsajit::TileConfig> other;
+  for (const auto& pt : nsajit::enumerate_space(f, p, nsajit::kHopperMaxSmemOptin))
+    if (!pt.rejected && pt.config != spec.config) other = pt.config;
+  REQUIRE(other);
+  CHECK(nsajit::source_hash({&f, p, *other, "sm_90a"}) != h);
+  Problem q = p;
+  q.dtype = nsajit::Dtype::fp16;
+  CHECK(nsajit::source_hash({&f, q, spec.config, "sm_90a"}) != h);
+  // T does not reach the kernel source (it is a run-time argument), so one hash serves a whole bucket.
+  q = p;
+  q.T = 40000;
+  CHECK(nsajit::source_hash({&f, q, spec.config, "sm_90a"}) == h);
+}
+
+// ---- the database -----------------------------------------------------------------------------------------------
+
+TEST_CASE("db schema: a new file gets our id, version, tables, WAL") {
+  TempDir dir;
+  const fs::path path = dir.path / "a" / "b" / "tuning.db";
+  {
+    TuningDb db = TuningDb::open(path);
+    CHECK(db.schema_version() == nsajit::kDbSchemaVersion);
+    CHECK(db.path() == path);
+    CHECK(db.verify().empty());
+    CHECK(db.trials().empty());
+    CHECK(db.all_best().empty());
+  }
+  REQUIRE(fs::exists(path));
+  Raw raw(path);
+  CHECK(raw.scalar("PRAGMA application_id") == nsajit::kDbApplicationId);
+  CHECK(raw.scalar("PRAGMA user_version") == 2);
+  CHECK(raw.text("PRAGMA journal_mode") == "wal");
+  CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('trials', 'best')") == 2);
+  CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'trials_lookup'") == 1);
+  CHECK(raw.scalar("SELECT count(*) FROM pragma_table_info('best') WHERE name = 'default_ms'") == 1);
+  CHECK(raw.scalar("SELECT count(*) FROM pragma_table_info('trials') WHERE name = 'stage'") == 1);
+  // The outcome CHECK constraint holds the six names and nothing else.
+  CHECK(raw.exec_rc(
+            "INSERT INTO trials (device, driver_version, nvrtc_version, family, shape, t_bucket, problem, "
+            "config, source_hash, outcome, created) VALUES ('d', 1, 'n', 'f', 's', 1, 'p', '', 'h', 'bogus', 1)") ==
+        SQLITE_CONSTRAINT_CHECK);
+  CHECK(raw.exec_rc(
+            "INSERT INTO trials (device, driver_version, nvrtc_version, family, shape, t_bucket, problem, "
+            "config, source_hash, outcome, created) VALUES ('d', 1, 'n', 'f', 's', 1, 'p', '', 'h', 'timeout', 1)") ==
+        SQLITE_OK);
+
+  CHECK(nsajit::outcome_name(Outcome::wrong_result) == "wrong_result");
+  for (Outcome o : {Outcome::ok, Outcome::pruned, Outcome::compile_error, Outcome::launch_error, Outcome::wrong_result,
+                    Outcome::timeout})
+    CHECK(nsajit::parse_outcome(nsajit::outcome_name(o)) == o);
+  CHECK_FALSE(nsajit::parse_outcome("OK"));
+}
+
+TEST_CASE("db default path: NSAJIT_DB, XDG_DATA_HOME, HOME") {
+  const char* saved[3] = {std::getenv("NSAJIT_DB"), std::getenv("XDG_DATA_HOME"), std::getenv("HOME")};
+  const std::string keep[3] = {saved[0] ? saved[0] : "", saved[1] ? saved[1] : "", saved[2] ? saved[2] : ""};
+  setenv("NSAJIT_DB", "/x/y.db", 1);
+  CHECK(nsajit::default_db_path() == fs::path("/x/y.db"));
+  setenv("NSAJIT_DB", "", 1);
+  setenv("XDG_DATA_HOME", "/data", 1);
+  CHECK(nsajit::default_db_path() == fs::path("/data/nsajit/tuning.db"));
+  unsetenv("XDG_DATA_HOME");
+  setenv("HOME", "/home/u", 1);
+  CHECK(nsajit::default_db_path() == fs::path("/home/u/.local/share/nsajit/tuning.db"));
+  const char* names[3] = {"NSAJIT_DB", "XDG_DATA_HOME", "HOME"};
+  for (int i = 0; i < 3; ++i) {
+    if (saved[i])
+      setenv(names[i], keep[i].c_str(), 1);
+    else
+      unsetenv(names[i]);
+  }
+}
+
+TEST_CASE("db trials: add, find (stage, then newest), filters, stale toolkits") {
+  TempDir dir;
+  TuningDb db = TuningDb::open(dir.path / "tuning.db");
+  const std::string problem = make_trial(0).problem, hash = make_trial(0).source_hash;
+
+  Trial t0 = make_trial(0);
+  t0.config = "BM=64 BN=64 QREGS=1";
+  t0.stage = 0, t0.created = 100, t0.median_ms = 3.0;
+  Trial t1 = t0;
+  t1.stage = 1, t1.created = 50, t1.median_ms = 2.0;  // older but more precise
+  Trial t2 = t0;
+  t2.stage = 1, t2.created = 60, t2.median_ms = 2.5;  // as precise and newer: wins
+  Trial t3 = t0;
+  t3.stage = 0, t3.created = 500;
+  t0.id = db.add_trial(t0);
+  t1.id = db.add_trial(t1);
+  t2.id = db.add_trial(t2);
+  t3.id = db.add_trial(t3);
+  CHECK(t0.id > 0);
+  CHECK(t1.id > t0.id);
+  CHECK(t2.id > t1.id);
+
+  auto found = db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash);
+  REQUIRE(found);
+  CHECK(found->id == t2.id);
+  CHECK(found->median_ms == 2.5);
+  t2.nsajit_version = NSAJIT_VERSION;  // add_trial fills it in
+  check_same_trial(*found, t2);
+  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, 1)->id == t2.id);
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, 2));
+  Trial t4 = t0;
+  t4.stage = 2, t4.created = 10;
+  t4.id = db.add_trial(t4);
+  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash)->id == t4.id);
+  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, 2)->id == t4.id);
+
+  // Anything else different: no match.
+  Toolkit other = kToolkit;
+  other.driver_version = 12080;
+  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash));
+  other = kToolkit;
+  other.nvrtc_version = "12.8";
+  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash));
+  other = kToolkit;
+  other.device = "NVIDIA H100|cc9.0";
+  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash));
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, std::string(64, 'c')));
+  CHECK_FALSE(db.find_trial(kToolkit, "slc_fwd", problem, t0.config, hash));
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, "BM=64 BN=32 QREGS=1", hash));
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", nsajit::preset("paper").describe(), t0.config, hash));
+
+  // Failed outcomes keep their detail; created is filled in when 0.
+  Trial bad = make_trial(7);
+  bad.outcome = Outcome::timeout, bad.detail = "no result within 10 s", bad.created = 0;
+  bad.family = "slc_fwd";
+  bad.toolkit.nvrtc_version = "12.8";
+  bad.id = db.add_trial(bad);
+  const auto got = db.find_trial(bad.toolkit, "slc_fwd", bad.problem, bad.config, bad.source_hash);
+  REQUIRE(got);
+  CHECK(got->outcome == Outcome::timeout);
+  CHECK(got->detail == "no result within 10 s");
+  CHECK(got->created > 1600000000);
+
+  CHECK(db.trials().size() == 6);
+  CHECK(db.trials("slc_fwd").size() == 1);
+  CHECK(db.trials("win_fwd").size() == 5);
+  CHECK(db.trials({}, kToolkit.device).size() == 6);
+  CHECK(db.trials({}, "nope").empty());
+  const auto all = db.trials();
+  for (size_t i = 1; i < all.size(); ++i) CHECK(all[i - 1].id < all[i].id);
+  const auto counts = db.count_trials_by_outcome();
+  REQUIRE(counts.size() == 6);
+  CHECK(counts[static_cast<size_t>(Outcome::ok)] == 5);
+  CHECK(counts[static_cast<size_t>(Outcome::timeout)] == 1);
+
+  // Staleness: same device, other driver or NVRTC; an empty device or driver 0 in `current` means unknown.
+  CHECK(db.count_stale_trials(kToolkit) == 1);
+  Toolkit no_gpu{"", 0, "13.0"};
+  CHECK(db.count_stale_trials(no_gpu) == 1);
+  CHECK(db.count_stale_trials(Toolkit{"another GPU", 13000, "12.8"}) == 0);
+  CHECK(db.count_stale_trials(Toolkit{kToolkit.device, 12000, "13.0"}) == 6);
+  CHECK(nsajit::is_stale_toolkit(bad.toolkit, kToolkit));
+  CHECK_FALSE(nsajit::is_stale_toolkit(kToolkit, kToolkit));
+  CHECK_FALSE(nsajit::is_stale_toolkit(Toolkit{"other", 1, "1.0"}, kToolkit));
+  CHECK(db.remove_trials_where_toolkit_not(kToolkit) == 1);
+  CHECK(db.trials().size() == 5);
+  CHECK(db.count_stale_trials(kToolkit) == 0);
+  CHECK(db.remove_trials({t0.id, t1.id, 999999}) == 2);
+  CHECK(db.trials().size() == 3);
+  CHECK(db.verify().empty());
+}
+
+TEST_CASE("db best: set, get, per shape, merge keeps the faster") {
+  TempDir dir;
+  TuningDb db = TuningDb::open(dir.path / "tuning.db");
+  const BestEntry a = make_best("win_fwd", 65536, 2.0), b = make_best("win_fwd", 8192, 0.5),
+                  c = make_best("win_fwd", 16384, 0.9), d = make_best("slc_fwd", 65536, 4.0);
+  for (const BestEntry& e : {a, b, c, d}) db.set_best(e);
+  const auto got = db.best(kToolkit.device, "win_fwd", a.shape, 65536);
+  REQUIRE(got);
+  check_same_best(*got, a);
+  CHECK_FALSE(db.best(kToolkit.device, "win_fwd", a.shape, 32768));
+  CHECK_FALSE(db.best("other", "win_fwd", a.shape, 65536));
+  const auto shape = db.best_for_shape(kToolkit.device, "win_fwd", a.shape);
+  REQUIRE(shape.size() == 3);
+  CHECK(shape[0].t_bucket == 8192);
+  CHECK(shape[1].t_bucket == 16384);
+  CHECK(shape[2].t_bucket == 65536);
+  CHECK(db.all_best().size() == 4);
+  CHECK(db.all_best()[0].family == "slc_fwd");
+
+  // set_best replaces; fills updated and nsajit_version when not given.
+  BestEntry a2 = a;
+  a2.config = "BM=128 BN=32 QREGS=1", a2.median_ms = 3.0, a2.updated = 0, a2.nsajit_version.clear();
+  db.set_best(a2);
+  const auto replaced = db.best(kToolkit.device, "win_fwd", a.shape, 65536);
+  CHECK(replaced->config == a2.config);
+  CHECK(replaced->updated > 1600000000);
+  CHECK(replaced->nsajit_version == NSAJIT_VERSION);
+  CHECK(db.all_best().size() == 4);
+
+  // Merge: absent -> added, faster -> replaced, slower or equal -> kept.
+  BestEntry faster = a;
+  faster.median_ms = 1.0, faster.config = "BM=64 BN=16 QREGS=1";
+  BestEntry slower = b;
+  slower.median_ms = 0.7, slower.config = "BM=32 BN=16 QREGS=1";
+  BestEntry equal = c;
+  equal.config = "BM=32 BN=32 QREGS=1";
+  BestEntry fresh = make_best("cmp_fwd", 1024, 0.1);
+  const TuningDb::MergeStats s = db.merge_best({faster, slower, equal, fresh});
+  CHECK(s.added == 1);
+  CHECK(s.replaced == 1);
+  CHECK(s.kept == 2);
+  CHECK(db.best(kToolkit.device, "win_fwd", a.shape, 65536)->config == faster.config);
+  CHECK(db.best(kToolkit.device, "win_fwd", a.shape, 8192)->config == b.config);
+  CHECK(db.best(kToolkit.device, "win_fwd", a.shape, 16384)->config == c.config);
+  CHECK(db.best(kToolkit.device, "cmp_fwd", a.shape, 1024));
+  CHECK(db.all_best().size() == 5);
+
+  CHECK(db.remove_best(kToolkit.device, "cmp_fwd", a.shape, 1024) == 1);
+  CHECK(db.remove_best(kToolkit.device, "cmp_fwd", a.shape, 1024) == 0);
+  CHECK(db.all_best().size() == 4);
+
+  // Read-only: reads work, writes are refused.
+  TuningDb ro = TuningDb::open(dir.path / "tuning.db", TuningDb::Mode::read_only);
+  CHECK(ro.all_best().size() == 4);
+  CHECK(db_error_of([&] { ro.set_best(fresh); }));
+}
+
+namespace {
+
+// A version-1 row, written the way an nsajit of schema 1 wrote it.
+void v1_insert_trial(Raw& raw, const Trial& t) {
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(
+      sqlite3_prepare_v2(raw.get(),
+                         "INSERT INTO trials (id, device, driver_version, nvrtc_version, family, shape, t_bucket, "
+                         "problem, config, source_hash, outcome, detail, median_ms, p20_ms, p80_ms, reps, registers, "
+                         "spill_bytes, smem_bytes, compile_seconds, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                         "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         -1, &s, nullptr) == SQLITE_OK);
+  int i = 0;
+  auto text = [&](const std::string& v) { sqlite3_bind_text(s, ++i, v.c_str(), -1, SQLITE_TRANSIENT); };
+  auto integer = [&](int64_t v) { sqlite3_bind_int64(s, ++i, v); };
+  auto real = [&](double v) { sqlite3_bind_double(s, ++i, v); };
+  integer(t.id), text(t.toolkit.device), integer(t.toolkit.driver_version), text(t.toolkit.nvrtc_version);
+  text(t.family), text(t.shape), integer(t.t_bucket), text(t.problem), text(t.config), text(t.source_hash);
+  text(std::string(nsajit::outcome_name(t.outcome))), text(t.detail), real(t.median_ms), real(t.p20_ms);
+  real(t.p80_ms), integer(t.reps), integer(t.registers), integer(t.spill_bytes), integer(t.smem_bytes);
+  real(t.compile_seconds), integer(t.created);
+  const int rc = sqlite3_step(s);
+  sqlite3_finalize(s);
+  REQUIRE(rc == SQLITE_DONE);
+}
+
+}  // namespace
+
+TEST_CASE("db migration: a version-1 file migrates with its rows intact") {
+  TempDir dir;
+  const fs::path path = dir.path / "old.db";
+  std::vector<Trial> v1_trials;
+  {
+    Raw raw(path);
+    raw.exec(std::string(nsajit::kSchemaV1Sql));
+    raw.exec("PRAGMA application_id = " + std::to_string(nsajit::kDbApplicationId));
+    raw.exec("PRAGMA user_version = 1");
+    // Version 1 knew no 'timeout' outcome.
+    CHECK(raw.exec_rc("INSERT INTO trials (device, driver_version, nvrtc_version, family, shape, t_bucket, problem, "
+                      "config, source_hash, outcome, created) VALUES ('d', 1, 'n', 'f', 's', 1, 'p', '', 'h', "
+                      "'timeout', 1)") == SQLITE_CONSTRAINT_CHECK);
+    for (int id : {1, 2, 5, 7}) {
+      Trial t = make_trial(id);
+      t.id = id;
+      t.stage = 1;  // what the migration gives every version-1 trial
+      if (id == 2) t.outcome = Outcome::compile_error, t.detail = "error: 'x' undeclared";
+      v1_insert_trial(raw, t);
+      if (id != 7) v1_trials.push_back(t);
+    }
+    raw.exec("DELETE FROM trials WHERE id = 7");  // the AUTOINCREMENT counter stays at 7
+    raw.exec(
+        "INSERT INTO best (device, driver_version, nvrtc_version, family, shape, t_bucket, problem, config, "
+        "source_hash, median_ms, updated) VALUES ('dev', 13000, '13.0', 'win_fwd', 'shape l''=64', 65536, "
+        "'problem', 'BM=64', 'hash', 0.75, 1700000001), ('dev', 13000, '13.0', 'slc_fwd', 'shape', 1024, "
+        "'problem', '', 'hash2', 0.25, 1700000002)");
+  }
+
+  // Read-only: a migrated copy in memory; the file is not touched.
+  {
+    const TuningDb ro = TuningDb::open(path, TuningDb::Mode::read_only);
+    CHECK(ro.migrated_in_memory());
+    CHECK(ro.schema_version() == 1);
+    const auto trials = ro.trials();
+    REQUIRE(trials.size() == 3);
+    for (size_t i = 0; i < trials.size(); ++i) check_same_trial(trials[i], v1_trials[i]);
+    CHECK(ro.all_best().size() == 2);
+    CHECK(ro.verify().empty());
+    Raw raw(path, SQLITE_OPEN_READONLY);
+    CHECK(raw.scalar("PRAGMA user_version") == 1);
+    CHECK(raw.scalar("SELECT count(*) FROM pragma_table_info('trials') WHERE name = 'stage'") == 0);
+  }
+
+  // Read-write: migrated in place.
+  {
+    TuningDb db = TuningDb::open(path);
+    CHECK_FALSE(db.migrated_in_memory());
+    CHECK(db.schema_version() == 2);
+    const auto trials = db.trials();
+    REQUIRE(trials.size() == 3);
+    for (size_t i = 0; i < trials.size(); ++i) check_same_trial(trials[i], v1_trials[i]);
+    CHECK(trials[1].outcome == Outcome::compile_error);
+    CHECK(trials[1].detail == "error: 'x' undeclared");
+    const auto best = db.all_best();
+    REQUIRE(best.size() == 2);
+    CHECK(best[0].family == "slc_fwd");
+    CHECK(best[0].config.empty());
+    CHECK(best[1].shape == "shape l'=64");
+    CHECK(best[1].median_ms == 0.75);
+    CHECK(best[1].default_ms == 0);
+    CHECK(best[1].updated == 1700000001);
+    CHECK(best[1].nsajit_version.empty());
+    CHECK(db.verify().empty());
+    // New ids continue after the highest ever given (7), and the new outcome is accepted.
+    Trial t = make_trial(9);
+    t.outcome = Outcome::timeout;
+    CHECK(db.add_trial(t) == 8);
+    CHECK(db.find_trial(t.toolkit, t.family, t.problem, t.config, t.source_hash)->outcome == Outcome::timeout);
+  }
+  Raw raw(path, SQLITE_OPEN_READONLY);
+  CHECK(raw.scalar("PRAGMA user_version") == 2);
+  CHECK(raw.scalar("PRAGMA application_id") == nsajit::kDbApplicationId);
+  CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name IN ('trials_v1', 'best_v1', 'trials_key')") == 0);
+  CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'trials_lookup'") == 1);
+  CHECK(raw.text("PRAGMA integrity_check") == "ok");
+  // Opening again changes nothing.
+  TuningDb again = TuningDb::open(path);
+  CHECK(again.trials().size() == 4);
+  CHECK(again.all_best().size() == 2);
+}
+
+TEST_CASE("db classification: newer schema, foreign files, missing file") {
+  TempDir dir;
+  SUBCASE("newer schema is refused, untouched") {
+    const fs::path path = dir.path / "newer.db";
+    { TuningDb::open(path).add_trial(make_trial(1)); }
+    { Raw(path).exec("PRAGMA user_version = 3"); }
+    for (auto mode : {TuningDb::Mode::read_write, TuningDb::Mode::read_only}) {
+      const auto err = db_error_of([&] { TuningDb::open(path, mode); });
+      REQUIRE(err);
+      CHECK(err->kind == DbError::Kind::newer_schema);
+      CHECK_CONTAINS(std::string(err->what()), path.string());
+      CHECK_CONTAINS(std::string(err->what()), "schema version 3, written by a newer nsajit");
+    }
+    Raw raw(path, SQLITE_OPEN_READONLY);
+    CHECK(raw.scalar("PRAGMA user_version") == 3);
+    CHECK(raw.scalar("SELECT count(*) FROM trials") == 1);
+  }
+  SUBCASE("a file that is not SQLite") {
+    const fs::path path = dir.path / "notes.txt";
+    const std::string text = "these are my notes, not a database, but long enough to have a header\n";
+    write_file(path, text);
+    for (auto mode : {TuningDb::Mode::read_write, TuningDb::Mode::read_only}) {
+      const auto err = db_error_of([&] { TuningDb::open(path, mode); });
+      REQUIRE(err);
+      CHECK(err->kind == DbError::Kind::not_nsajit);
+      CHECK_CONTAINS(std::string(err->what()), path.string());
+      CHECK_CONTAINS(std::string(err->what()), "not an SQLite file");
+    }
+    write_file(dir.path / "short", "SQLite");
+    CHECK(db_error_of([&] { TuningDb::open(dir.path / "short"); })->kind == DbError::Kind::not_nsajit);
+    CHECK(read_file(path) == text);
+    CHECK_FALSE(fs::exists(path.string() + "-wal"));
+  }
+  SUBCASE("an SQLite file of another application") {
+    const fs::path tables = dir.path / "app.db", id = dir.path / "other-id.db";
+    {
+      Raw raw(tables);
+      raw.exec("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ann')");
+      Raw raw2(id);
+      raw2.exec("PRAGMA application_id = 305419896");  // 0x12345678
+    }
+    const std::string before = read_file(tables);
+    auto err = db_error_of([&] { TuningDb::open(tables); });
+    REQUIRE(err);
+    CHECK(err->kind == DbError::Kind::not_nsajit);
+    CHECK_CONTAINS(std::string(err->what()), tables.string());
+    CHECK_CONTAINS(std::string(err->what()), "other tables (users)");
+    CHECK(read_file(tables) == before);
+    err = db_error_of([&] { TuningDb::open(id, TuningDb::Mode::read_only); });
+    REQUIRE(err);
+    CHECK(err->kind == DbError::Kind::not_nsajit);
+    CHECK_CONTAINS(std::string(err->what()), "application_id 0x12345678");
+    CHECK(db_error_of([&] { TuningDb::open(id); })->kind == DbError::Kind::not_nsajit);
+  }
+  SUBCASE("a zero-length file is initialized") {
+    const fs::path path = dir.path / "empty.db", ro_path = dir.path / "empty-ro.db";
+    write_file(path, "");
+    write_file(ro_path, "");
+    {
+      const TuningDb ro = TuningDb::open(ro_path, TuningDb::Mode::read_only);
+      CHECK(ro.trials().empty());
+    }
+    CHECK(fs::file_size(ro_path) == 0);  // read-only never writes
+    TuningDb db = TuningDb::open(path);
+    db.add_trial(make_trial(1));
+    CHECK(db.trials().size() == 1);
+    CHECK(db.verify().empty());
+  }
+  SUBCASE("read_only on a missing file") {
+    const fs::path path = dir.path / "sub" / "missing.db";
+    const auto err = db_error_of([&] { TuningDb::open(path, TuningDb::Mode::read_only); });
+    REQUIRE(err);
+    CHECK(err->kind == DbError::Kind::io);
+    CHECK_CONTAINS(std::string(err->what()), "no tuning database at " + path.string());
+    CHECK_FALSE(fs::exists(path));
+    CHECK_FALSE(fs::exists(path.parent_path()));
+  }
+}
+
+TEST_CASE("db corrupted: detected, then repaired keeping the damaged copy") {
+  TempDir dir;
+  const fs::path path = dir.path / "tuning.db";
+  const int trials_n = 1500, best_n = 20;
+  make_corrupted_db(path, trials_n, best_n);
+  const std::string damaged = read_file(path);
+  for (auto mode : {TuningDb::Mode::read_write, TuningDb::Mode::read_only}) {
+    const auto err = db_error_of([&] { TuningDb::open(path, mode); });
+    REQUIRE(err);
+    CHECK(err->kind == DbError::Kind::corrupted);
+    CHECK_CONTAINS(std::string(err->what()), path.string());
+    CHECK_CONTAINS(std::string(err->what()),
+                   "run `nsajit db verify --repair` to keep a copy and recover what can be read");
+  }
+  CHECK(read_file(path) == damaged);
+
+  const nsajit::RepairReport r = nsajit::repair_db(path);
+  CHECK(r.kept_as.parent_path() == dir.path);
+  CHECK(r.kept_as.filename().string().rfind("tuning.db.damaged-", 0) == 0);
+  REQUIRE(fs::exists(r.kept_as));
+  CHECK(read_file(r.kept_as) == damaged);  // kept, byte for byte
+  CHECK(r.best_recovered == best_n);       // their pages come before the damage
+  CHECK(r.trials_recovered < trials_n);    // the damaged pages held trials
+  CHECK(r.trials_recovered > trials_n * 8 / 10);
+  CHECK_CONTAINS(r.note, "read errors in trials");
+
+  TuningDb db = TuningDb::open(path);
+  CHECK(db.verify().empty());
+  const auto trials = db.trials();
+  CHECK(static_cast<int64_t>(trials.size()) == r.trials_recovered);
+  for (const Trial& t : trials) {  // the rows recovered are the rows written, ids kept
+    Trial want = make_trial(static_cast<int>(t.id - 1));
+    want.id = t.id;
+    want.detail = std::string(300, static_cast<char>('a' + (t.id - 1) % 26));
+    want.nsajit_version = NSAJIT_VERSION;
+    CHECK(t.config == want.config);
+    CHECK(t.detail == want.detail);
+    CHECK(t.median_ms == want.median_ms);
+    CHECK(t.created == want.created);
+  }
+  CHECK(db.all_best().size() == static_cast<size_t>(best_n));
+  CHECK(db.add_trial(make_trial(1)) > trials.back().id);
+
+  // A file that is not SQLite at all: moved aside, nothing recovered, nothing lost.
+  const fs::path junk = dir.path / "junk.db";
+  write_file(junk, std::string(5000, 'x'));
+  const nsajit::RepairReport j = nsajit::repair_db(junk);
+  CHECK(j.trials_recovered == 0);
+  CHECK(j.best_recovered == 0);
+  CHECK_FALSE(j.note.empty());
+  CHECK(read_file(j.kept_as) == std::string(5000, 'x'));
+  CHECK(TuningDb::open(junk).verify().empty());
+}
+
+TEST_CASE("db concurrency: four processes writing at once lose nothing") {
+  TempDir dir;
+  const fs::path path = dir.path / "tuning.db";  // not created beforehand: the children race to create it
+  constexpr int kChildren = 4, kEach = 200;
+  std::vector<pid_t> kids;
+  for (int k = 0; k < kChildren; ++k) {
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int code = 0;
+      try {
+        TuningDb db = TuningDb::open(path);
+        for (int i = 0; i < kEach; ++i) {
+          Trial t = make_trial(i);
+          t.family = "child" + std::to_string(k);
+          t.detail = std::to_string(i);
+          db.add_trial(t);
+          if (i % 50 == 0) db.set_best(make_best(t.family, int64_t{1} << (i / 50), 1.0));
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "child %d: %s\n", k, e.what());
+        code = 1;
+      }
+      _exit(code);
+    }
+    kids.push_back(pid);
+  }
+  for (pid_t pid : kids) {
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  TuningDb db = TuningDb::open(path);
+  const auto all = db.trials();
+  CHECK(all.size() == kChildren * kEach);
+  std::set<int64_t> ids;
+  for (const Trial& t : all) ids.insert(t.id);
+  CHECK(ids.size() == all.size());
+  for (int k = 0; k < kChildren; ++k) {
+    const auto mine = db.trials("child" + std::to_string(k));
+    REQUIRE(mine.size() == kEach);
+    for (int i = 0; i < kEach; ++i) CHECK(mine[i].detail == std::to_string(i));  // each child's order kept
+  }
+  CHECK(db.all_best().size() == kChildren * 4);
+  CHECK(db.verify().empty());
+  Raw raw(path);
+  CHECK(raw.text("PRAGMA integrity_check") == "ok");
+}
+
+TEST_CASE("db kill -9 in the middle of writing leaves a healthy file") {
+  TempDir dir;
+  for (int round = 0; round < 3; ++round) {
+    const fs::path path = dir.path / ("kill" + std::to_string(round) + ".db");
+    { TuningDb::open(path); }
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      try {
+        TuningDb db = TuningDb::open(path);
+        for (int i = 0;; ++i) {
+          Trial t = make_trial(i);
+          t.detail = std::string(2000, static_cast<char>('a' + i % 26));
+          db.add_trial(t);
+          if (i % 10 == 0) db.set_best(make_best("win_fwd", int64_t{1} << (i / 10 % 31), 1.0 + i));
+        }
+      } catch (...) {
+      }
+      _exit(3);
+    }
+    // Wait until it has written a while, then kill it wherever it is.
+    const size_t enough = 50 + 100 * round;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    size_t seen = 0;
+    while (seen < enough && std::chrono::steady_clock::now() < deadline) {
+      try {
+        seen = TuningDb::open(path, TuningDb::Mode::read_only).trials().size();
+      } catch (const DbError&) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(700 * round));
+    REQUIRE(kill(pid, SIGKILL) == 0);
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+    CHECK(seen >= enough);
+
+    TuningDb db = TuningDb::open(path);
+    CHECK(db.verify().empty());
+    const auto trials = db.trials();
+    CHECK(trials.size() >= enough);
+    for (size_t i = 0; i < trials.size(); ++i) {  // every committed trial is whole, none missing in between
+      CHECK(trials[i].id == static_cast<int64_t>(i + 1));
+      CHECK(trials[i].detail == std::string(2000, static_cast<char>('a' + i % 26)));
+    }
+    CHECK(db.add_trial(make_trial(0)) == static_cast<int64_t>(trials.size() + 1));
+  }
+}
+
+TEST_CASE("db export and import: JSON round trip") {
+  std::vector<BestEntry> entries = {make_best("win_fwd", 65536, 0.123456789012345), make_best("slc_fwd", 1, 1e-3),
+                                    make_best("pool", 1024, 3.0)};
+  entries[1].toolkit.device = "GPU \"quoted\" | back\\slash \xc3\xbcnicode\ttab";
+  entries[1].default_ms = 0;
+  entries[2].config = "";
+  entries[2].updated = 1;
+  const std::string json = nsajit::export_json(entries);
+  CHECK_CONTAINS(json, "\"format\": \"nsajit-tuning\"");
+  CHECK_CONTAINS(json, "\"nsajit_version\": \"" NSAJIT_VERSION "\"");
+  const std::vector<BestEntry> back = nsajit::parse_export(json);
+  REQUIRE(back.size() == entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) check_same_best(back[i], entries[i]);
+  CHECK(nsajit::parse_export(nsajit::export_json({})).empty());
+
+  TempDir dir;
+  TuningDb db = TuningDb::open(dir.path / "tuning.db");
+  const auto s = db.merge_best(back);
+  CHECK(s.added == 3);
+  const auto stored = db.all_best();
+  REQUIRE(stored.size() == 3);
+  CHECK(nsajit::parse_export(nsajit::export_json(stored)).size() == 3);
+  CHECK(db.merge_best(back).kept == 3);
+}
+
+TEST_CASE("db export: parse_export names what is wrong") {
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export("{not json"); }), "not JSON");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export("[]"); }), "not a JSON object");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export(R"({"format": "other", "version": 1, "best": []})"); }),
+                 "\"format\" is \"other\"");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export(R"({"version": 1, "best": []})"); }), "\"format\"");
+  CHECK_CONTAINS(
+      usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 2, "best": []})"); }),
+      "\"version\" 2");
+  CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 1})"); }),
+                 "\"best\"");
+  const std::string good = nsajit::export_json({make_best("win_fwd", 1024, 1.0), make_best("win_fwd", 2048, 1.0)});
+  auto edited = [&](const std::string& from, const std::string& to, int occurrence) {
+    std::string s = good;
+    size_t at = 0;
+    for (int i = 0; i <= occurrence; ++i) {
+      at = s.find(from, i ? at + 1 : 0);
+      REQUIRE(at != std::string::npos);
+    }
+    return s.replace(at, from.size(), to);
+  };
+  CHECK(usage_error_of([&] { nsajit::parse_export(good); }) == "<no exception>");
+  const std::string missing = usage_error_of([&] { nsajit::parse_export(edited("\"median_ms\"", "\"median\"", 1)); });
+  CHECK_CONTAINS(missing, "best[1]");
+  CHECK_CONTAINS(missing, "\"median_ms\"");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"t_bucket\": 1024", "\"t_bucket\": \"x\"", 0)); }),
+                 "best[0].t_bucket: expected an integer");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"t_bucket\": 2048", "\"t_bucket\": 2000", 0)); }),
+                 "best[1].t_bucket: 2000 is not a power of two");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"family\": \"win_fwd\"", "\"family\": 5", 1)); }),
+                 "best[1].family: expected a string");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"median_ms\": 1", "\"median_ms\": -1", 0)); }),
+                 "best[0].median_ms");
+  CHECK_CONTAINS(
+      usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 1, "best": [7]})"); }),
+      "best[0] is not an object");
+}
+
+// ---- the command ------------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Run {
+  int code = -1;  // the exit status, or -1 if the process did not exit normally
+  std::string output;
+};
+
+// Runs `nsajit ARGS` with its own cache directory and NSAJIT_DB = DIR/default.db, stderr folded in.
+Run nsajit_cli(const TempDir& dir, const std::string& args) {
+  const std::string command = "NSAJIT_CACHE_DIR=" + quoted((dir.path / "cache").string()) +
+                              " NSAJIT_DB=" + quoted((dir.path / "default.db").string()) + " " +
+                              quoted(NSAJIT_CLI_PATH) + " " + args + " 2>&1";
+  Run r;
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
+  std::array<char, 4096> buffer{};
+  for (size_t n; (n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0;) r.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+#define CHECK_EXIT(run, expected)                                                                                \
+  do {                                                                                                           \
+    const Run& run_once_ = (run);                                                                                \
+    CHECK_MESSAGE(run_once_.code == (expected), "exit " << run_once_.code << ", output:\n" << run_once_.output); \
+  } while (false)
+
+std::vector<std::string> lines_with(const std::string& text, const std::string& needle) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    if (contains(line, needle)) out.push_back(line);
+    start = end + 1;
+  }
+  return out;
+}
+
+// What this machine measures with, as the command sees it.
+Toolkit current_toolkit() {
+  Toolkit tk{kToolkit.device, 13000, nsajit::nvrtc_version()};
+  if (nsajit::driver_available()) tk.driver_version = nsajit::query_device(0).driver_version;
+  return tk;
+}
+
+// Four best entries (current; NVRTC 11.8; changed source; unknown family) and five trials (three ok, a timeout,
+// a compile error of NVRTC 11.8).
+void fill_cli_db(const fs::path& path) {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  const Toolkit now = current_toolkit();
+  Toolkit old = now;
+  old.nvrtc_version = "11.8";
+  TuningDb db = TuningDb::open(path);
+  auto entry = [&](int64_t t, const Toolkit& tk, const std::string& family, bool right_hash) {
+    Problem p = nsajit::preset("fla");
+    p.T = t;
+    const nsajit::TileConfig cfg = f.default_config(p);
+    BestEntry e;
+    e.toolkit = tk;
+    e.family = family;
+    e.shape = nsajit::problem_key(p).shape;
+    e.t_bucket = nsajit::problem_key(p).t_bucket;
+    e.problem = p.describe();
+    e.config = nsajit::describe(cfg);
+    e.source_hash = right_hash ? nsajit::source_hash({&f, p, cfg, "sm_90a"}) : std::string(64, '0');
+    e.median_ms = 0.8;
+    e.default_ms = 1.0;
+    db.set_best(e);
+  };
+  entry(65536, now, "win_fwd", true);
+  entry(8192, old, "win_fwd", true);
+  entry(16384, now, "win_fwd", false);
+  entry(4096, now, "future_fwd", true);
+  for (int i = 0; i < 5; ++i) {
+    Trial t = make_trial(i, now);
+    if (i == 3) t.outcome = Outcome::timeout, t.detail = "no result within 10 s";
+    if (i == 4) t.outcome = Outcome::compile_error, t.detail = "error: boom", t.toolkit = old;
+    db.add_trial(t);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("db cli: list and show") {
+  TempDir dir;
+  const fs::path path = dir.path / "filled.db";
+  fill_cli_db(path);
+  const std::string db = " --db " + quoted(path.string());
+
+  const Run list = nsajit_cli(dir, "db list" + db);
+  CHECK_EXIT(list, 0);
+  CHECK_CONTAINS(list.output, path.string());
+  CHECK_CONTAINS(list.output, "4 best entries");
+  const auto current = lines_with(list.output, "T<=65536");
+  REQUIRE(current.size() == 1);
+  CHECK_CONTAINS(current[0], "H200");
+  CHECK_NOT_CONTAINS(current[0], "|cc9.0");  // the short device name
+  CHECK_CONTAINS(current[0], "win_fwd");
+  CHECK_CONTAINS(current[0], "bf16 B=1 T<=65536 HQ=64 H=4 dk=128");
+  CHECK_CONTAINS(current[0], "0.8000 ms");
+  CHECK_CONTAINS(current[0], "speed-up 1.25x");
+  CHECK_NOT_CONTAINS(current[0], "STALE");
+  const auto old = lines_with(list.output, "T<=8192");
+  REQUIRE(old.size() == 1);
+  CHECK_CONTAINS(old[0], "STALE: NVRTC 11.8 (now " + nsajit::nvrtc_version() + ")");
+  const auto changed = lines_with(list.output, "T<=16384");
+  REQUIRE(changed.size() == 1);
+  CHECK_CONTAINS(changed[0], "STALE: kernel source changed");
+  const auto unknown = lines_with(list.output, "future_fwd");
+  REQUIRE(unknown.size() == 1);
+  CHECK_CONTAINS(unknown[0], "cannot check the source: unknown family 'future_fwd'");
+  CHECK_NOT_CONTAINS(unknown[0], "STALE");
+  CHECK_CONTAINS(list.output, "5 trials (ok 3, pruned 0, compile_error 1, launch_error 0, wrong_result 0, timeout 1)");
+  CHECK_CONTAINS(list.output, "2 stale best entries");
+
+  const Run show = nsajit_cli(dir, "db show" + db);
+  CHECK_EXIT(show, 0);
+  CHECK(lines_with(show.output, "stage").size() == 5);
+  CHECK_CONTAINS(show.output, "#1 H200 win_fwd bf16 B=1 T<=65536");
+  CHECK_CONTAINS(show.output, "median 1.0000 ms (p20 0.9900, p80 1.0100, 30 reps)");
+  CHECK_CONTAINS(show.output, "timeout: no result within 10 s");
+  CHECK_CONTAINS(show.output, "compile_error: error: boom");
+  CHECK_CONTAINS(show.output, "regs 128 spill 0 B smem 49152 B");
+  CHECK_CONTAINS(show.output, "2023-11-14 22:13:20 UTC");
+  CHECK_CONTAINS(show.output, "5 of 5 matching trials");
+
+  const Run timeouts = nsajit_cli(dir, "db show --outcome timeout" + db);
+  CHECK_EXIT(timeouts, 0);
+  CHECK(lines_with(timeouts.output, "stage").size() == 1);
+  CHECK_CONTAINS(timeouts.output, "#4 ");
+  CHECK_CONTAINS(timeouts.output, "1 of 1 matching");
+  const Run limited = nsajit_cli(dir, "db show --limit 2" + db);
+  CHECK(lines_with(limited.output, "stage").size() == 2);
+  CHECK_CONTAINS(limited.output, "#5 ");
+  CHECK_NOT_CONTAINS(limited.output, "#1 ");
+  CHECK_CONTAINS(nsajit_cli(dir, "db show --family slc_fwd" + db).output, "0 of 0 matching");
+  const Run bad = nsajit_cli(dir, "db show --outcome bogus" + db);
+  CHECK_EXIT(bad, 2);
+  CHECK_CONTAINS(bad.output, "unknown outcome 'bogus'");
+  // --db after the subcommand works too, and NSAJIT_DB is the default.
+  CHECK_EXIT(nsajit_cli(dir, "db --db " + quoted(path.string()) + " list"), 0);
+  fs::copy_file(path, dir.path / "default.db");
+  CHECK_CONTAINS(nsajit_cli(dir, "db list").output, "4 best entries");
+}
+
+TEST_CASE("db cli: export, then import into another database") {
+  TempDir dir;
+  const fs::path path = dir.path / "filled.db", other = dir.path / "new" / "other.db", out = dir.path / "best.json";
+  fill_cli_db(path);
+  const Run exp = nsajit_cli(dir, "db export -o " + quoted(out.string()) + " --db " + quoted(path.string()));
+  CHECK_EXIT(exp, 0);
+  CHECK_CONTAINS(exp.output, "exported 4 best entries");
+  const auto entries = nsajit::parse_export(read_file(out));
+  CHECK(entries.size() == 4);
+  const Run to_stdout = nsajit_cli(dir, "db export --db " + quoted(path.string()));
+  CHECK_EXIT(to_stdout, 0);
+  CHECK(nsajit::parse_export(to_stdout.output).size() == 4);
+
+  const Run imp = nsajit_cli(dir, "db import " + quoted(out.string()) + " --db " + quoted(other.string()));
+  CHECK_EXIT(imp, 0);
+  CHECK_CONTAINS(imp.output, "4 added, 0 replaced (faster), 0 kept");
+  const Run again = nsajit_cli(dir, "db import " + quoted(out.string()) + " --db " + quoted(other.string()));
+  CHECK_CONTAINS(again.output, "0 added, 0 replaced (faster), 4 kept");
+  const auto stored = TuningDb::open(other, TuningDb::Mode::read_only).all_best();
+  const auto original = TuningDb::open(path, TuningDb::Mode::read_only).all_best();
+  REQUIRE(stored.size() == original.size());
+  for (size_t i = 0; i < stored.size(); ++i) check_same_best(stored[i], original[i]);
+  CHECK_CONTAINS(nsajit_cli(dir, "db list --db " + quoted(other.string())).output, "speed-up 1.25x");
+
+  write_file(dir.path / "bad.json", "{\"format\": \"nsajit-tuning\", \"version\": 1, \"best\": [{}]}");
+  const Run bad =
+      nsajit_cli(dir, "db import " + quoted((dir.path / "bad.json").string()) + " --db " + quoted(other.string()));
+  CHECK_EXIT(bad, 2);
+  CHECK_CONTAINS(bad.output, "best[0]: missing field \"device\"");
+  CHECK_EXIT(nsajit_cli(dir, "db import " + quoted((dir.path / "none.json").string())), 2);
+}
+
+TEST_CASE("db cli: verify on healthy and corrupted files, and --repair") {
+  TempDir dir;
+  const fs::path path = dir.path / "filled.db";
+  fill_cli_db(path);
+  const Run healthy = nsajit_cli(dir, "db verify --db " + quoted(path.string()));
+  CHECK_EXIT(healthy, 0);
+  CHECK_CONTAINS(healthy.output, "ok: no problems");
+  CHECK_CONTAINS(healthy.output, "2 stale best entries, 1 stale trials");
+  CHECK_CONTAINS(healthy.output, "stale: H200 win_fwd bf16 B=1 T<=8192");
+
+  const fs::path bad = dir.path / "bad.db";
+  make_corrupted_db(bad, 1000, 5);
+  const std::string damaged = read_file(bad);
+  const Run corrupted = nsajit_cli(dir, "db verify --db " + quoted(bad.string()));
+  CHECK_EXIT(corrupted, 1);
+  CHECK_CONTAINS(corrupted.output, bad.string());
+  CHECK_CONTAINS(corrupted.output, "run `nsajit db verify --repair` to keep a copy and recover what can be read");
+  const Run list = nsajit_cli(dir, "db list --db " + quoted(bad.string()));
+  CHECK_EXIT(list, 1);
+  CHECK_CONTAINS(list.output, "is damaged");
+  CHECK(read_file(bad) == damaged);
+
+  const Run repaired = nsajit_cli(dir, "db verify --repair --db " + quoted(bad.string()));
+  CHECK_EXIT(repaired, 0);
+  CHECK_CONTAINS(repaired.output, "the damaged file is kept as " + bad.string() + ".damaged-");
+  CHECK_CONTAINS(repaired.output, "best entries into a new database at " + bad.string());
+  std::vector<fs::path> kept;
+  for (const auto& e : fs::directory_iterator(dir.path))
+    if (contains(e.path().filename().string(), "bad.db.damaged-") && !contains(e.path().filename().string(), "-wal") &&
+        !contains(e.path().filename().string(), "-shm"))
+      kept.push_back(e.path());
+  REQUIRE(kept.size() == 1);
+  CHECK(read_file(kept[0]) == damaged);
+  const TuningDb db = TuningDb::open(bad, TuningDb::Mode::read_only);
+  CHECK(db.trials().size() > 800);
+  CHECK(db.all_best().size() == 5);
+  CHECK_EXIT(nsajit_cli(dir, "db verify --db " + quoted(bad.string())), 0);
+}
+
+TEST_CASE("db cli: prune is a dry run without --yes") {
+  TempDir dir;
+  const fs::path path = dir.path / "filled.db";
+  fill_cli_db(path);
+  const std::string db = " --db " + quoted(path.string());
+  const Run dry = nsajit_cli(dir, "db prune --stale" + db);
+  CHECK_EXIT(dry, 0);
+  CHECK_CONTAINS(dry.output,
+                 "dry run: would remove 1 stale trials (another driver/NVRTC) and 2 stale best entries "
+                 "(1 of another driver/NVRTC, 1 of changed kernel source)");
+  CHECK(lines_with(dry.output, "would remove best").size() == 2);
+  CHECK(TuningDb::open(path, TuningDb::Mode::read_only).trials().size() == 5);
+  CHECK(TuningDb::open(path, TuningDb::Mode::read_only).all_best().size() == 4);
+
+  const Run yes = nsajit_cli(dir, "db prune --stale --yes" + db);
+  CHECK_EXIT(yes, 0);
+  CHECK_CONTAINS(yes.output, "removed 1 trials and 2 best entries from");
+  {
+    const TuningDb after = TuningDb::open(path, TuningDb::Mode::read_only);
+    CHECK(after.trials().size() == 4);
+    const auto best = after.all_best();
+    REQUIRE(best.size() == 2);  // the current entry and the one that cannot be judged stay
+    CHECK(best[0].family == "future_fwd");
+    CHECK(best[1].t_bucket == 65536);
+  }
+  CHECK_NOT_CONTAINS(nsajit_cli(dir, "db list" + db).output, "STALE");
+  CHECK_CONTAINS(nsajit_cli(dir, "db prune --stale" + db).output, "would remove 0 stale trials");
+
+  const Run family = nsajit_cli(dir, "db prune --family future_fwd --yes" + db);
+  CHECK_EXIT(family, 0);
+  CHECK_CONTAINS(family.output, "removed 0 trials and 1 best entries of family future_fwd");
+  const Run nothing = nsajit_cli(dir, "db prune" + db);
+  CHECK_EXIT(nothing, 2);
+  CHECK_CONTAINS(nothing.output, "--stale");
+}
+
+TEST_CASE("db cli: missing database, foreign and newer files") {
+  TempDir dir;
+  const fs::path missing = dir.path / "none" / "tuning.db";
+  for (const std::string cmd : {"list", "show", "export", "verify", "prune --stale", "prune --stale --yes"}) {
+    const Run r = nsajit_cli(dir, "db " + cmd + " --db " + quoted(missing.string()));
+    CHECK_EXIT(r, 1);
+    CHECK_CONTAINS(r.output, "no tuning database at " + missing.string() + " (run `nsajit tune` to create one)");
+  }
+  CHECK_FALSE(fs::exists(missing.parent_path()));
+  CHECK_CONTAINS(nsajit_cli(dir, "db list").output, "no tuning database at " + (dir.path / "default.db").string());
+
+  const fs::path text = dir.path / "notes.db";
+  write_file(text, "my notes, not a database at all.\n");
+  const Run list = nsajit_cli(dir, "db list --db " + quoted(text.string()));
+  CHECK_EXIT(list, 1);
+  CHECK_CONTAINS(list.output, text.string() + " is not an nsajit tuning database");
+  CHECK_EXIT(nsajit_cli(dir, "db import " + quoted(text.string()) + " --db " + quoted(text.string())), 2);
+  const Run verify = nsajit_cli(dir, "db verify --db " + quoted(text.string()));
+  CHECK_EXIT(verify, 1);
+  CHECK(read_file(text) == "my notes, not a database at all.\n");
+  const Run repair = nsajit_cli(dir, "db verify --repair --db " + quoted(text.string()));
+  CHECK_EXIT(repair, 0);
+  CHECK_CONTAINS(repair.output, "recovered 0 trials and 0 best entries");
+  CHECK(TuningDb::open(text, TuningDb::Mode::read_only).verify().empty());
+
+  const fs::path newer = dir.path / "newer.db";
+  { TuningDb::open(newer); }
+  { Raw(newer).exec("PRAGMA user_version = 9"); }
+  const Run n = nsajit_cli(dir, "db verify --repair --db " + quoted(newer.string()));
+  CHECK_EXIT(n, 1);
+  CHECK_CONTAINS(n.output, "written by a newer nsajit");
+  CHECK(Raw(newer, SQLITE_OPEN_READONLY).scalar("PRAGMA user_version") == 9);
+}

@@ -1,0 +1,206 @@
+// The tuner's pieces that need no GPU: the measuring process's plumbing (replies, timeouts, crashes, restarts)
+// driven with stand-in worker scripts, the real worker without a GPU, the test-only family's registration, and
+// `nsajit tune`'s argument checks.
+#include <doctest/doctest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "tuner/worker.h"
+
+namespace fs = std::filesystem;
+namespace json = llvm::json;
+
+namespace {
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+#define CHECK_CONTAINS(haystack, needle) \
+  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
+
+class TempDir {
+public:
+  TempDir() {
+    std::string model = (fs::temp_directory_path() / "nsajit-tuner-test-XXXXXX").string();
+    REQUIRE(mkdtemp(model.data()) != nullptr);
+    dir_ = model;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  const fs::path& path() const { return dir_; }
+  // An executable shell script standing in for `nsajit` (it gets `tune-worker --device N`; fd 3 in, fd 4 out).
+  std::string script(const std::string& name, const std::string& body) const {
+    const fs::path p = dir_ / name;
+    std::ofstream(p) << "#!/bin/sh\n" << body << "\n";
+    ::chmod(p.c_str(), 0755);
+    return p.string();
+  }
+
+private:
+  fs::path dir_;
+};
+
+struct Run {
+  int code = -1;
+  std::string output;
+};
+Run run_cli(const std::string& args, const std::string& env = "") {
+  const std::string command = env + " '" + std::string(NSAJIT_CLI_PATH) + "' " + args + " 2>&1";
+  Run r;
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::array<char, 4096> buffer{};
+  for (size_t n; (n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0;) r.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+const json::Object kHello{{"op", "hello"}};
+
+}  // namespace
+
+TEST_CASE("worker: a reply per request, over the protocol's descriptors") {
+  TempDir t;
+  // Echoes the request's op back, once per line; checks its arguments.
+  const std::string exe = t.script("echo", R"(test "$1 $2 $3" = "tune-worker --device 5" || exit 9
+while read -r line <&3; do
+  case "$line" in *'"op":"hello"'*) echo '{"outcome":"ok","op":"hello"}' >&4 ;; *) echo '{"outcome":"ok","op":"other"}' >&4 ;; esac
+done)");
+  nsajit::WorkerProcess w(exe, 5);
+  auto r = w.call(kHello, 10);
+  REQUIRE(r.object);
+  CHECK(r.object->getString("op").value_or("") == "hello");
+  r = w.call(json::Object{{"op", "measure"}}, 10);
+  REQUIRE(r.object);
+  CHECK(r.object->getString("op").value_or("") == "other");
+  CHECK(w.restarts() == 0);  // one process served both
+}
+
+TEST_CASE("worker: a hung worker is killed at the timeout and the next call starts a new one") {
+  TempDir t;
+  const std::string exe = t.script("hang", R"(read -r line <&3; case "$line" in *hello*) echo '{"outcome":"ok"}' >&4 ;; esac
+read -r line <&3; sleep 60)");
+  nsajit::WorkerProcess w(exe, 0);
+  REQUIRE(w.call(kHello, 10).object);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = w.call(json::Object{{"op", "measure"}}, 0.5);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK_FALSE(r.object);
+  CHECK(r.timed_out);
+  CHECK_CONTAINS(r.failure, "no reply within");
+  CHECK(took < 5.0);
+  // A fresh process answers the next request.
+  r = w.call(kHello, 10);
+  REQUIRE(r.object);
+  CHECK(w.restarts() == 1);
+}
+
+TEST_CASE("worker: a crash, an exit and a malformed reply are failures, not exceptions") {
+  TempDir t;
+  SUBCASE("crash") {
+    nsajit::WorkerProcess w(t.script("segv", "read -r line <&3; kill -SEGV $$"), 0);
+    const auto r = w.call(kHello, 10);
+    CHECK_FALSE(r.object);
+    CHECK_FALSE(r.timed_out);
+    CHECK_CONTAINS(r.failure, "signal 11");
+  }
+  SUBCASE("exit") {
+    nsajit::WorkerProcess w(t.script("exit", "read -r line <&3; exit 4"), 0);
+    const auto r = w.call(kHello, 10);
+    CHECK_FALSE(r.object);
+    CHECK_CONTAINS(r.failure, "exited with status 4");
+  }
+  SUBCASE("malformed") {
+    nsajit::WorkerProcess w(t.script("junk", "read -r line <&3; echo 'not json' >&4; sleep 60"), 0);
+    const auto r = w.call(kHello, 10);
+    CHECK_FALSE(r.object);
+    CHECK_CONTAINS(r.failure, "malformed");
+  }
+  SUBCASE("missing executable") {
+    nsajit::WorkerProcess w((t.path() / "nope").string(), 0);
+    const auto r = w.call(kHello, 10);
+    CHECK_FALSE(r.object);
+    CHECK_CONTAINS(r.failure, "could not run");
+  }
+}
+
+TEST_CASE("worker: a fatal reply ends the process; the next call restarts it") {
+  TempDir t;
+  const std::string exe = t.script("fatal", R"(read -r line <&3
+echo '{"outcome":"launch_error","detail":"CUDA_ERROR_ILLEGAL_ADDRESS","fatal":true}' >&4
+exit 3)");
+  nsajit::WorkerProcess w(exe, 0);
+  auto r = w.call(json::Object{{"op", "measure"}}, 10);
+  REQUIRE(r.object);
+  CHECK(r.object->getString("outcome").value_or("") == "launch_error");
+  r = w.call(json::Object{{"op", "measure"}}, 10);
+  REQUIRE(r.object);
+  CHECK(w.restarts() == 1);
+}
+
+TEST_CASE("worker: the real worker without a GPU answers that it cannot start, then exits") {
+  nsajit::WorkerProcess w(NSAJIT_CLI_PATH, 0);
+  const auto r = w.call(kHello, 30);
+  if (r.object && !r.object->getString("outcome")) {
+    MESSAGE("a GPU is present: the worker started; skipped");
+    return;
+  }
+  REQUIRE(r.object);
+  CHECK(r.object->getString("outcome").value_or("") == "launch_error");
+  CHECK(r.object->getBoolean("fatal").value_or(false));
+  CHECK_CONTAINS(r.object->getString("detail").value_or("").str(), "worker start:");
+}
+
+TEST_CASE("tune: the test-only family exists only with NSAJIT_TEST_FAMILIES=1") {
+  CHECK_FALSE(contains(run_cli("families").output, "fault_test"));
+  const Run with = run_cli("families", "NSAJIT_TEST_FAMILIES=1");
+  CHECK(with.code == 0);
+  CHECK_CONTAINS(with.output, "fault_test");
+  CHECK_CONTAINS(with.output, "MODE");
+  // The internal worker subcommand is not advertised.
+  CHECK_FALSE(contains(run_cli("--help").output, "tune-worker"));
+}
+
+TEST_CASE("tune: bad arguments are usage errors (exit 2) before any GPU is needed") {
+  struct Case {
+    const char* args;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"tune --preset fla --strategy greedy", "greedy"},
+      {"tune --preset fla --budget 0", "budget"},
+      {"tune --preset fla --budget 3x", "budget"},
+      {"tune --preset fla --families nope", "'nope'"},
+      {"tune --preset fla --seq 0", "--seq"},
+      {"tune --preset nope", "nope"},
+      {"tune --preset fla --timeout -1", "--timeout"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.args);
+    const Run r = run_cli(c.args);
+    CHECK(r.code == 2);
+    CHECK_CONTAINS(r.output, c.says);
+  }
+}
+
+TEST_CASE("tune: without a GPU it says so and exits 1") {
+  const Run devices = run_cli("devices");
+  if (devices.code == 0) {
+    MESSAGE("a GPU is present; skipped");
+    return;
+  }
+  const Run r = run_cli("tune --preset fla --seq 1024 --families win_fwd");
+  CHECK(r.code == 1);
+  CHECK_CONTAINS(r.output, "needs a GPU");
+  CHECK_CONTAINS(r.output, "compile --all-configs");
+}

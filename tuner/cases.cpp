@@ -1,0 +1,335 @@
+#include "tuner/cases.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <vector>
+
+#include "codegen/codegen.h"
+#include "runtime/attn_fwd_api.h"
+#include "runtime/device.h"
+#include "runtime/driver.h"
+#include "runtime/error.h"
+#include "runtime/kernels.h"
+#include "runtime/pool_api.h"
+#include "runtime/select_api.h"
+#include "runtime/slc_fwd_api.h"
+#include "tuner/inputs.h"
+
+namespace nsajit {
+namespace {
+
+// Mirrors of the parameter structs in templates/compare.cuh and templates/fault_test.cuh.
+struct CompareParams {
+  const void* a;
+  const void* ref;
+  int64_t n;
+  double* sums;
+  uint64_t* counts;
+  int32_t kind;
+  int32_t unused;
+};
+static_assert(sizeof(CompareParams) == 48, "must match templates/compare.cuh");
+struct FaultTestParams {
+  int32_t* out;
+  int64_t n;
+  const int32_t* never_set;
+};
+static_assert(sizeof(FaultTestParams) == 24, "must match templates/fault_test.cuh");
+
+enum Kind { kBf16 = 0, kFp16 = 1, kF32 = 2, kI32 = 3 };
+int kind_of(Dtype d) { return d == Dtype::bf16 ? kBf16 : kFp16; }
+double tolerance(Dtype d) { return d == Dtype::bf16 ? 1e-2 : 2e-3; }
+
+// The relative-error kernel, compiled once per process through the CUBIN cache.
+class Comparer {
+public:
+  explicit Comparer(const Problem& p) : sums_(16), counts_(16) {
+    const KernelFamily& f = find_family("compare");
+    spec_ = KernelSpec{&f, p, {}, "sm_90a"};
+  }
+  struct Diff {
+    double rel = 0;
+    uint64_t nonfinite = 0, mismatches = 0;
+  };
+  Diff run(const void* a, const void* ref, int64_t n, int kind) {
+    const Kernel& k = runtime_kernel(spec_);
+    sums_.fill_bytes(0);
+    counts_.fill_bytes(0);
+    CompareParams p{a, ref, n, static_cast<double*>(sums_.get()), static_cast<uint64_t*>(counts_.get()), kind, 0};
+    const LaunchGeometry g = spec_.family->geometry(spec_.problem, spec_.config);
+    k.launch(g.grid, g.block, 0, nullptr, &p);
+    double s[2];
+    uint64_t c[2];
+    sums_.download(s, sizeof s);
+    counts_.download(c, sizeof c);
+    Diff d;
+    d.rel = s[1] > 0 ? std::sqrt(s[0] / s[1]) : std::sqrt(s[0]);
+    d.nonfinite = c[0], d.mismatches = c[1];
+    return d;
+  }
+  // nullopt when `a` matches `ref` within the dtype's tolerance.
+  std::optional<std::string> check(const char* what, const void* a, const void* ref, int64_t n, int kind,
+                                   double tol) {
+    const Diff d = run(a, ref, n, kind);
+    if (kind == kI32) {
+      if (d.mismatches) return fmt::format("{}: {} of {} entries differ from the trusted result", what, d.mismatches, n);
+      return std::nullopt;
+    }
+    if (d.nonfinite) return fmt::format("{}: {} NaN/Inf values", what, d.nonfinite);
+    if (!(d.rel <= tol)) return fmt::format("{}: relative error {:.3g} > {:.0e}", what, d.rel, tol);
+    return std::nullopt;
+  }
+
+private:
+  KernelSpec spec_;
+  DeviceBuffer sums_, counts_;
+};
+
+size_t tokens(const Problem& p) { return static_cast<size_t>(p.B * p.T); }
+int64_t num_cmp(const Problem& p) { return p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0; }
+size_t esize() { return 2; }
+
+// Window and compressed attention against the fp32 reference kernels.
+class AttnCase final : public TuneCase {
+public:
+  AttnCase(const Problem& p, bool compressed) : p_(p), compressed_(compressed), cmp_(p) {
+    const size_t kv_rows = compressed ? static_cast<size_t>(std::max<int64_t>(num_cmp(p), 1)) * p.B : tokens(p);
+    q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 11);
+    k_ = random_device_tensor(kv_rows * p.H * p.dk, p.dtype, 12);
+    v_ = random_device_tensor(kv_rows * p.H * p.dv, p.dtype, 13);
+    o_ = DeviceBuffer(tokens(p) * p.HQ * p.dv * esize()), ref_o_ = DeviceBuffer(o_.bytes());
+    lse_ = DeviceBuffer(tokens(p) * p.HQ * 4), ref_lse_ = DeviceBuffer(lse_.bytes());
+    const int64_t kv_t = compressed ? num_cmp(p) : p.T;
+    a_.q = contiguous(q_.get(), p.T, p.HQ, p.dk);
+    a_.k = contiguous(k_.get(), kv_t, p.H, p.dk);
+    a_.v = contiguous(v_.get(), kv_t, p.H, p.dv);
+    a_.lse_stride_t = p.HQ, a_.lse_stride_b = p.T * p.HQ;
+    AttnFwdArgs ref = args(ref_o_, ref_lse_);
+    if (compressed)
+      cmp_fwd_reference(p, ref, nullptr);
+    else
+      win_fwd_reference(p, ref, nullptr);
+  }
+  void launch(const TileConfig& c, CUstream s) override {
+    const AttnFwdArgs a = args(o_, lse_);
+    if (compressed_)
+      cmp_fwd(p_, a, s, &c);
+    else
+      win_fwd(p_, a, s, &c);
+  }
+  std::optional<std::string> check(const TileConfig& c) override {
+    o_.fill_bytes(0xff), lse_.fill_bytes(0xff);
+    launch(c, nullptr);
+    const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.HQ;
+    if (auto e = cmp_.check("o", o_.get(), ref_o_.get(), rows * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype)))
+      return e;
+    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, kF32, tolerance(p_.dtype));
+  }
+
+private:
+  AttnFwdArgs args(const DeviceBuffer& o, const DeviceBuffer& lse) const {
+    AttnFwdArgs a = a_;
+    a.o = contiguous(o.get(), p_.T, p_.HQ, p_.dv);
+    a.o.stride_b = p_.T * p_.HQ * p_.dv;
+    a.lse = static_cast<float*>(lse.get());
+    return a;
+  }
+  Problem p_;
+  bool compressed_;
+  Comparer cmp_;
+  DeviceBuffer q_, k_, v_, o_, ref_o_, lse_, ref_lse_;
+  AttnFwdArgs a_;
+};
+
+// Mean pool of k against the same pool computed on the CPU (fp32 sums, one rounding, as NSA.md defines phi).
+class PoolCase final : public TuneCase {
+public:
+  explicit PoolCase(const Problem& p) : p_(p), cmp_(p) {
+    const int64_t nc = num_cmp(p);
+    const size_t n = tokens(p) * p.H * p.dk;
+    const std::vector<uint16_t> x = random_normal_bits(n, p.dtype, 21);
+    x_ = DeviceBuffer(n * 2);
+    x_.upload(x.data(), n * 2);
+    const size_t ny = static_cast<size_t>(std::max<int64_t>(nc, 1) * p.B) * p.H * p.dk;
+    y_ = DeviceBuffer(ny * 2), ref_y_ = DeviceBuffer(ny * 2);
+    std::vector<uint16_t> ref(ny, 0);
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t i = 0; i < nc; ++i)
+        for (int h = 0; h < p.H; ++h)
+          for (int c = 0; c < p.dk; ++c) {
+            float s = 0;
+            for (int r = 0; r < p.l; ++r)
+              s += bits_to_float(x[((b * p.T + i * p.d + r) * p.H + h) * p.dk + c], p.dtype);
+            ref[((b * nc + i) * p.H + h) * p.dk + c] = float_to_bits(s / static_cast<float>(p.l), p.dtype);
+          }
+    ref_y_.upload(ref.data(), ny * 2);
+    ny_ = static_cast<int64_t>(nc * p.B) * p.H * p.dk;
+    a_.x = contiguous(x_.get(), p.T, p.H, p.dk);
+    a_.y = contiguous(y_.get(), nc, p.H, p.dk);
+    a_.dim = p.dk;
+  }
+  void launch(const TileConfig& c, CUstream s) override { mean_pool(p_, a_, s, &c); }
+  std::optional<std::string> check(const TileConfig& c) override {
+    y_.fill_bytes(0xff);
+    launch(c, nullptr);
+    if (ny_ == 0) return std::nullopt;
+    return cmp_.check("k_cmp", y_.get(), ref_y_.get(), ny_, kind_of(p_.dtype), tolerance(p_.dtype));
+  }
+
+private:
+  Problem p_;
+  Comparer cmp_;
+  DeviceBuffer x_, y_, ref_y_;
+  int64_t ny_ = 0;
+  PoolArgs a_;
+};
+
+// Block selection: q and k_cmp random, lse from cmp_fwd; the trusted selection is the default config's.
+class SelectCase final : public TuneCase {
+public:
+  explicit SelectCase(const Problem& p) : p_(p), cmp_(p) {
+    const int64_t nc = std::max<int64_t>(num_cmp(p), 1);
+    q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 31);
+    k_cmp_ = random_device_tensor(nc * p.B * p.H * p.dk, p.dtype, 32);
+    v_cmp_ = random_device_tensor(nc * p.B * p.H * p.dv, p.dtype, 33);
+    lse_ = DeviceBuffer(tokens(p) * p.HQ * 4);
+    DeviceBuffer o(tokens(p) * p.HQ * p.dv * 2);
+    AttnFwdArgs a;
+    a.q = contiguous(q_.get(), p.T, p.HQ, p.dk), a.k = contiguous(k_cmp_.get(), num_cmp(p), p.H, p.dk);
+    a.v = contiguous(v_cmp_.get(), num_cmp(p), p.H, p.dv), a.o = contiguous(o.get(), p.T, p.HQ, p.dv);
+    a.lse = static_cast<float*>(lse_.get()), a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+    const TileConfig cmp_default = find_family("cmp_fwd").default_config(p);
+    cmp_fwd(p, a, nullptr, &cmp_default);
+    const size_t rows = tokens(p) * p.H;
+    idx_ = DeviceBuffer(rows * p.n * 4), ref_idx_ = DeviceBuffer(rows * p.n * 4);
+    cnt_ = DeviceBuffer(rows * 4), ref_cnt_ = DeviceBuffer(rows * 4);
+    s_.q = a.q, s_.k_cmp = a.k, s_.lse_cmp = a.lse, s_.lse_stride_b = a.lse_stride_b, s_.lse_stride_t = p.HQ;
+    SelectArgs ref = s_;
+    ref.idx = static_cast<int32_t*>(ref_idx_.get()), ref.cnt = static_cast<int32_t*>(ref_cnt_.get());
+    const TileConfig def = find_family("select").default_config(p);
+    select_blocks(p, ref, nullptr, &def);
+    s_.idx = static_cast<int32_t*>(idx_.get()), s_.cnt = static_cast<int32_t*>(cnt_.get());
+  }
+  void launch(const TileConfig& c, CUstream s) override { select_blocks(p_, s_, s, &c); }
+  std::optional<std::string> check(const TileConfig& c) override {
+    idx_.fill_bytes(0xff), cnt_.fill_bytes(0xff);
+    launch(c, nullptr);
+    const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.H;
+    if (auto e = cmp_.check("idx", idx_.get(), ref_idx_.get(), rows * p_.n, kI32, 0)) return e;
+    return cmp_.check("cnt", cnt_.get(), ref_cnt_.get(), rows, kI32, 0);
+  }
+
+private:
+  Problem p_;
+  Comparer cmp_;
+  DeviceBuffer q_, k_cmp_, v_cmp_, lse_, idx_, ref_idx_, cnt_, ref_cnt_;
+  SelectArgs s_;
+};
+
+// Selected attention on a real selection (the default select on random q and k_cmp); trusted: the default config.
+class SlcCase final : public TuneCase {
+public:
+  explicit SlcCase(const Problem& p) : p_(p), cmp_(p) {
+    q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 41);
+    k_ = random_device_tensor(tokens(p) * p.H * p.dk, p.dtype, 42);
+    v_ = random_device_tensor(tokens(p) * p.H * p.dv, p.dtype, 43);
+    const size_t rows = tokens(p) * p.H;
+    idx_ = DeviceBuffer(rows * p.n * 4), cnt_ = DeviceBuffer(rows * 4);
+    {
+      // The selection of a fresh default select over these inputs.
+      const int64_t nc = std::max<int64_t>(num_cmp(p), 1);
+      DeviceBuffer k_cmp = random_device_tensor(nc * p.B * p.H * p.dk, p.dtype, 44);
+      DeviceBuffer lse(tokens(p) * p.HQ * 4);
+      lse.fill_bytes(0);  // lse 0: scores are plain exponentials; any valid selection will do for timing
+      SelectArgs s;
+      s.q = contiguous(q_.get(), p.T, p.HQ, p.dk), s.k_cmp = contiguous(k_cmp.get(), num_cmp(p), p.H, p.dk);
+      s.lse_cmp = static_cast<float*>(lse.get()), s.lse_stride_t = p.HQ, s.lse_stride_b = p.T * p.HQ;
+      s.idx = static_cast<int32_t*>(idx_.get()), s.cnt = static_cast<int32_t*>(cnt_.get());
+      const TileConfig def = find_family("select").default_config(p);
+      select_blocks(p, s, nullptr, &def);
+      check_cu(driver().cuCtxSynchronize_(), "cuCtxSynchronize");
+    }
+    o_ = DeviceBuffer(tokens(p) * p.HQ * p.dv * 2), ref_o_ = DeviceBuffer(o_.bytes());
+    lse_ = DeviceBuffer(tokens(p) * p.HQ * 4), ref_lse_ = DeviceBuffer(lse_.bytes());
+    a_.q = contiguous(q_.get(), p.T, p.HQ, p.dk), a_.k = contiguous(k_.get(), p.T, p.H, p.dk);
+    a_.v = contiguous(v_.get(), p.T, p.H, p.dv);
+    a_.idx = static_cast<const int32_t*>(idx_.get()), a_.cnt = static_cast<const int32_t*>(cnt_.get());
+    a_.lse_stride_t = p.HQ, a_.lse_stride_b = p.T * p.HQ;
+    const TileConfig def = find_family("slc_fwd").default_config(p);
+    slc_fwd(p, args(ref_o_, ref_lse_), nullptr, &def);
+  }
+  void launch(const TileConfig& c, CUstream s) override { slc_fwd(p_, args(o_, lse_), s, &c); }
+  std::optional<std::string> check(const TileConfig& c) override {
+    o_.fill_bytes(0xff), lse_.fill_bytes(0xff);
+    launch(c, nullptr);
+    const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.HQ;
+    if (auto e = cmp_.check("o", o_.get(), ref_o_.get(), rows * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype)))
+      return e;
+    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, kF32, tolerance(p_.dtype));
+  }
+
+private:
+  SlcFwdArgs args(const DeviceBuffer& o, const DeviceBuffer& lse) const {
+    SlcFwdArgs a = a_;
+    a.o_slc = contiguous(o.get(), p_.T, p_.HQ, p_.dv);
+    a.lse = static_cast<float*>(lse.get());
+    return a;
+  }
+  Problem p_;
+  Comparer cmp_;
+  DeviceBuffer q_, k_, v_, idx_, cnt_, o_, ref_o_, lse_, ref_lse_;
+  SlcFwdArgs a_;
+};
+
+class FaultCase final : public TuneCase {
+public:
+  explicit FaultCase(const Problem& p) : p_(p), cmp_(p) {
+    n_ = static_cast<int64_t>(tokens(p)) * p.HQ;
+    out_ = DeviceBuffer(n_ * 4), ref_ = DeviceBuffer(n_ * 4), never_ = DeviceBuffer(4);
+    never_.fill_bytes(0);
+    std::vector<int32_t> r(n_);
+    for (int64_t i = 0; i < n_; ++i) r[i] = static_cast<int32_t>(3 * i + 1);
+    ref_.upload(r.data(), n_ * 4);
+  }
+  void launch(const TileConfig& c, CUstream s) override {
+    const KernelFamily& f = find_family("fault_test");
+    const Kernel& k = runtime_kernel(KernelSpec{&f, p_, c, "sm_90a"});
+    const LaunchGeometry g = f.geometry(p_, c);
+    FaultTestParams prm{static_cast<int32_t*>(out_.get()), n_, static_cast<const int32_t*>(never_.get())};
+    k.launch(g.grid, g.block, 0, s, &prm);
+  }
+  std::optional<std::string> check(const TileConfig& c) override {
+    out_.fill_bytes(0xff);
+    launch(c, nullptr);
+    return cmp_.check("out", out_.get(), ref_.get(), n_, kI32, 0);
+  }
+
+private:
+  Problem p_;
+  Comparer cmp_;
+  int64_t n_ = 0;
+  DeviceBuffer out_, ref_, never_;
+};
+
+}  // namespace
+
+bool is_tunable(const KernelFamily& f) {
+  const std::string_view n = f.name();
+  return n == "pool" || n == "cmp_fwd" || n == "select" || n == "slc_fwd" || n == "win_fwd" || n == "fault_test";
+}
+
+std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p) {
+  const std::string_view n = f.name();
+  if (n == "win_fwd") return std::make_unique<AttnCase>(p, false);
+  if (n == "cmp_fwd") return std::make_unique<AttnCase>(p, true);
+  if (n == "pool") return std::make_unique<PoolCase>(p);
+  if (n == "select") return std::make_unique<SelectCase>(p);
+  if (n == "slc_fwd") return std::make_unique<SlcCase>(p);
+  if (n == "fault_test") return std::make_unique<FaultCase>(p);
+  throw UsageError(fmt::format("the tuner cannot measure family {}: tunable are pool, cmp_fwd, select, slc_fwd, "
+                               "win_fwd",
+                               n));
+}
+
+}  // namespace nsajit

@@ -1,0 +1,39 @@
+#pragma once
+// What the tuner measures for a family: inputs on the GPU, the launch of one candidate tile config, and the
+// correctness gate that compares the candidate's outputs with a trusted result on the same random inputs (NSA.md
+// tolerance: relative L2 error <= 1e-2 for bf16, <= 2e-3 for fp16, no NaN or Inf; selections equal).
+//
+// Trusted results: win_fwd and cmp_fwd against the simple fp32 reference kernels (win_fwd_ref, cmp_fwd_ref, which
+// the GPU tests check against the float64 CPU reference); pool against a CPU mean pool; select and slc_fwd against
+// the family's default tile config (the configuration the GPU tests check against the float64 reference);
+// fault_test against its known pattern. Outputs are poisoned (all bits set: NaN) before the checked launch, so a
+// candidate that skips part of its output fails.
+#include <cuda.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "codegen/family.h"
+#include "codegen/problem.h"
+
+namespace nsajit {
+
+class TuneCase {
+public:
+  virtual ~TuneCase() = default;
+  // Overwrites the outputs (never accumulates), so repeated launches time the same work.
+  virtual void launch(const TileConfig& config, CUstream stream) = 0;
+  // Poisons the outputs, launches `config` once, synchronizes, and compares with the trusted result: nullopt when
+  // it passes, else what is wrong ("o: relative error 0.31 > 0.01"). CUDA errors throw nsajit::Error.
+  virtual std::optional<std::string> check(const TileConfig& config) = 0;
+};
+
+// Builds the inputs and the trusted result (synchronously). The current context must be set. Throws UsageError
+// for a family the tuner cannot measure.
+std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& family, const Problem& problem);
+
+// The families `nsajit tune` sweeps by default, in forward order: pool, cmp_fwd, select, slc_fwd, win_fwd.
+bool is_tunable(const KernelFamily& family);
+
+}  // namespace nsajit

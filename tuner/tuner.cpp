@@ -1,0 +1,539 @@
+#include "tuner/tuner.h"
+
+#include <fmt/format.h>
+#include <llvm/Support/ThreadPool.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+
+#include "cache/cubin_cache.h"
+#include "codegen/codegen.h"
+#include "codegen/family.h"
+#include "runtime/error.h"
+#include "runtime/jit.h"
+#include "tuner/cases.h"
+#include "tuner/db.h"
+#include "tuner/keys.h"
+#include "tuner/worker.h"
+
+namespace nsajit {
+namespace json = llvm::json;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Repetitions per precision level: brief, full.
+struct LevelPlan {
+  int reps;
+  double warmup_ms;
+};
+constexpr LevelPlan kLevels[2] = {{5, 15.0}, {20, 50.0}};
+
+// Compiles run on a thread pool from the start of the sweep; a family's search waits only for its own.
+class CompileQueue {
+public:
+  explicit CompileQueue(const CubinCache& cache) : cache_(cache), pool_(llvm::hardware_concurrency()) {}
+  size_t add(const KernelSpec& spec) {
+    const size_t id = results_.size();
+    results_.emplace_back();
+    pool_.async([this, spec, id] {
+      JitOutcome out;
+      try {
+        out.result = jit_compile(spec, cache_);
+      } catch (const std::exception& e) {
+        out.error = e.what();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      results_[id] = std::move(out);
+      ++done_;
+      cv_.notify_all();
+    });
+    return id;
+  }
+  const JitOutcome& wait(size_t id) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return results_[id].has_value(); });
+    return *results_[id];
+  }
+  size_t done() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return done_;
+  }
+  ~CompileQueue() { pool_.wait(); }
+
+private:
+  const CubinCache& cache_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::optional<JitOutcome>> results_;  // deque: stable under emplace_back from this thread
+  size_t done_ = 0;
+  llvm::DefaultThreadPool pool_;
+};
+
+struct Candidate {
+  KernelSpec spec;
+  std::string config;  // describe(spec.config)
+  std::string hash;
+  size_t compile_id = 0;
+  const JitResult* jit = nullptr;  // after compile
+};
+
+struct Task {
+  const KernelFamily* family;
+  Problem problem;
+  ProblemKey key;
+  std::vector<SpacePoint> rejected;
+  std::vector<Candidate> cands;
+};
+
+std::string compact(const std::string& s, size_t max = 160) {
+  std::string one = s;
+  std::replace(one.begin(), one.end(), '\n', ' ');
+  return one.size() > max ? one.substr(0, max) + "..." : one;
+}
+
+class Tuner {
+public:
+  explicit Tuner(const TuneOptions& o) : o_(o), db_(TuningDb::open(o.db_path)) {}
+
+  TuneReport run() {
+    const auto t0 = Clock::now();
+    start_workers();
+    TuneReport report;
+    report.stale_trials = db_.count_stale_trials(tk_);
+    if (report.stale_trials)
+      fmt::print("note: {} trials in {} were measured with another driver or NVRTC on this GPU model: stale, not "
+                 "reused (`nsajit db prune --stale` removes them)\n",
+                 report.stale_trials, o_.db_path.string());
+    std::vector<Task> tasks = plan();
+    const CubinCache cache(CubinCache::default_dir());
+    CompileQueue compiles(cache);
+    size_t total_compiles = 0;
+    for (Task& t : tasks)
+      for (Candidate& c : t.cands) c.compile_id = compiles.add(c.spec), ++total_compiles;
+    fmt::print("{} kernel variants compiling on {} threads (cache {})\n", total_compiles, llvm::hardware_concurrency().compute_thread_count(),
+               cache.dir().string());
+    double budget_left_s = o_.search.budget.minutes ? *o_.search.budget.minutes * 60.0 : 0.0;
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      std::optional<double> share;
+      if (o_.search.budget.minutes) share = std::max(0.0, budget_left_s - since(t0)) / static_cast<double>(tasks.size() - i);
+      report.results.push_back(tune_task(tasks[i], compiles, i, tasks.size(), share));
+    }
+    for (auto& w : workers_) w->stop();
+    report.seconds = since(t0);
+    return report;
+  }
+
+private:
+  // ---- workers ----
+  void start_workers() {
+    for (int d : o_.devices) workers_.push_back(std::make_unique<WorkerProcess>(o_.worker_exe, d));
+    for (auto& w : workers_) {
+      WorkerProcess::Reply r = w->call(json::Object{{"op", "hello"}}, 120);
+      if (!r.object || r.object->getString("outcome"))
+        throw Error(fmt::format("the measuring process for GPU {} did not start: {}", w->device(),
+                                r.object ? r.object->getString("detail").value_or("").str() : r.failure));
+      Toolkit tk{r.object->getString("device").value_or("").str(),
+                 static_cast<int>(r.object->getInteger("driver").value_or(0)),
+                 r.object->getString("nvrtc").value_or("").str()};
+      if (w.get() == workers_.front().get()) {
+        tk_ = tk;
+        arch_ = r.object->getString("arch").value_or("sm_90a").str();
+        max_smem_ = static_cast<int>(r.object->getInteger("max_smem").value_or(kHopperMaxSmemOptin));
+        fmt::print("GPU {}: {} (driver {}, NVRTC {})\n", w->device(), r.object->getString("name").value_or("").str(),
+                   tk.driver_version, tk.nvrtc_version);
+      } else if (!(tk == tk_)) {
+        throw UsageError(fmt::format("GPU {} ({}) differs from GPU {} ({}): tune one GPU model per run", w->device(),
+                                     tk.device, workers_.front()->device(), tk_.device));
+      }
+    }
+  }
+
+  // ---- planning ----
+  std::vector<Task> plan() {
+    std::vector<const KernelFamily*> fams;
+    if (o_.families.empty()) {
+      for (const KernelFamily* f : families())
+        if (is_tunable(*f) && f->name() != "fault_test") fams.push_back(f);
+    } else {
+      for (const std::string& n : o_.families) {
+        const KernelFamily& f = find_family(n);
+        if (!is_tunable(f))
+          throw UsageError(fmt::format("family {} is not tunable: tunable are pool, cmp_fwd, select, slc_fwd, win_fwd",
+                                       n));
+        fams.push_back(&f);
+      }
+    }
+    std::vector<Task> tasks;
+    for (const Problem& p : o_.problems)
+      for (const KernelFamily* f : fams) {
+        f->check_problem(p);
+        Task t{f, p, problem_key(p), {}, {}};
+        for (SpacePoint& pt : enumerate_space(*f, p, max_smem_)) {
+          if (pt.rejected) {
+            t.rejected.push_back(pt);
+            continue;
+          }
+          Candidate c;
+          c.spec = KernelSpec{f, p, pt.config, arch_};
+          c.config = describe(pt.config);
+          c.hash = source_hash(c.spec);
+          t.cands.push_back(std::move(c));
+        }
+        tasks.push_back(std::move(t));
+      }
+    return tasks;
+  }
+
+  Trial trial_for(const Task& t, const Candidate& c, int stage) const {
+    Trial tr;
+    tr.toolkit = tk_;
+    tr.family = std::string(t.family->name());
+    tr.shape = t.key.shape, tr.t_bucket = t.key.t_bucket;
+    tr.problem = t.problem.describe();
+    tr.config = c.config;
+    tr.source_hash = c.hash;
+    tr.stage = stage;
+    if (c.jit) {
+      tr.registers = c.jit->usage.registers;
+      tr.spill_bytes = c.jit->usage.spill_store_bytes;
+      tr.smem_bytes = c.spec.family->geometry(t.problem, c.spec.config).smem_bytes + c.jit->usage.static_smem_bytes;
+      tr.compile_seconds = c.jit->compile_seconds;
+    }
+    return tr;
+  }
+
+  // Records a non-measured outcome once (a rerun finds it and does not add another).
+  void record_once(const Task& t, const Candidate& c, Outcome outcome, const std::string& detail) {
+    if (db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, 0)) return;
+    Trial tr = trial_for(t, c, 0);
+    tr.outcome = outcome, tr.detail = detail;
+    db_.add_trial(tr);
+  }
+
+  // ---- one family on one problem ----
+  FamilyTuneResult tune_task(Task& t, CompileQueue& compiles, size_t index, size_t count, std::optional<double> share_s) {
+    FamilyTuneResult res;
+    res.family = std::string(t.family->name());
+    res.problem = t.problem.describe();
+    res.space = t.rejected.size() + t.cands.size();
+    const TileConfig def_cfg = t.family->default_config(t.problem);
+    res.default_config = describe(def_cfg);
+    fmt::print("\n[{}/{}] {} on {}\n", index + 1, count, t.family->name(), t.problem.describe());
+    for (const SpacePoint& pt : t.rejected) {
+      Candidate c;
+      c.spec = KernelSpec{t.family, t.problem, pt.config, arch_};
+      c.config = describe(pt.config);
+      c.hash = source_hash(c.spec);
+      record_once(t, c, Outcome::pruned, *pt.rejected);
+      ++res.pruned;
+    }
+    // Wait for this family's compiles; prune on what the compiler reports.
+    const auto wait_start = Clock::now();
+    std::vector<size_t> alive;  // indices into t.cands
+    for (size_t i = 0; i < t.cands.size(); ++i) {
+      Candidate& c = t.cands[i];
+      const JitOutcome& out = compiles.wait(c.compile_id);
+      if (!out.result) {
+        record_once(t, c, Outcome::compile_error, compact(out.error, 2000));
+        ++res.compile_errors;
+        continue;
+      }
+      c.jit = &*out.result;
+      const ResourceUsage& u = c.jit->usage;
+      const LaunchGeometry g = t.family->geometry(t.problem, c.spec.config);
+      const int64_t threads = static_cast<int64_t>(g.block.x) * g.block.y * g.block.z;
+      std::optional<std::string> why;
+      if (u.spill_store_bytes > 0 || u.spill_load_bytes > 0)
+        why = fmt::format("spills {} B to local memory ({} registers)", std::max(u.spill_store_bytes, u.spill_load_bytes),
+                          u.registers);
+      else if (u.registers > 0 && u.registers * threads > 65536)
+        why = fmt::format("no CTA fits an SM: {} registers x {} threads > 65536", u.registers, threads);
+      else if (g.smem_bytes + u.static_smem_bytes > max_smem_)
+        why = fmt::format("shared memory {} B > device limit {} B", g.smem_bytes + u.static_smem_bytes, max_smem_);
+      if (why) {
+        record_once(t, c, Outcome::pruned, *why);
+        ++res.pruned;
+        continue;
+      }
+      alive.push_back(i);
+    }
+    fmt::print("  {} points: {} pruned, {} compile errors, {} to measure (waited {:.1f} s for compiles)\n", res.space,
+               res.pruned, res.compile_errors, alive.size(), since(wait_start));
+    if (alive.empty()) {
+      res.note = "nothing left to measure";
+      return res;
+    }
+    // Every worker builds the inputs and the trusted result once.
+    for (auto& w : workers_)
+      if (!prepare(*w, t)) {
+        res.note = prepare_failure_;
+        fmt::print("  cannot measure: {}\n", res.note);
+        return res;
+      }
+
+    std::optional<size_t> def_idx;
+    for (size_t k = 0; k < alive.size(); ++k)
+      if (t.cands[alive[k]].spec.config == def_cfg) def_idx = k;
+
+    // Progress.
+    const auto search_start = Clock::now();
+    size_t done = 0;
+    const size_t n = alive.size();
+    size_t estimate = n;
+    if (o_.search.strategy == Strategy::random && o_.search.budget.trials)
+      estimate = std::min<size_t>(n, static_cast<size_t>(*o_.search.budget.trials));
+    if (o_.search.strategy == Strategy::halving) {
+      estimate = n;
+      for (size_t k = n; k > static_cast<size_t>(o_.search.finalists);) {
+        k = std::max<size_t>((k + o_.search.eta - 1) / o_.search.eta, o_.search.finalists);
+        estimate += k;
+        if (k <= static_cast<size_t>(o_.search.finalists)) break;
+      }
+    }
+    if (o_.search.budget.trials) estimate = std::min<size_t>(estimate, static_cast<size_t>(*o_.search.budget.trials));
+    double best_ms = 0;
+    std::string best_cfg;
+    size_t last_line_quarter = 0;
+    auto progress = [&] {
+      const double s = since(search_start);
+      const double rate = s > 0 ? static_cast<double>(done) / s : 0;
+      const size_t total = std::max(estimate, done);
+      const double eta = rate > 0 ? static_cast<double>(total - done) / rate : 0;
+      const std::string line = fmt::format("  {}/{} trials  {:.1f}/s  ETA {:.0f} s  best {}", done, total, rate, eta,
+                                           best_cfg.empty() ? "-" : fmt::format("{:.4f} ms [{}]", best_ms, best_cfg));
+      if (o_.live_progress) {
+        fmt::print(stderr, "\r{:<110}", line);
+      } else if (done * 4 / std::max<size_t>(total, 1) > last_line_quarter || done == total) {
+        last_line_quarter = done * 4 / std::max<size_t>(total, 1);
+        fmt::print(stderr, "{}\n", line);
+      }
+    };
+
+    MeasureBatch measure = [&](const std::vector<size_t>& idx, int level) {
+      std::vector<Measured> out(idx.size());
+      std::vector<size_t> todo;
+      for (size_t k = 0; k < idx.size(); ++k) {
+        const Candidate& c = t.cands[alive[idx[k]]];
+        if (auto prev = db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, level)) {
+          out[k] = {prev->outcome == Outcome::ok, prev->median_ms};
+          ++res.reused, ++done;
+          if (prev->outcome == Outcome::ok && (best_cfg.empty() || prev->median_ms < best_ms))
+            best_ms = prev->median_ms, best_cfg = c.config;
+          if (prev->outcome != Outcome::ok) ++res.failed;
+          progress();
+          continue;
+        }
+        todo.push_back(k);
+      }
+      dispatch(t, todo, [&](size_t k) -> const Candidate& { return t.cands[alive[idx[k]]]; }, level,
+               [&](size_t k, const Trial& tr) {
+                 out[k] = {tr.outcome == Outcome::ok, tr.median_ms};
+                 ++res.measured, ++done;
+                 if (tr.outcome != Outcome::ok) {
+                   ++res.failed;
+                   if (o_.live_progress) fmt::print(stderr, "\r{:<110}\r", "");
+                   fmt::print("  [{}] {}: {}\n", tr.config, outcome_name(tr.outcome), compact(tr.detail));
+                 } else if (best_cfg.empty() || tr.median_ms < best_ms) {
+                   best_ms = tr.median_ms, best_cfg = tr.config;
+                 }
+                 progress();
+               });
+      return out;
+    };
+
+    SearchOptions so = o_.search;
+    if (share_s) {
+      so.budget.minutes = *share_s / 60.0;
+      so.elapsed_seconds = [search_start] { return since(search_start); };
+    }
+    const SearchResult sr = run_search(alive.size(), measure, so, def_idx);
+    if (o_.live_progress) fmt::print(stderr, "\n");
+    if (sr.budget_exhausted) fmt::print("  stopped by the budget after {} trials\n", sr.trials);
+    if (sr.finalists.empty()) {
+      res.note = "no variant measured correctly";
+      return res;
+    }
+    // Finalists and the default, re-timed interleaved.
+    std::vector<size_t> finals = sr.finalists;
+    if (def_idx && std::find(finals.begin(), finals.end(), *def_idx) == finals.end()) {
+      const Candidate& dc = t.cands[alive[*def_idx]];
+      auto prev = db_.find_trial(tk_, t.family->name(), t.problem.describe(), dc.config, dc.hash, 0);
+      if (prev && prev->outcome == Outcome::ok) finals.push_back(*def_idx);
+    }
+    json::Array cfgs;
+    for (size_t k : finals) cfgs.push_back(t.cands[alive[k]].config);
+    WorkerProcess& w = *workers_.front();
+    if (!prepare(w, t)) {
+      res.note = prepare_failure_;
+      return res;
+    }
+    const double timeout = o_.timeout_s * static_cast<double>(finals.size()) * 2;
+    WorkerProcess::Reply r = w.call(json::Object{{"op", "interleave"},
+                                                 {"family", std::string(t.family->name())},
+                                                 {"problem", t.problem.describe()},
+                                                 {"configs", std::move(cfgs)},
+                                                 {"rounds", o_.interleave_rounds}},
+                                    timeout);
+    const json::Array* results = r.object ? r.object->getArray("results") : nullptr;
+    if (results == nullptr || results->size() != finals.size()) {
+      const std::string why =
+          r.object ? r.object->getString("detail").value_or("malformed reply").str() : r.failure;
+      res.note = "interleaved re-timing failed: " + compact(why);
+      fmt::print("  {}\n", res.note);
+      return res;
+    }
+    size_t win = 0;
+    std::vector<double> med(finals.size());
+    for (size_t k = 0; k < finals.size(); ++k) {
+      const json::Object* s = (*results)[k].getAsObject();
+      Trial tr = trial_for(t, t.cands[alive[finals[k]]], 2);
+      tr.median_ms = med[k] = s->getNumber("median").value_or(0);
+      tr.p20_ms = s->getNumber("p20").value_or(0), tr.p80_ms = s->getNumber("p80").value_or(0);
+      tr.reps = static_cast<int>(s->getInteger("reps").value_or(0));
+      db_.add_trial(tr);
+      if (med[k] < med[win]) win = k;
+      if (def_idx && finals[k] == *def_idx) res.default_ms = med[k];
+    }
+    const Candidate& best = t.cands[alive[finals[win]]];
+    res.best_config = best.config;
+    res.best_ms = med[win];
+    BestEntry e;
+    e.toolkit = tk_;
+    e.family = res.family;
+    e.shape = t.key.shape, e.t_bucket = t.key.t_bucket;
+    e.problem = res.problem;
+    e.config = best.config;
+    e.source_hash = best.hash;
+    e.median_ms = res.best_ms;
+    e.default_ms = res.default_ms;
+    db_.set_best(e);
+    fmt::print("  best [{}] {:.4f} ms", res.best_config, res.best_ms);
+    if (res.default_ms > 0) fmt::print("; default [{}] {:.4f} ms: {:.2f}x", res.default_config, res.default_ms, res.default_ms / res.best_ms);
+    fmt::print("  ({} measured, {} reused from earlier runs, {} failed)\n", res.measured, res.reused, res.failed);
+    return res;
+  }
+
+  bool prepare(WorkerProcess& w, const Task& t) {
+    const std::string key = std::string(t.family->name()) + "|" + t.problem.describe();
+    auto& st = prepared_[&w];
+    if (st.first == key && st.second == w.restarts() && w.reply_fd() >= 0) return true;
+    WorkerProcess::Reply r = w.call(json::Object{{"op", "prepare"},
+                                                 {"family", std::string(t.family->name())},
+                                                 {"problem", t.problem.describe()}},
+                                    600);
+    if (!r.object || r.object->getString("outcome")) {
+      prepare_failure_ = fmt::format("GPU {}: preparing inputs failed: {}", w.device(),
+                                     compact(r.object ? r.object->getString("detail").value_or("").str() : r.failure));
+      st = {};
+      return false;
+    }
+    st = {key, w.restarts()};
+    return true;
+  }
+
+  // Measures candidates on the workers (one request in flight per worker), recording every trial as it ends.
+  template <class Get, class Done>
+  void dispatch(const Task& t, const std::vector<size_t>& todo, Get get, int level, Done on_done) {
+    size_t next = 0;
+    struct InFlight {
+      size_t k;
+      Clock::time_point sent;
+    };
+    std::vector<std::optional<InFlight>> busy(workers_.size());
+    auto finish = [&](size_t wi, Outcome outcome, const std::string& detail, const json::Object* ok) {
+      const size_t k = busy[wi]->k;
+      busy[wi].reset();
+      Trial tr = trial_for(t, get(k), level);
+      tr.outcome = outcome, tr.detail = detail;
+      if (ok) {
+        tr.median_ms = ok->getNumber("median").value_or(0);
+        tr.p20_ms = ok->getNumber("p20").value_or(0), tr.p80_ms = ok->getNumber("p80").value_or(0);
+        tr.reps = static_cast<int>(ok->getInteger("reps").value_or(0));
+      }
+      db_.add_trial(tr);
+      on_done(k, tr);
+    };
+    while (true) {
+      for (size_t wi = 0; wi < workers_.size() && next < todo.size(); ++wi) {
+        if (busy[wi]) continue;
+        WorkerProcess& w = *workers_[wi];
+        const size_t k = todo[next++];
+        busy[wi] = InFlight{k, Clock::now()};
+        if (!prepare(w, t)) {
+          finish(wi, Outcome::launch_error, prepare_failure_, nullptr);
+          continue;
+        }
+        const json::Object req{{"op", "measure"},
+                               {"family", std::string(t.family->name())},
+                               {"problem", t.problem.describe()},
+                               {"config", get(k).config},
+                               {"reps", kLevels[level].reps},
+                               {"warmup_ms", kLevels[level].warmup_ms}};
+        busy[wi]->sent = Clock::now();
+        if (!w.send(req)) {
+          w.stop();
+          finish(wi, Outcome::launch_error, "could not send to the worker", nullptr);
+        }
+      }
+      std::vector<pollfd> fds;
+      std::vector<size_t> who;
+      for (size_t wi = 0; wi < workers_.size(); ++wi)
+        if (busy[wi]) fds.push_back({workers_[wi]->reply_fd(), POLLIN, 0}), who.push_back(wi);
+      if (fds.empty()) {
+        if (next >= todo.size()) return;
+        continue;
+      }
+      ::poll(fds.data(), fds.size(), 200);
+      for (size_t j = 0; j < fds.size(); ++j) {
+        const size_t wi = who[j];
+        WorkerProcess& w = *workers_[wi];
+        if (fds[j].revents != 0) {
+          auto r = w.receive_available();
+          if (!r) continue;
+          if (!r->object) {
+            finish(wi, Outcome::launch_error, r->failure, nullptr);
+            continue;
+          }
+          const std::string outcome = r->object->getString("outcome").value_or("launch_error").str();
+          const std::string detail = r->object->getString("detail").value_or("").str();
+          if (outcome == "ok")
+            finish(wi, Outcome::ok, "", &*r->object);
+          else
+            finish(wi, parse_outcome(outcome).value_or(Outcome::launch_error), detail, nullptr);
+        } else if (since(busy[wi]->sent) > o_.timeout_s) {
+          WorkerProcess::Reply r;
+          w.kill_for_timeout(o_.timeout_s, r);
+          finish(wi, Outcome::timeout, r.failure, nullptr);
+        }
+      }
+    }
+  }
+
+  const TuneOptions& o_;
+  TuningDb db_;
+  std::vector<std::unique_ptr<WorkerProcess>> workers_;
+  Toolkit tk_;
+  std::string arch_ = "sm_90a";
+  int max_smem_ = kHopperMaxSmemOptin;
+  std::map<const WorkerProcess*, std::pair<std::string, int>> prepared_;
+  std::string prepare_failure_;
+};
+
+}  // namespace
+
+TuneReport run_tune(const TuneOptions& options) {
+  if (options.problems.empty()) throw UsageError("nothing to tune: no problem given");
+  if (options.devices.empty()) throw UsageError("nothing to tune on: no GPU given");
+  Tuner tuner(options);
+  return tuner.run();
+}
+
+}  // namespace nsajit

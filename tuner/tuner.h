@@ -1,0 +1,50 @@
+#pragma once
+// The autotuner: for each problem and family, the space from the family's declaration, pruned before compiling
+// (reject(): threads, shared memory, divisibility) and after (spills, no CTA fits an SM), compiled in parallel
+// ahead of the GPU, searched by a strategy with measurements in worker processes (tuner/worker.h), gated for
+// correctness, the finalists and the default re-timed interleaved, and everything recorded in the tuning database
+// as it happens. A rerun after an interruption reuses every trial already recorded for the same device, toolkit,
+// problem, config and source hash.
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "codegen/problem.h"
+#include "tuner/search.h"
+
+namespace nsajit {
+
+struct TuneOptions {
+  std::vector<Problem> problems;       // one per sequence length
+  std::vector<std::string> families;   // empty: every tunable family
+  SearchOptions search;
+  std::vector<int> devices = {0};      // GPU ordinals; trials are shared out across them
+  std::filesystem::path db_path;
+  std::string worker_exe;              // the nsajit binary (runs `tune-worker`)
+  double timeout_s = 30;               // per measurement, before a worker is declared hung and killed
+  int interleave_rounds = 12;
+  bool live_progress = true;           // a \r progress line (else a line every 25%)
+};
+
+struct FamilyTuneResult {
+  std::string family;
+  std::string problem;
+  size_t space = 0, pruned = 0, compile_errors = 0, failed = 0, measured = 0, reused = 0;
+  std::string best_config, default_config;
+  double best_ms = 0, default_ms = 0;  // interleaved medians; 0 when unknown
+  std::string note;                    // why there is no result, if there is none
+};
+
+struct TuneReport {
+  std::vector<FamilyTuneResult> results;
+  int64_t stale_trials = 0;  // trials of this device from another driver/NVRTC, ignored
+  double seconds = 0;
+};
+
+// Throws UsageError for bad options (unknown family, a family that cannot serve a problem, devices of different
+// models) and DbError for a database it cannot use.
+TuneReport run_tune(const TuneOptions& options);
+
+}  // namespace nsajit

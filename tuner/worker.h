@@ -1,0 +1,65 @@
+#pragma once
+// Measurement in a separate process. CUDA errors are sticky (an illegal address ruins the context for good), a
+// hung kernel never returns, and a crash ends the process: so the tuner measures in a worker process (`nsajit
+// tune-worker --device N`, one per GPU) that it talks to over two pipes, one JSON object per line, and restarts
+// after a fault, a hang (killed past a timeout) or a crash. No recorded trial is ever lost to one.
+//
+// Requests (fd 3 in the worker) and replies (fd 4):
+//   {"op":"hello"} -> {"device":model fingerprint,"name":..,"driver":int,"nvrtc":..,"max_smem":int,"arch":..}
+//   {"op":"prepare","family":..,"problem":..} -> {"seconds":..}   builds inputs and the trusted result
+//   {"op":"measure","family":..,"problem":..,"config":..,"reps":int,"warmup_ms":..}
+//       -> {"outcome":"ok","median":..,"p20":..,"p80":..,"reps":..} or {"outcome":"wrong_result","detail":..}
+//          (the first measurement of a config in a worker runs the correctness gate first)
+//   {"op":"interleave","family":..,"problem":..,"configs":[..],"rounds":int}
+//       -> {"outcome":"ok","results":[{"median":..,"p20":..,"p80":..,"reps":..}, ...]}
+// Any reply may instead be {"outcome":"launch_error","detail":..,"fatal":true}: the worker exits after sending it.
+#include <sys/types.h>
+
+#include <llvm/Support/JSON.h>
+
+#include <optional>
+#include <string>
+
+namespace nsajit {
+
+// The worker's main loop (the hidden `nsajit tune-worker` subcommand). Returns the process exit code.
+int run_worker(int device_ordinal, int in_fd = 3, int out_fd = 4);
+
+class WorkerProcess {
+public:
+  WorkerProcess(std::string exe, int device);
+  ~WorkerProcess();
+  WorkerProcess(const WorkerProcess&) = delete;
+  WorkerProcess& operator=(const WorkerProcess&) = delete;
+
+  struct Reply {
+    std::optional<llvm::json::Object> object;  // the reply, when one came
+    bool timed_out = false;                     // killed after the timeout
+    std::string failure;                        // why there is no reply: "timed out after 20 s", "crashed: signal 11"
+  };
+  // Starts the process if it is not running, sends the request, waits for the reply. A timeout or a dead
+  // process gives a Reply without object, and the process is gone (the next call starts a new one).
+  Reply call(const llvm::json::Object& request, double timeout_s);
+  void stop();  // kills the process if running
+  int device() const { return device_; }
+  int restarts() const { return starts_ > 0 ? starts_ - 1 : 0; }
+
+  // Non-blocking use (several workers at once): send, then poll the descriptor, then receive.
+  bool send(const llvm::json::Object& request);  // false when the process could not be started or written
+  int reply_fd() const { return from_; }
+  // Reads what is available; returns a reply when a whole line is in, or a failure when the process ended.
+  std::optional<Reply> receive_available();
+  void kill_for_timeout(double timeout_s, Reply& out);
+
+private:
+  void start();
+  std::string reap();  // waits for the process and describes how it ended
+  std::string exe_;
+  int device_;
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  std::string buffer_;
+  int starts_ = 0;
+};
+
+}  // namespace nsajit
