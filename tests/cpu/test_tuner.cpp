@@ -89,7 +89,7 @@ done)");
 TEST_CASE("worker: a hung worker is killed at the timeout and the next call starts a new one") {
   TempDir t;
   const std::string exe = t.script("hang", R"(read -r line <&3; case "$line" in *hello*) echo '{"outcome":"ok"}' >&4 ;; esac
-read -r line <&3; sleep 60)");
+read -r line <&3; exec sleep 60)");
   nsajit::WorkerProcess w(exe, 0);
   REQUIRE(w.call(kHello, 10).object);
   const auto start = std::chrono::steady_clock::now();
@@ -121,7 +121,7 @@ TEST_CASE("worker: a crash, an exit and a malformed reply are failures, not exce
     CHECK_CONTAINS(r.failure, "exited with status 4");
   }
   SUBCASE("malformed") {
-    nsajit::WorkerProcess w(t.script("junk", "read -r line <&3; echo 'not json' >&4; sleep 60"), 0);
+    nsajit::WorkerProcess w(t.script("junk", "read -r line <&3; echo 'not json' >&4; exec sleep 60"), 0);
     const auto r = w.call(kHello, 10);
     CHECK_FALSE(r.object);
     CHECK_CONTAINS(r.failure, "malformed");
