@@ -593,7 +593,17 @@ TuningDb TuningDb::open(const fs::path& path, Mode mode) {
   sqlite3_extended_result_codes(db.db_, 1);
   sqlite3_busy_timeout(db.db_, kBusyTimeoutMs);
 
-  Classified c = classify(db.db_, path);
+  // One read transaction, so the application id, the tables and the version are read from one snapshot even
+  // while another process is creating or migrating the file.
+  Classified c;
+  exec(db.db_, path, "BEGIN", "starting a read transaction");
+  try {
+    c = classify(db.db_, path);
+  } catch (...) {
+    sqlite3_exec(db.db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  exec(db.db_, path, "COMMIT", "ending a read transaction");
   if (!db.read_only_) {
     set_wal(db.db_, path);
     exec(db.db_, path, "PRAGMA synchronous = NORMAL", "PRAGMA synchronous");

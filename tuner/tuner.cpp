@@ -417,7 +417,7 @@ private:
     db_.set_best(e);
     fmt::print("  best [{}] {:.4f} ms", res.best_config, res.best_ms);
     if (res.default_ms > 0) fmt::print("; default [{}] {:.4f} ms: {:.2f}x", res.default_config, res.default_ms, res.default_ms / res.best_ms);
-    fmt::print("  ({} measured, {} reused from earlier runs, {} failed)\n", res.measured, res.reused, res.failed);
+    fmt::print("  ({} measured, {} found already recorded, {} failed)\n", res.measured, res.reused, res.failed);
     return res;
   }
 
