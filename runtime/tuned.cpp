@@ -167,7 +167,12 @@ const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& probl
   auto& slot = cache[key];
   if (!slot) {
     slot = std::make_unique<ResolvedConfig>(resolve(f, problem, launch));
-    if (!f.params().empty()) log_info(fmt::format("{} for {}: {}", f.name(), problem.describe(), slot->why));
+    const std::string line = fmt::format("{} for {}: {}", f.name(), problem.describe(), slot->why);
+    // Stale tuning results are never used silently: that is said even without NSAJIT_LOG.
+    if (slot->why.find("stale:") != std::string::npos && !log_info_enabled())
+      fmt::print(stderr, "nsajit: warning: {} (re-run `nsajit tune`)\n", line);
+    else if (!f.params().empty())
+      log_info(line);
   }
   return *slot;
 }

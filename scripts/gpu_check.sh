@@ -86,6 +86,18 @@ if [ "$what" = tuner ]; then
   lost=$(grep '^#' "$dbs/before.txt" | while IFS= read -r line; do grep -qxF -- "$line" "$dbs/after.txt" || echo x; done | wc -l)
   echo "trials before the rerun: $(grep -c '^#' "$dbs/before.txt"); after: $(grep -c '^#' "$dbs/after.txt"); lost: $lost"
   [ "$lost" = 0 ] || status=1
+
+  step stale results: another driver, a changed kernel source
+  "$nsajit" tune --preset fla --seq 8192 --families pool,win_fwd --db "$dbs/stale.db" 2>&1 | grep -E "^(pool|win_fwd) "
+  python3 -c "
+import sqlite3
+c = sqlite3.connect('$dbs/stale.db')
+c.execute(\"UPDATE best SET driver_version = 12080 WHERE family = 'win_fwd'\")
+c.execute(\"UPDATE best SET source_hash = 'x' || substr(source_hash, 2) WHERE family = 'pool'\")
+c.commit()"
+  NSAJIT_DB="$dbs/stale.db" "$nsajit" bench --preset fla --seq 8192 2>&1 | grep -E "warning" || { echo "stale entries not reported"; status=1; }
+  "$nsajit" db list --db "$dbs/stale.db" | grep -c STALE
+  "$nsajit" db prune --stale --yes --db "$dbs/stale.db"
 fi
 echo; echo "gpu_check status $status"
 exit $status
