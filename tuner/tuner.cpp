@@ -247,17 +247,8 @@ private:
         continue;
       }
       c.jit = &*out.result;
-      const ResourceUsage& u = c.jit->usage;
-      const LaunchGeometry g = t.family->geometry(t.problem, c.spec.config);
-      const int64_t threads = static_cast<int64_t>(g.block.x) * g.block.y * g.block.z;
-      std::optional<std::string> why;
-      if (u.spill_store_bytes > 0 || u.spill_load_bytes > 0)
-        why = fmt::format("spills {} B to local memory ({} registers)", std::max(u.spill_store_bytes, u.spill_load_bytes),
-                          u.registers);
-      else if (u.registers > 0 && u.registers * threads > 65536)
-        why = fmt::format("no CTA fits an SM: {} registers x {} threads > 65536", u.registers, threads);
-      else if (g.smem_bytes + u.static_smem_bytes > max_smem_)
-        why = fmt::format("shared memory {} B > device limit {} B", g.smem_bytes + u.static_smem_bytes, max_smem_);
+      const std::optional<std::string> why =
+          prune_after_compile(*t.family, t.problem, c.spec.config, c.jit->usage, max_smem_);
       if (why) {
         record_once(t, c, Outcome::pruned, *why);
         ++res.pruned;
@@ -528,6 +519,22 @@ private:
 };
 
 }  // namespace
+
+std::optional<std::string> prune_after_compile(const KernelFamily& family, const Problem& problem,
+                                               const TileConfig& config, const ResourceUsage& u, int max_smem) {
+  const LaunchGeometry g = family.geometry(problem, config);
+  const int64_t threads = static_cast<int64_t>(g.block.x) * g.block.y * g.block.z;
+  if (u.spill_store_bytes > 0 || u.spill_load_bytes > 0)
+    return fmt::format("spills {} B to local memory ({} registers)", std::max(u.spill_store_bytes, u.spill_load_bytes),
+                       u.registers);
+  // 64 K registers per SM, allocated per warp in units of 256.
+  const int64_t regs_per_warp = (static_cast<int64_t>(std::max(u.registers, 0)) * 32 + 255) / 256 * 256;
+  if (regs_per_warp * ((threads + 31) / 32) > 65536)
+    return fmt::format("no CTA fits an SM: {} registers x {} threads > 65536", u.registers, threads);
+  if (g.smem_bytes + u.static_smem_bytes > max_smem)
+    return fmt::format("shared memory {} B > device limit {} B", g.smem_bytes + u.static_smem_bytes, max_smem);
+  return std::nullopt;
+}
 
 TuneReport run_tune(const TuneOptions& options) {
   if (options.problems.empty()) throw UsageError("nothing to tune: no problem given");

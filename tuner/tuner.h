@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "codegen/family.h"
 #include "codegen/problem.h"
+#include "runtime/nvrtc_compiler.h"
 #include "tuner/search.h"
 
 namespace nsajit {
@@ -42,6 +44,11 @@ struct TuneReport {
   int64_t stale_trials = 0;  // trials of this device from another driver/NVRTC, ignored
   double seconds = 0;
 };
+
+// Why a compiled variant is not worth measuring (it spills; no CTA fits an SM's registers; its shared memory,
+// dynamic plus static, exceeds the device's opt-in limit), or nullopt.
+std::optional<std::string> prune_after_compile(const KernelFamily& family, const Problem& problem,
+                                               const TileConfig& config, const ResourceUsage& usage, int max_smem);
 
 // Throws UsageError for bad options (unknown family, a family that cannot serve a problem, devices of different
 // models) and DbError for a database it cannot use.

@@ -12,6 +12,8 @@
 #include <fstream>
 #include <string>
 
+#include "codegen/family.h"
+#include "tuner/tuner.h"
 #include "tuner/worker.h"
 
 namespace fs = std::filesystem;
@@ -203,4 +205,34 @@ TEST_CASE("tune: without a GPU it says so and exits 1") {
   CHECK(r.code == 1);
   CHECK_CONTAINS(r.output, "needs a GPU");
   CHECK_CONTAINS(r.output, "compile --all-configs");
+}
+
+TEST_CASE("tune: pruning after the compile: spills, registers, shared memory") {
+  const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+  nsajit::Problem p = nsajit::preset("fla");
+  const nsajit::TileConfig c{{"BM", 64}, {"BN", 32}, {"QREGS", 1}};  // 128 threads
+  nsajit::ResourceUsage u;
+  u.registers = 128, u.parsed = true;
+  CHECK_FALSE(nsajit::prune_after_compile(f, p, c, u, nsajit::kHopperMaxSmemOptin));
+  nsajit::ResourceUsage spill = u;
+  spill.spill_store_bytes = 8, spill.spill_load_bytes = 12;
+  const auto s = nsajit::prune_after_compile(f, p, c, spill, nsajit::kHopperMaxSmemOptin);
+  REQUIRE(s);
+  CHECK_CONTAINS(*s, "spills 12 B");
+  // 128 threads x 255 registers fit (4 warps x 8192); 512 threads x 255 would not.
+  nsajit::ResourceUsage many = u;
+  many.registers = 255;
+  CHECK_FALSE(nsajit::prune_after_compile(f, p, c, many, nsajit::kHopperMaxSmemOptin));
+  const nsajit::KernelFamily& pool = nsajit::find_family("pool");
+  const auto r = nsajit::prune_after_compile(pool, p, {{"THREADS", 512}}, many, nsajit::kHopperMaxSmemOptin);
+  REQUIRE(r);
+  CHECK_CONTAINS(*r, "no CTA fits an SM");
+  // Static shared memory counts with the dynamic part against the limit.
+  nsajit::ResourceUsage big = u;
+  big.static_smem_bytes = 40000;
+  const int dyn = f.geometry(p, c).smem_bytes;
+  CHECK_FALSE(nsajit::prune_after_compile(f, p, c, big, dyn + 40000));
+  const auto m = nsajit::prune_after_compile(f, p, c, big, dyn + 39999);
+  REQUIRE(m);
+  CHECK_CONTAINS(*m, "shared memory");
 }
