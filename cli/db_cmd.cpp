@@ -98,24 +98,14 @@ struct Judgement {
 class Judge {
 public:
   explicit Judge(const Current& c) : c_(c) {}
-  Judgement operator()(const BestEntry& e) {
+  Judgement operator()(const BestEntry& e) const {
     Judgement j;
-    const Toolkit& tk = e.toolkit;
-    if (tk.nvrtc_version != c_.toolkit.nvrtc_version)
-      j.stale.push_back(fmt::format("NVRTC {} (now {})", tk.nvrtc_version, c_.toolkit.nvrtc_version));
-    if (c_.gpu && tk.driver_version != c_.toolkit.driver_version)
-      j.stale.push_back(fmt::format("driver {} (now {})", tk.driver_version, c_.toolkit.driver_version));
-    j.toolkit_stale = !j.stale.empty();
+    Toolkit now = c_.toolkit;
+    if (!c_.gpu) now.driver_version = 0;  // no GPU: the driver cannot be judged
     try {
-      const KernelFamily& f = find_family(e.family);
-      const KernelSpec spec{&f, parse_problem(e.problem), parse_config(e.config), arch_of(tk.device, c_)};
-      const auto key = std::make_tuple(e.family, e.problem, e.config, spec.arch);
-      auto it = hashes_.find(key);
-      if (it == hashes_.end()) it = hashes_.emplace(key, source_hash(spec)).first;
-      if (it->second != e.source_hash) {
-        j.stale.push_back("kernel source changed");
-        j.source_stale = true;
-      }
+      const Staleness st = staleness(e, now, arch_of(e.toolkit.device, c_));
+      j.stale = st.reasons;
+      j.toolkit_stale = st.toolkit, j.source_stale = st.source;
     } catch (const std::exception& ex) {
       j.unknown = ex.what();
     }
@@ -124,7 +114,6 @@ public:
 
 private:
   const Current& c_;
-  std::map<std::tuple<std::string, std::string, std::string, std::string>, std::string> hashes_;
 };
 
 std::string outcome_counts(const TuningDb& db) {

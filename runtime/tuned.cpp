@@ -1,6 +1,7 @@
 #include "runtime/tuned.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -78,14 +79,10 @@ const DeviceInfo& current_device() {
 // Why a stored best entry cannot be used here, or nullopt.
 std::optional<std::string> unusable(const KernelFamily& f, const BestEntry& e, const DeviceInfo& dev,
                                     const Problem& launch, TileConfig& cfg) {
-  if (e.toolkit.driver_version != dev.driver_version || e.toolkit.nvrtc_version != dev.nvrtc_version)
-    return fmt::format("stale: tuned with driver {} / NVRTC {}, running driver {} / NVRTC {}",
-                       e.toolkit.driver_version, e.toolkit.nvrtc_version, dev.driver_version, dev.nvrtc_version);
   try {
+    const Staleness st = staleness(e, Toolkit{dev.model_fingerprint(), dev.driver_version, dev.nvrtc_version}, "sm_90a");
+    if (st.stale()) return fmt::format("stale: {}", fmt::join(st.reasons, ", "));
     cfg = parse_config(e.config);
-    const Problem tuned = parse_problem(e.problem);
-    if (source_hash(KernelSpec{&f, tuned, cfg, "sm_90a"}) != e.source_hash)
-      return std::string("stale: the kernel source has changed since it was tuned");
   } catch (const std::exception& ex) {
     return fmt::format("unreadable entry: {}", ex.what());
   }
@@ -105,10 +102,6 @@ ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Prob
   ResolvedConfig r;
   r.config = f.default_config(launch);
   const std::string def = describe(r.config);
-  if (f.params().empty()) {
-    r.why = "no tunable parameters";
-    return r;
-  }
   DbHandle& h = database();
   if (!h.db) {
     r.why = fmt::format("default [{}]: {}", def, h.unavailable);
@@ -155,14 +148,15 @@ ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Prob
 }  // namespace
 
 const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& problem, const Problem& launch) {
+  // The reference and helper kernels have nothing to tune: no lookup, no key, on every launch.
+  static const ResolvedConfig untunable{{}, false, "no tunable parameters"};
+  if (f.params().empty()) return untunable;
   static std::mutex m;
   static std::map<std::string, std::unique_ptr<ResolvedConfig>> cache;
-  std::string key = fmt::format("{}|{}|{}", f.name(), problem.describe(), launch.describe());
-  if (!f.params().empty()) {
-    CUdevice dev = 0;
-    check_cu(driver().cuCtxGetDevice_(&dev), "cuCtxGetDevice");
-    key += fmt::format("|dev{}", static_cast<int>(dev));
-  }
+  CUdevice dev = 0;
+  check_cu(driver().cuCtxGetDevice_(&dev), "cuCtxGetDevice");
+  const std::string key =
+      fmt::format("{}|{}|{}|dev{}", f.name(), problem.describe(), launch.describe(), static_cast<int>(dev));
   std::lock_guard<std::mutex> lock(m);
   auto& slot = cache[key];
   if (!slot) {
@@ -171,7 +165,7 @@ const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& probl
     // Stale tuning results are never used silently: that is said even without NSAJIT_LOG.
     if (slot->why.find("stale:") != std::string::npos && !log_info_enabled())
       fmt::print(stderr, "nsajit: warning: {} (re-run `nsajit tune`)\n", line);
-    else if (!f.params().empty())
+    else
       log_info(line);
   }
   return *slot;

@@ -167,4 +167,20 @@ std::string source_hash(const KernelSpec& spec) {
   return llvm::toHex(digest, /*LowerCase=*/true);
 }
 
+Staleness staleness(const BestEntry& e, const Toolkit& current, const std::string& arch) {
+  Staleness st;
+  const Toolkit& tk = e.toolkit;
+  if (tk.nvrtc_version != current.nvrtc_version)
+    st.reasons.push_back(fmt::format("NVRTC {} (now {})", tk.nvrtc_version, current.nvrtc_version));
+  if (current.driver_version != 0 && tk.driver_version != current.driver_version)
+    st.reasons.push_back(fmt::format("driver {} (now {})", tk.driver_version, current.driver_version));
+  st.toolkit = !st.reasons.empty();
+  const KernelFamily& f = find_family(e.family);
+  if (source_hash(KernelSpec{&f, parse_problem(e.problem), parse_config(e.config), arch}) != e.source_hash) {
+    st.reasons.push_back("kernel source changed");
+    st.source = true;
+  }
+  return st;
+}
+
 }  // namespace nsajit

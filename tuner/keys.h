@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "tuner/db.h"
 
 namespace nsajit {
 
@@ -29,5 +31,15 @@ TileConfig parse_config(std::string_view description);
 // BLAKE3-256 (64 lowercase hex chars) of generate_source(spec): changes whenever anything that reaches the
 // compiled kernel changes (template, support headers, preamble, codegen).
 std::string source_hash(const KernelSpec& spec);
+
+// Why a stored best entry is stale against the current toolkit and codegen: another NVRTC, another driver (not
+// compared when current.driver_version is 0: no GPU to ask), a kernel source whose hash has changed for `arch`.
+// Throws UsageError when the entry's family, problem or config cannot be read.
+struct Staleness {
+  std::vector<std::string> reasons;  // "NVRTC 12.8 (now 13.0)", "driver 12080 (now 13000)", "kernel source changed"
+  bool toolkit = false, source = false;
+  bool stale() const { return toolkit || source; }
+};
+Staleness staleness(const BestEntry& e, const Toolkit& current, const std::string& arch);
 
 }  // namespace nsajit
