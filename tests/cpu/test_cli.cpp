@@ -15,28 +15,11 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "tests/cpu/test_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-#define CHECK_CONTAINS(haystack, needle) \
-  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
-
-std::string quoted(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-struct Run {
-  int code = -1;  // the exit status, or -1 if the process did not exit normally
-  std::string output;
-};
 
 // A fresh directory (removed afterwards) used as the command's NSAJIT_CACHE_DIR and for its files.
 class Cli {
@@ -61,14 +44,7 @@ public:
   Run operator()(const std::string& args) const {
     const std::string command =
         "NSAJIT_CACHE_DIR=" + quoted(cache_.string()) + " " + quoted(NSAJIT_CLI_PATH) + " " + args + " 2>&1";
-    Run r;
-    FILE* pipe = popen(command.c_str(), "r");
-    REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
-    std::array<char, 4096> buffer{};
-    for (size_t n; (n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0;) r.output.append(buffer.data(), n);
-    const int status = pclose(pipe);
-    r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
+    return run_shell(command);
   }
 
   // Every cache entry file.

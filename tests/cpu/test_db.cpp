@@ -32,6 +32,7 @@
 #include "runtime/nvrtc_compiler.h"
 #include "tuner/db.h"
 #include "tuner/keys.h"
+#include "tests/cpu/test_util.h"
 
 namespace fs = std::filesystem;
 using nsajit::BestEntry;
@@ -44,14 +45,6 @@ using nsajit::TuningDb;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-#define CHECK_CONTAINS(haystack, needle) \
-  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
-#define CHECK_NOT_CONTAINS(haystack, needle) \
-  CHECK_MESSAGE(!contains((haystack), (needle)), "did not expect \"" << (needle) << "\" in:\n" << (haystack))
 
 // A fresh directory per test, removed afterwards.
 struct TempDir {
@@ -1031,30 +1024,12 @@ TEST_CASE("db export: parse_export names what is wrong") {
 
 namespace {
 
-std::string quoted(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-struct Run {
-  int code = -1;  // the exit status, or -1 if the process did not exit normally
-  std::string output;
-};
-
 // Runs `nsajit ARGS` with its own cache directory and NSAJIT_DB = DIR/default.db, stderr folded in.
 Run nsajit_cli(const TempDir& dir, const std::string& args) {
   const std::string command = "NSAJIT_CACHE_DIR=" + quoted((dir.path / "cache").string()) +
                               " NSAJIT_DB=" + quoted((dir.path / "default.db").string()) + " " +
                               quoted(NSAJIT_CLI_PATH) + " " + args + " 2>&1";
-  Run r;
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
-  std::array<char, 4096> buffer{};
-  for (size_t n; (n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0;) r.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return run_shell(command);
 }
 
 #define CHECK_EXIT(run, expected)                                                                                \

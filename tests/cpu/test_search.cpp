@@ -20,6 +20,7 @@
 
 #include "runtime/error.h"
 #include "tuner/search.h"
+#include "tests/cpu/test_util.h"
 
 using nsajit::Budget;
 using nsajit::Measured;
@@ -39,13 +40,6 @@ std::string usage_error_of(const std::function<void()>& f) {
   }
   return "<no exception thrown>";
 }
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-#define CHECK_CONTAINS(haystack, needle) \
-  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
 
 uint64_t splitmix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;

@@ -15,17 +15,12 @@
 #include "codegen/family.h"
 #include "tuner/tuner.h"
 #include "tuner/worker.h"
+#include "tests/cpu/test_util.h"
 
 namespace fs = std::filesystem;
 namespace json = llvm::json;
 
 namespace {
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-#define CHECK_CONTAINS(haystack, needle) \
-  CHECK_MESSAGE(contains((haystack), (needle)), "expected \"" << (needle) << "\" in:\n" << (haystack))
 
 class TempDir {
 public:
@@ -51,20 +46,8 @@ private:
   fs::path dir_;
 };
 
-struct Run {
-  int code = -1;
-  std::string output;
-};
 Run run_cli(const std::string& args, const std::string& env = "") {
-  const std::string command = env + " '" + std::string(NSAJIT_CLI_PATH) + "' " + args + " 2>&1";
-  Run r;
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buffer{};
-  for (size_t n; (n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0;) r.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return run_shell(env + " " + quoted(NSAJIT_CLI_PATH) + " " + args + " 2>&1");
 }
 
 const json::Object kHello{{"op", "hello"}};
