@@ -212,6 +212,12 @@ public:
     s_.idx = static_cast<int32_t*>(idx_.get()), s_.cnt = static_cast<int32_t*>(cnt_.get());
   }
   void launch(const TileConfig& c, CUstream s) override { select_blocks(p_, s_, s, &c); }
+  // Hands over the trusted selection (idx, cnt): real inputs for slc_fwd.
+  void take_selection(DeviceBuffer& idx, DeviceBuffer& cnt) {
+    check_cu(driver().cuCtxSynchronize_(), "cuCtxSynchronize");  // before this case's inputs are freed
+    idx = std::move(ref_idx_);
+    cnt = std::move(ref_cnt_);
+  }
   std::optional<std::string> check(const TileConfig& c) override {
     idx_.fill_bytes(0xff), cnt_.fill_bytes(0xff);
     launch(c, nullptr);
@@ -234,22 +240,7 @@ public:
     q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 41);
     k_ = random_device_tensor(tokens(p) * p.H * p.dk, p.dtype, 42);
     v_ = random_device_tensor(tokens(p) * p.H * p.dv, p.dtype, 43);
-    const size_t rows = tokens(p) * p.H;
-    idx_ = DeviceBuffer(rows * p.n * 4), cnt_ = DeviceBuffer(rows * 4);
-    {
-      // The selection of a fresh default select over these inputs.
-      const int64_t nc = std::max<int64_t>(num_cmp(p), 1);
-      DeviceBuffer k_cmp = random_device_tensor(nc * p.B * p.H * p.dk, p.dtype, 44);
-      DeviceBuffer lse(tokens(p) * p.HQ * 4);
-      lse.fill_bytes(0);  // lse 0: scores are plain exponentials; any valid selection will do for timing
-      SelectArgs s;
-      s.q = contiguous(q_.get(), p.T, p.HQ, p.dk), s.k_cmp = contiguous(k_cmp.get(), num_cmp(p), p.H, p.dk);
-      s.lse_cmp = static_cast<float*>(lse.get()), s.lse_stride_t = p.HQ, s.lse_stride_b = p.T * p.HQ;
-      s.idx = static_cast<int32_t*>(idx_.get()), s.cnt = static_cast<int32_t*>(cnt_.get());
-      const TileConfig def = find_family("select").default_config(p);
-      select_blocks(p, s, nullptr, &def);
-      check_cu(driver().cuCtxSynchronize_(), "cuCtxSynchronize");
-    }
+    SelectCase(p).take_selection(idx_, cnt_);  // the default select's output on its own random q and k_cmp
     o_ = DeviceBuffer(tokens(p) * p.HQ * p.dv * 2), ref_o_ = DeviceBuffer(o_.bytes());
     lse_ = DeviceBuffer(tokens(p) * p.HQ * 4), ref_lse_ = DeviceBuffer(lse_.bytes());
     a_.q = contiguous(q_.get(), p.T, p.HQ, p.dk), a_.k = contiguous(k_.get(), p.T, p.H, p.dk);
