@@ -1,6 +1,9 @@
-// The tuner's correctness gate on the GPU: relative L2 difference of a tensor against a trusted one, and the count
-// of non-finite values, without copying either to the host. Element kinds: 0 bf16, 1 fp16, 2 fp32, 3 int32 (exact:
-// mismatching elements are counted).
+// The tuner's correctness gate on the GPU: relative L2 difference of a tensor against a trusted one, and counts of
+// the values that cannot be right, without copying either to the host. Element kinds: 0 bf16, 1 fp16, 2 fp32,
+// 3 int32 (exact: mismatching elements are counted).
+// A trusted value of -inf (an lse over no keys) must be matched by -inf exactly; any other non-finite trusted value
+// (NaN, +inf, the poison an unwritten trusted output keeps) is counted, so that a broken trusted result cannot pass
+// every candidate.
 #ifndef NSA_COMPARE_CUH
 #define NSA_COMPARE_CUH
 #ifndef NSAJIT_GENERATED
@@ -15,7 +18,9 @@ struct CompareParams {
   const void* ref;  // trusted
   i64 n;            // elements
   double* sums;     // [2]: sum (a - ref)^2, sum ref^2; zeroed by the caller
-  u64* counts;      // [2]: non-finite values in a, mismatching int32 elements; zeroed by the caller
+  u64* counts;      // [4]: non-finite values in a (where the trusted value is finite), mismatching int32 elements,
+                    // values not -inf where the trusted value is -inf, trusted values that are NaN, +inf or
+                    // (int32) the poison 0x7f7f7f7f; zeroed by the caller
   i32 kind;
   i32 unused;
 };
@@ -33,20 +38,27 @@ __device__ __forceinline__ float load_as_float(const void* p, i64 i, int kind) {
 
 __device__ __forceinline__ void run(const CompareParams& p) {
   double d2 = 0.0, r2 = 0.0;
-  u64 bad = 0, mismatch = 0;
+  u64 bad = 0, mismatch = 0, wrong_inf = 0, ref_bad = 0;
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   for (i64 i = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) {
     if (p.kind == 3) {
-      mismatch += static_cast<const i32*>(p.a)[i] != static_cast<const i32*>(p.ref)[i];
+      const i32 r = static_cast<const i32*>(p.ref)[i];
+      mismatch += static_cast<const i32*>(p.a)[i] != r;
+      ref_bad += r == 0x7f7f7f7f;
       continue;
     }
     const float a = load_as_float(p.a, i, p.kind), r = load_as_float(p.ref, i, p.kind);
-    if (!isfinite(a)) {
-      // -inf where the trusted value is -inf too (an lse over no keys) is the right answer.
-      if (!(isinf(a) && a == r)) ++bad;
+    if (!isfinite(r)) {
+      if (isinf(r) && r < 0)
+        wrong_inf += !(isinf(a) && a < 0);  // no keys: only -inf is right
+      else
+        ++ref_bad;
       continue;
     }
-    if (!isfinite(r)) continue;
+    if (!isfinite(a)) {
+      ++bad;
+      continue;
+    }
     const double d = static_cast<double>(a) - static_cast<double>(r);
     d2 += d * d;
     r2 += static_cast<double>(r) * r;
@@ -56,12 +68,16 @@ __device__ __forceinline__ void run(const CompareParams& p) {
     r2 += __shfl_xor_sync(0xffffffffu, r2, o);
     bad += __shfl_xor_sync(0xffffffffu, bad, o);
     mismatch += __shfl_xor_sync(0xffffffffu, mismatch, o);
+    wrong_inf += __shfl_xor_sync(0xffffffffu, wrong_inf, o);
+    ref_bad += __shfl_xor_sync(0xffffffffu, ref_bad, o);
   }
   if ((threadIdx.x & 31) == 0) {
     atomicAdd(&p.sums[0], d2);
     atomicAdd(&p.sums[1], r2);
     atomicAdd(&p.counts[0], bad);
     atomicAdd(&p.counts[1], mismatch);
+    atomicAdd(&p.counts[2], wrong_inf);
+    atomicAdd(&p.counts[3], ref_bad);
   }
 }
 

@@ -44,13 +44,13 @@ double tolerance(Dtype d) { return d == Dtype::bf16 ? 1e-2 : 2e-3; }
 // The relative-error kernel, compiled once per process through the CUBIN cache.
 class Comparer {
 public:
-  explicit Comparer(const Problem& p) : sums_(16), counts_(16) {
+  explicit Comparer(const Problem& p) : sums_(16), counts_(32) {
     const KernelFamily& f = find_family("compare");
     spec_ = KernelSpec{&f, p, {}, "sm_90a"};
   }
   struct Diff {
-    double rel = 0;
-    uint64_t nonfinite = 0, mismatches = 0;
+    double rel = 0, ref2 = 0;
+    uint64_t nonfinite = 0, mismatches = 0, wrong_inf = 0, ref_bad = 0;
   };
   Diff run(const void* a, const void* ref, int64_t n, int kind) {
     const Kernel& k = runtime_kernel(spec_);
@@ -60,23 +60,33 @@ public:
     const LaunchGeometry g = spec_.family->geometry(spec_.problem, spec_.config);
     k.launch(g.grid, g.block, 0, nullptr, &p);
     double s[2];
-    uint64_t c[2];
+    uint64_t c[4];
     sums_.download(s, sizeof s);
     counts_.download(c, sizeof c);
     Diff d;
     d.rel = s[1] > 0 ? std::sqrt(s[0] / s[1]) : std::sqrt(s[0]);
-    d.nonfinite = c[0], d.mismatches = c[1];
+    d.ref2 = s[1];
+    d.nonfinite = c[0], d.mismatches = c[1], d.wrong_inf = c[2], d.ref_bad = c[3];
     return d;
   }
-  // nullopt when `a` matches `ref` within the dtype's tolerance.
+  // nullopt when `a` matches `ref` within the dtype's tolerance. `nonzero`: the trusted tensor cannot be all zeros
+  // (a trusted result that is all zeros, NaN or unwritten would otherwise pass every candidate).
   std::optional<std::string> check(const char* what, const void* a, const void* ref, int64_t n, int kind,
-                                   double tol) {
+                                   double tol, bool nonzero = true) {
     const Diff d = run(a, ref, n, kind);
+    if (d.ref_bad)
+      return fmt::format("{}: the trusted result holds {} NaN, +inf or unwritten values (the trusted computation is "
+                         "broken, not necessarily this candidate)",
+                         what, d.ref_bad);
+    if (kind != kI32 && nonzero && !(d.ref2 > 0))
+      return fmt::format("{}: the trusted result is all zeros or -inf (the trusted computation is broken)", what);
     if (kind == kI32) {
       if (d.mismatches) return fmt::format("{}: {} of {} entries differ from the trusted result", what, d.mismatches, n);
       return std::nullopt;
     }
     if (d.nonfinite) return fmt::format("{}: {} NaN/Inf values", what, d.nonfinite);
+    if (d.wrong_inf)
+      return fmt::format("{}: {} values are not -inf where the trusted result is -inf (no keys)", what, d.wrong_inf);
     if (!(d.rel <= tol)) return fmt::format("{}: relative error {:.3g} > {:.0e}", what, d.rel, tol);
     return std::nullopt;
   }
@@ -105,6 +115,7 @@ public:
     a_.k = contiguous(k_.get(), kv_t, p.H, p.dk);
     a_.v = contiguous(v_.get(), kv_t, p.H, p.dv);
     a_.lse_stride_t = p.HQ, a_.lse_stride_b = p.T * p.HQ;
+    ref_o_.fill_bytes(0xff), ref_lse_.fill_bytes(0xff);  // poisoned: an unwritten trusted value is caught
     AttnFwdArgs ref = args(ref_o_, ref_lse_);
     if (compressed)
       cmp_fwd_reference(p, ref, nullptr);
@@ -122,9 +133,12 @@ public:
     o_.fill_bytes(0xff), lse_.fill_bytes(0xff);
     launch(c, nullptr);
     const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.HQ;
-    if (auto e = cmp_.check("o", o_.get(), ref_o_.get(), rows * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype)))
+    // The compressed branch has no keys at all when T < l: then o is all zeros and lse all -inf.
+    const bool nonzero = !compressed_ || num_cmp(p_) > 0;
+    if (auto e = cmp_.check("o", o_.get(), ref_o_.get(), rows * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype),
+                            nonzero))
       return e;
-    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, kF32, tolerance(p_.dtype));
+    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, kF32, tolerance(p_.dtype), nonzero);
   }
 
 private:
@@ -153,7 +167,7 @@ public:
     x_.upload(x.data(), n * 2);
     const size_t ny = static_cast<size_t>(std::max<int64_t>(nc, 1) * p.B) * p.H * p.dk;
     y_ = DeviceBuffer(ny * 2), ref_y_ = DeviceBuffer(ny * 2);
-    std::vector<uint16_t> ref(ny, 0);
+    std::vector<uint16_t> ref(ny, 0);  // computed here on the CPU, every element written
     for (int64_t b = 0; b < p.B; ++b)
       for (int64_t i = 0; i < nc; ++i)
         for (int h = 0; h < p.H; ++h)
@@ -204,6 +218,7 @@ public:
     const size_t rows = tokens(p) * p.H;
     idx_ = DeviceBuffer(rows * p.n * 4), ref_idx_ = DeviceBuffer(rows * p.n * 4);
     cnt_ = DeviceBuffer(rows * 4), ref_cnt_ = DeviceBuffer(rows * 4);
+    ref_idx_.fill_bytes(0x7f), ref_cnt_.fill_bytes(0x7f);  // poisoned (0x7f7f7f7f): an unwritten entry is caught
     s_.q = a.q, s_.k_cmp = a.k, s_.lse_cmp = a.lse, s_.lse_stride_b = a.lse_stride_b, s_.lse_stride_t = p.HQ;
     SelectArgs ref = s_;
     ref.idx = static_cast<int32_t*>(ref_idx_.get()), ref.cnt = static_cast<int32_t*>(ref_cnt_.get());
@@ -248,6 +263,7 @@ public:
     a_.idx = static_cast<const int32_t*>(idx_.get()), a_.cnt = static_cast<const int32_t*>(cnt_.get());
     a_.lse_stride_t = p.HQ, a_.lse_stride_b = p.T * p.HQ;
     const TileConfig def = find_family("slc_fwd").default_config(p);
+    ref_o_.fill_bytes(0xff), ref_lse_.fill_bytes(0xff);  // poisoned: an unwritten trusted value is caught
     slc_fwd(p, args(ref_o_, ref_lse_), nullptr, &def);
   }
   void launch(const TileConfig& c, CUstream s) override { slc_fwd(p_, args(o_, lse_), s, &c); }
@@ -304,6 +320,12 @@ private:
 };
 
 }  // namespace
+
+std::optional<std::string> gate_compare(const Problem& problem, const void* candidate, const void* trusted, int64_t n,
+                                        int kind, double tolerance, bool nonzero) {
+  Comparer c(problem);
+  return c.check("t", candidate, trusted, n, kind, tolerance, nonzero);
+}
 
 bool is_tunable(const KernelFamily& f) {
   const std::string_view n = f.name();

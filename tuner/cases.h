@@ -33,6 +33,12 @@ public:
 // for a family the tuner cannot measure.
 std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& family, const Problem& problem);
 
+// The gate's comparison itself, on device buffers of `n` elements (kind: 0 bf16, 1 fp16, 2 fp32, 3 int32), for
+// the tests: nullopt when `candidate` matches `trusted`, else what is wrong. `nonzero`: the trusted tensor cannot
+// legitimately be all zeros or -inf.
+std::optional<std::string> gate_compare(const Problem& problem, const void* candidate, const void* trusted, int64_t n,
+                                        int kind, double tolerance, bool nonzero = true);
+
 // The families `nsajit tune` sweeps by default, in forward order: pool, cmp_fwd, select, slc_fwd, win_fwd.
 bool is_tunable(const KernelFamily& family);
 
