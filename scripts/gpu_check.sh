@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Whole checks on the GPU machine, logs under $OUT (or ./gpu-logs).
-#   scripts/gpu_check.sh BUILD tests   devices, GPU tests, emitted standalone programs built with nvcc and run
+#   scripts/gpu_check.sh BUILD tests   devices, GPU tests (TESTS="doctest filter flags" runs a part of them), the
+#                                      checks watched failing on planted faults, compute-sanitizer memcheck and
+#                                      racecheck on a small case of every family, emitted standalone programs
+#                                      built with nvcc and run (PARTS="gpu plant sanitize emit" picks steps)
 #   scripts/gpu_check.sh BUILD bench   tile sweeps of the dense kernels, the forward benchmark, torch baselines
 #   scripts/gpu_check.sh BUILD tuner   the autotuner: a planted faulting family, the fla sweep at 65536 timed,
 #                                      default vs tuned forward, kill -9 halfway then resume
@@ -11,6 +14,8 @@ what=${2:-all}
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
 export NSAJIT_CACHE_DIR=${NSAJIT_CACHE_DIR:-/tmp/nsajit-cache}
+# Hermetic tests: no tuning database (the binary forces this too).
+export NSAJIT_DB=off
 status=0
 step() { echo; echo "=== $*"; }
 
@@ -18,11 +23,48 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   step devices
   "$build/nsajit" devices 2>&1 | tee "$out/devices.log" || status=1
 
-  step GPU tests
-  "$build/nsajit_gpu_tests" --duration=true 2>&1 | tee "$out/gpu_tests.log" |
-    grep -E "^\[doctest\] (test cases|assertions|Status)|ERROR|rel error|prewarmed|[0-9.]+ s: " || true
-  grep -q "Status: SUCCESS" "$out/gpu_tests.log" || status=1
+  parts=${PARTS:-gpu plant sanitize emit}
+  if [[ " $parts " == *" gpu "* ]]; then
+    step GPU tests ${TESTS:-}
+    # shellcheck disable=SC2086
+    "$build/nsajit_gpu_tests" --duration=true ${TESTS:-} 2>&1 | tee "$out/gpu_tests.log" |
+      grep -E "^\[doctest\] (test cases|assertions|Status)|ERROR|rel error|rel [0-9]|prewarmed|[0-9.]+ s: " || true
+    grep -q "Status: SUCCESS" "$out/gpu_tests.log" || status=1
+  fi
 
+  if [[ " $parts " == *" plant "* ]]; then
+    # The checks must fail on planted faults (tests/gpu/check.h): one output row zeroed (or left unwritten), one
+    # lse value shifted by 0.01. Every selected test case has to fail, else a check cannot see such a fault.
+    plant_cases=${PLANT_CASES:-"pool: batches*,win_fwd: batches*,slc_fwd: batches*,forward: pooling inside*"}
+    for kind in row lse; do
+      cases=$plant_cases
+      [ "$kind" = lse ] && cases=${cases/pool: batches\*,/}
+      step "planted fault: $kind ($cases)"
+      NSAJIT_TEST_PLANT=$kind "$build/nsajit_gpu_tests" -tc="$cases" > "$out/plant_$kind.log" 2>&1
+      summary=$(grep -E "^\[doctest\] test cases:" "$out/plant_$kind.log")
+      echo "$summary"
+      grep -E "worst (row|abs)" "$out/plant_$kind.log" | head -3 | cut -c1-300
+      total=$(sed -E 's/.*test cases: *([0-9]+).*/\1/' <<<"$summary")
+      failed=$(sed -E 's/.*\| *([0-9]+) failed.*/\1/' <<<"$summary")
+      if [ -z "$total" ] || [ "$total" = 0 ] || [ "$failed" != "$total" ]; then
+        echo "planted $kind: $failed of $total test cases failed; every one should"; status=1
+      fi
+    done
+  fi
+
+  if [[ " $parts " == *" sanitize "* ]]; then
+    sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    for tool in memcheck racecheck; do
+      step "compute-sanitizer $tool: a small case of every family, run twice and compared bitwise"
+      "$sanitizer" --tool "$tool" --error-exitcode 9 "$build/nsajit_gpu_tests" \
+        -tc="small case of every family*" > "$out/sanitize_$tool.log" 2>&1
+      rc=$?
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[doctest\] (test cases|Status)" "$out/sanitize_$tool.log"
+      [ "$rc" = 0 ] || { echo "compute-sanitizer $tool: exit $rc"; status=1; }
+    done
+  fi
+
+  if [[ " $parts " == *" emit "* ]]; then
   step emit, nvcc, run
   for spec in "win_fwd --preset fla --seq 8192" "cmp_fwd --preset paper --dtype fp16 --group 4 --seq 3000"; do
     # shellcheck disable=SC2086
@@ -32,6 +74,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
       echo "emit or nvcc failed for: $spec"; status=1
     fi
   done
+  fi
 fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then

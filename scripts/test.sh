@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NSAJIT_CACHE_DIR=${NSAJIT_CACHE_DIR:-$(mktemp -d)}
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "== A GPU is present: the GPU tests are not part of this script; run bash scripts/gpu_check.sh build tests"
+else
+  echo "== GPU tests: not run (no GPU on this machine; they run on the H200 through scripts/gpu_check.sh)"
+fi
 echo "== Release tests"
 build/nsajit_tests
 echo "== ASan + UBSan build and tests"
@@ -13,3 +18,4 @@ cmake --build build-san --target nsajit_tests nsajit
 # double CI time without checking any more host code.
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-san/nsajit_tests \
   -tce="compile: every win_fwd config*,compile: the default config of every*"
+echo "== CPU tests passed (Release and ASan + UBSan). GPU tests: not run by this script."

@@ -6,7 +6,8 @@
 // ref::select_blocks (fed the fp32 lse) and ref::selection_matches (equal sets, or NSA.md's near ties) for every
 // position and KV head of every sequence.
 //
-// Long sequences (T = 65536 with preset fla, T = 131072 with dk = 256 where q holds 2^31 elements): lse_cmp is the
+// Long sequences (T = 65536 with preset fla; T = 131072 with dk = 256, q a view with every other token row of its
+// buffer, so that q's element offsets reach 2^32, past int32, asserted): lse_cmp is the
 // true float64 log-sum-exp at a sample of positions and a plausible synthetic value elsewhere (the selection of a
 // position depends only on its own lse, and every lse is a valid input). Every row is checked for structure (cnt,
 // strictly ascending causal entries, the forced blocks, -1 padding); the sampled positions against scores
@@ -46,7 +47,8 @@ struct BlockShape {
 };
 const BlockShape kShapes[] = {{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}};
 const int kDks[] = {64, 128, 192, 256};
-const int kGroups[] = {1, 2, 3, 4, 8, 16, 32};
+// G: the small ones, the paper's 16, and the MQA-like 48, 64 (HQ = 64, H = 1) and 128.
+const int kGroups[] = {1, 2, 3, 4, 8, 16, 32, 48, 64, 128};
 const int kTopNs[] = {8, 16, 32};
 constexpr int32_t kPoison = 0x7f7f7f7f;
 constexpr int64_t kGuardRows = 64;  // idx / cnt rows after the last token, which must stay poisoned
@@ -156,7 +158,7 @@ Problem long_problem(int which) {
     p.T = 65536;
     return p;
   }
-  // q holds 131072 * 64 * 256 = 2^31 elements: element offsets overflow int32.
+  // q holds 131072 * 64 * 256 = 2^31 elements; check_long doubles its token stride (offsets up to 2^32).
   return select_problem(Dtype::fp16, 256, 16, 4, 131072, kShapes[3], 16);
 }
 
@@ -460,10 +462,13 @@ void check_cases(const std::vector<Case>& cases) {
 // ---- long sequences ------------------------------------------------------------------------------------------
 
 // Selection of one long problem: structure of every row, the sampled positions against float64 scores.
-void check_long(const Problem& p, uint64_t seed) {
+// q_spread: q's token stride in units of HQ * dk (2: a view of every other token row of a twice larger buffer).
+void check_long(const Problem& p, uint64_t seed, int q_spread = 1) {
   gpu();
   const int64_t T = p.T, nc_T = num_cmp(T, p);
-  const size_t q_n = static_cast<size_t>(T) * p.HQ * p.dk, k_n = static_cast<size_t>(nc_T) * p.H * p.dk;
+  const int64_t q_st = static_cast<int64_t>(q_spread) * p.HQ * p.dk;
+  const size_t q_n = static_cast<size_t>(T * q_st), k_n = static_cast<size_t>(nc_T) * p.H * p.dk;
+  if (q_spread > 1) CHECK((T - 1) * q_st + p.HQ * p.dk - 1 > INT32_MAX);  // the largest element offset of q
   DeviceBuffer q = random_device_tensor(q_n, p.dtype, seed);
   const std::vector<uint16_t> kb = random_normal_bits(k_n, p.dtype, seed + 1);
   DeviceBuffer k(k_n * 2);
@@ -492,7 +497,7 @@ void check_long(const Problem& p, uint64_t seed) {
   std::vector<std::vector<double>> qs;  // per sampled position: [HQ, dk]
   for (int64_t t : sample) {
     std::vector<uint16_t> bits(static_cast<size_t>(p.HQ) * p.dk);
-    q.download(bits.data(), bits.size() * 2, static_cast<size_t>(t) * p.HQ * p.dk * 2);
+    q.download(bits.data(), bits.size() * 2, static_cast<size_t>(t * q_st) * 2);
     std::vector<double> qd(bits.size());
     for (size_t i = 0; i < bits.size(); ++i) qd[i] = bits_to_float(bits[i], p.dtype);
     qs.push_back(std::move(qd));
@@ -531,7 +536,7 @@ void check_long(const Problem& p, uint64_t seed) {
   idx.fill_bytes(0x7f);
   cnt.fill_bytes(0x7f);
   SelectArgs a;
-  a.q = contiguous(q.get(), T, p.HQ, p.dk);
+  a.q = {q.get(), T * q_st, q_st, p.dk};
   a.k_cmp = contiguous(k.get(), nc_T, p.H, p.dk);
   a.lse_cmp = static_cast<const float*>(dlse.get());
   a.lse_stride_t = p.HQ, a.lse_stride_b = T * p.HQ;
@@ -636,9 +641,9 @@ TEST_CASE("select: every valid tile config of the space") {
   for (int n : per_case) CHECK(n >= 10);
 }
 
-TEST_CASE("select at T = 65536 (fla) and T = 131072 (dk = 256, 64-bit offsets)") {
+TEST_CASE("select at T = 65536 (fla) and T = 131072 (dk = 256, q offsets past 2^31)") {
   check_long(long_problem(0), 600);
-  check_long(long_problem(1), 700);
+  check_long(long_problem(1), 700, 2);
 }
 
 // Argument checks happen before any driver call: no GPU needed.
