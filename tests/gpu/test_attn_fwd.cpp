@@ -82,6 +82,7 @@ struct Outcome {
   ErrorMeter o, out;  // out: the gated output (empty without a gate)
   LseMeter lse;
   bool gated = false;
+  int64_t pad_written = 0;  // strided o: elements of the padding after each head that lost the poison
 };
 
 enum class Branch { window, compressed };
@@ -243,6 +244,7 @@ Outcome check_attn(Branch br, const Problem& p, uint64_t seed, const TileConfig*
           }
         }
         eo.end_row(tok, h);
+        for (int64_t i = p.dv; i < o_sh; ++i) r.pad_written += ob[static_cast<size_t>(tok * o_st + h * o_sh + i)] != 0xffff;
         if (gate != Gate::none) eg.end_row(tok, h);
         // An empty key set must give -inf exactly.
         el.add(lse[static_cast<size_t>(tok * p.HQ + h)], l[static_cast<size_t>(t * p.HQ + h)], tok, h);
@@ -260,7 +262,8 @@ Outcome check_window(const Problem& p, uint64_t seed, const TileConfig* cfg = nu
 
 void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
   INFO(what, " | ", p.describe(), " | o: ", r.o.describe(), " | lse: ", r.lse.describe(),
-       r.gated ? " | out: " + r.out.describe() : std::string());
+       r.gated ? " | out: " + r.out.describe() : std::string(), " | padding written ", r.pad_written);
+  CHECK(r.pad_written == 0);
   CHECK(r.o.ok(tolerance(p.dtype)));
   CHECK(r.lse.ok(tolerance(p.dtype)));
   if (r.gated) CHECK(r.out.ok(tolerance(p.dtype)));
