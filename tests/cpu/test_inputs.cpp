@@ -1,10 +1,12 @@
-// Random test inputs (tuner/inputs.h): a seed gives the same tensor whatever the number of threads and the machine.
+// Random test inputs (tuner/inputs.h) and test seeds (tests/test_seed.h): a seed gives the same tensor whatever the
+// number of threads and the machine, and NSAJIT_TEST_SEED moves every seed in a way that can be replayed.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "tests/test_seed.h"
 #include "tuner/inputs.h"
 
 using nsajit::Dtype;
@@ -58,4 +60,25 @@ TEST_CASE("inputs: the values are N(0, 1), finite and not zero") {
   for (size_t i = 0; i + 1 < n; i += 2)
     cross += nsajit::bits_to_float(bits[i], Dtype::fp16) * nsajit::bits_to_float(bits[i + 1], Dtype::fp16);
   CHECK(std::abs(cross / (n / 2)) < 0.01);
+}
+
+TEST_CASE("test seeds: NSAJIT_TEST_SEED values, and how they move a seed") {
+  using nsajit::test::parse_test_seed;
+  CHECK(parse_test_seed("0") == uint64_t{0});
+  CHECK(parse_test_seed("17") == uint64_t{17});
+  CHECK(parse_test_seed("18446744073709551615") == UINT64_MAX);
+  for (const char* bad : {"", "-1", "+1", " 1", "1 ", "0x10", "abc", "18446744073709551616", "1.5"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse_test_seed(bad));
+  }
+  using nsajit::test::shifted_seed;
+  CHECK(shifted_seed(100, 0) == 100);  // unset: the seeds written in the tests
+  CHECK(shifted_seed(100, 1) != 100);
+  CHECK(shifted_seed(100, 1) == shifted_seed(100, 1));
+  CHECK(shifted_seed(100, 1) != shifted_seed(100, 2));
+  // Neighbouring seeds (q, k, v of one case) stay distinct and keep their spacing; another offset lands elsewhere.
+  CHECK(shifted_seed(101, 5) - shifted_seed(100, 5) == 1);
+  bool far = true;
+  for (uint64_t s = 0; s < 1000; ++s) far = far && shifted_seed(s, 1) >= 1000;
+  CHECK(far);
 }
