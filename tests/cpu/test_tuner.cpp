@@ -1,6 +1,6 @@
 // The tuner's pieces that need no GPU: the measuring process's plumbing (replies, timeouts, crashes, restarts)
-// driven with stand-in worker scripts, the real worker without a GPU, the test-only family's registration, and
-// `nsajit tune`'s argument checks.
+// driven with stand-in worker scripts, which trials a rerun reuses, the real worker without a GPU, the test-only
+// family's registration, and `nsajit tune`'s argument checks.
 #include <doctest/doctest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -13,6 +13,7 @@
 #include <string>
 
 #include "codegen/family.h"
+#include "tuner/db.h"
 #include "tuner/tuner.h"
 #include "tuner/worker.h"
 #include "tests/cpu/test_util.h"
@@ -218,4 +219,68 @@ TEST_CASE("tune: pruning after the compile: spills, registers, shared memory") {
   const auto m = nsajit::prune_after_compile(f, p, c, big, dyn + 39999);
   REQUIRE(m);
   CHECK_CONTAINS(*m, "shared memory");
+}
+
+// ---- which recorded trials a rerun reuses ---------------------------------------------------------------------------
+
+namespace {
+
+nsajit::Trial trial(nsajit::Outcome outcome, const std::string& detail, int stage = 1, int64_t created = 100,
+                    int64_t id = 1) {
+  nsajit::Trial t;
+  t.outcome = outcome, t.detail = detail, t.stage = stage, t.created = created, t.id = id;
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("tune resume: the kernel's results are reused, failures of the measuring process are not") {
+  using nsajit::Outcome;
+  using nsajit::reusable_trial;
+  // The kernel's own results.
+  CHECK(reusable_trial(trial(Outcome::ok, ""), 30));
+  CHECK(reusable_trial(trial(Outcome::wrong_result, "rel 0.4 > 0.01"), 30));
+  CHECK(reusable_trial(trial(Outcome::pruned, "spills 8 B"), 30));
+  CHECK(reusable_trial(trial(Outcome::compile_error, "error: expected ;"), 30));
+  CHECK(reusable_trial(trial(Outcome::launch_error, "CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access"), 30));
+  CHECK(reusable_trial(trial(Outcome::launch_error, "worker crashed: signal 11 (Segmentation fault)"), 30));
+  // The measuring process's failures, as the tuner and the worker write them.
+  CHECK_FALSE(
+      reusable_trial(trial(Outcome::launch_error, "GPU 1: preparing inputs failed: CUDA_ERROR_OUT_OF_MEMORY"), 30));
+  CHECK_FALSE(reusable_trial(trial(Outcome::launch_error, "could not send to the worker"), 30));
+  CHECK_FALSE(reusable_trial(trial(Outcome::launch_error, "worker start: no CUDA device"), 30));
+  CHECK_FALSE(reusable_trial(trial(Outcome::launch_error, "worker could not run /x/nsajit"), 30));
+  // Timeouts: only under a limit at least as long as today's.
+  const std::string t05 = nsajit::timeout_failure(0.5), t30 = nsajit::timeout_failure(30);
+  CHECK(t05 == "no reply within 0.5 s (hung kernel?): worker killed");
+  CHECK(nsajit::timeout_of_failure(t05) == 0.5);
+  CHECK(nsajit::timeout_of_failure(t30) == 30.0);
+  CHECK(nsajit::timeout_of_failure(nsajit::timeout_failure(2.25)) == 2.25);
+  CHECK_FALSE(nsajit::timeout_of_failure("no reply within x s (hung kernel?): worker killed"));
+  CHECK_FALSE(nsajit::timeout_of_failure("killed"));
+  CHECK(reusable_trial(trial(Outcome::timeout, t05), 0.5));
+  CHECK(reusable_trial(trial(Outcome::timeout, t30), 20));
+  CHECK_FALSE(reusable_trial(trial(Outcome::timeout, t05), 0.6));
+  CHECK_FALSE(reusable_trial(trial(Outcome::timeout, t30), 31));
+  CHECK_FALSE(reusable_trial(trial(Outcome::timeout, "timed out"), 1));  // the limit cannot be read
+}
+
+TEST_CASE("tune resume: under a failure of the measuring process, the newest genuine result is found") {
+  using nsajit::Outcome;
+  const std::string prep = "GPU 0: preparing inputs failed: CUDA_ERROR_OUT_OF_MEMORY";
+  std::vector<nsajit::Trial> recorded = {trial(Outcome::ok, "", 0, 100, 1), trial(Outcome::ok, "", 1, 100, 2),
+                                         trial(Outcome::launch_error, prep, 1, 200, 3),
+                                         trial(Outcome::ok, "", 1, 100, 4)};
+  auto got = nsajit::pick_reusable(recorded, 1, 30);
+  REQUIRE(got);
+  CHECK(got->id == 4);  // the same stage and time: the last added; never the prepare failure
+  got = nsajit::pick_reusable(recorded, 0, 30);
+  REQUIRE(got);
+  CHECK(got->stage == 1);  // the highest stage first
+  recorded = {trial(Outcome::ok, "", 0, 100, 1), trial(Outcome::launch_error, prep, 1, 200, 2)};
+  got = nsajit::pick_reusable(recorded, 0, 30);
+  REQUIRE(got);
+  CHECK(got->id == 1);
+  CHECK_FALSE(nsajit::pick_reusable(recorded, 1, 30));  // a stage below the level does not count
+  CHECK_FALSE(nsajit::pick_reusable({}, 0, 30));
 }
