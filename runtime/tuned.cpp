@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,32 +36,10 @@ void log_info(const std::string& msg) {
   if (log_info_enabled()) fmt::print(stderr, "nsajit: {}\n", msg);
 }
 
-struct DbHandle {
-  std::unique_ptr<TuningDb> db;
-  std::string unavailable;  // why there is none
-};
-
-DbHandle& database() {
-  static DbHandle h = [] {
-    DbHandle out;
-    const char* env = std::getenv("NSAJIT_DB");
-    if (env != nullptr && (std::string(env) == "off" || std::string(env) == "none" || std::string(env) == "0")) {
-      out.unavailable = "NSAJIT_DB=off";
-      return out;
-    }
-    const std::filesystem::path path = default_db_path();
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) {
-      out.unavailable = fmt::format("no tuning database at {}", path.string());
-      return out;
-    }
-    try {
-      out.db = std::make_unique<TuningDb>(TuningDb::open(path, TuningDb::Mode::read_only));
-    } catch (const std::exception& e) {
-      // A damaged database must not stop a training job: say so (always) and use the defaults.
-      out.unavailable = fmt::format("tuning database unusable: {}", e.what());
-      fmt::print(stderr, "nsajit: warning: {}; using the default tile configs\n", out.unavailable);
-    }
+TunedDb& database() {
+  static TunedDb h = [] {
+    TunedDb out = open_tuned_db(std::getenv("NSAJIT_DB"));
+    if (!out.warning.empty()) fmt::print(stderr, "nsajit: warning: {}\n", out.warning);
     return out;
   }();
   return h;
@@ -76,12 +56,42 @@ const DeviceInfo& current_device() {
   return it->second;
 }
 
-// Why a stored best entry cannot be used here, or nullopt.
-std::optional<std::string> unusable(const KernelFamily& f, const BestEntry& e, const DeviceInfo& dev,
-                                    const Problem& launch, TileConfig& cfg) {
+// Distance in powers of two between buckets; a bucket that is not positive (a damaged entry) is farthest.
+double bucket_distance(int64_t a, int64_t b) {
+  if (a < 1 || b < 1) return std::numeric_limits<double>::infinity();
+  return std::abs(std::log2(static_cast<double>(a)) - std::log2(static_cast<double>(b)));
+}
+
+}  // namespace
+
+TunedDb open_tuned_db(const char* nsajit_db) {
+  TunedDb out;
+  const std::string setting = nsajit_db ? nsajit_db : "";
+  if (setting == "off" || setting == "none" || setting == "0") {
+    out.unavailable = "NSAJIT_DB=off";
+    return out;
+  }
   try {
-    const Staleness st = staleness(e, Toolkit{dev.model_fingerprint(), dev.driver_version, dev.nvrtc_version}, "sm_90a");
-    if (st.stale()) return fmt::format("stale: {}", fmt::join(st.reasons, ", "));
+    const std::filesystem::path path = setting.empty() ? default_db_path() : std::filesystem::path(setting);
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) {
+      out.unavailable = fmt::format("no tuning database at {}", path.string());
+      return out;
+    }
+    out.db = std::make_unique<TuningDb>(TuningDb::open(path, TuningDb::Mode::read_only));
+  } catch (const std::exception& e) {
+    // A damaged database must not stop a training job: say so (always) and use the defaults.
+    out.db.reset();
+    out.unavailable = fmt::format("tuning database unusable: {}", e.what());
+    out.warning = out.unavailable + "; using the default tile configs";
+  }
+  return out;
+}
+
+std::optional<std::string> unusable_entry(const KernelFamily& f, const BestEntry& e, const LookupTarget& target,
+                                          const Problem& launch, TileConfig& cfg) {
+  // The config first: the staleness check generates the kernel source, which needs a whole config.
+  try {
     cfg = parse_config(e.config);
   } catch (const std::exception& ex) {
     return fmt::format("unreadable entry: {}", ex.what());
@@ -93,25 +103,53 @@ std::optional<std::string> unusable(const KernelFamily& f, const BestEntry& e, c
       return fmt::format("config [{}] is outside the family's space", e.config);
   }
   if (cfg.size() != f.params().size()) return fmt::format("config [{}] is incomplete", e.config);
-  if (auto why = f.reject(launch, cfg, dev.max_smem_optin > 0 ? dev.max_smem_optin : kHopperMaxSmemOptin))
+  try {
+    const Staleness st = staleness(e, target.toolkit, target.arch);
+    if (st.stale()) return fmt::format("stale: {}", fmt::join(st.reasons, ", "));
+  } catch (const std::exception& ex) {
+    return fmt::format("unreadable entry: {}", ex.what());
+  }
+  if (auto why = f.reject(launch, cfg, target.max_smem > 0 ? target.max_smem : kHopperMaxSmemOptin))
     return fmt::format("[{}] does not fit this problem: {}", e.config, *why);
   return std::nullopt;
 }
 
-ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Problem& launch) {
+BucketChoice choose_bucket(const std::vector<BestEntry>& entries, int64_t t_bucket, const UsableCheck& unusable) {
+  // Exact bucket first (distance 0), then by distance in powers of two, the larger bucket on a tie.
+  std::vector<size_t> order(entries.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const double da = bucket_distance(entries[a].t_bucket, t_bucket);
+    const double db = bucket_distance(entries[b].t_bucket, t_bucket);
+    return da != db ? da < db : entries[a].t_bucket > entries[b].t_bucket;
+  });
+  BucketChoice c;
+  for (size_t i : order) {
+    TileConfig cfg;
+    if (auto why = unusable(entries[i], cfg)) {
+      c.skipped += fmt::format("; skipped the T<={} entry: {}", entries[i].t_bucket, *why);
+      continue;
+    }
+    c.index = i;
+    c.config = std::move(cfg);
+    return c;
+  }
+  return c;
+}
+
+ResolvedConfig resolve_from(const TunedDb& h, const KernelFamily& f, const Problem& problem, const Problem& launch,
+                            const LookupTarget& target) {
   ResolvedConfig r;
   r.config = f.default_config(launch);
   const std::string def = describe(r.config);
-  DbHandle& h = database();
   if (!h.db) {
     r.why = fmt::format("default [{}]: {}", def, h.unavailable);
     return r;
   }
-  const DeviceInfo& dev = current_device();
   const ProblemKey key = problem_key(problem);
   std::vector<BestEntry> entries;
   try {
-    entries = h.db->best_for_shape(dev.model_fingerprint(), f.name(), key.shape);
+    entries = h.db->best_for_shape(target.toolkit.device, f.name(), key.shape);
   } catch (const std::exception& e) {
     r.why = fmt::format("default [{}]: reading {} failed: {}", def, h.db->path().string(), e.what());
     return r;
@@ -120,29 +158,32 @@ ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Prob
     r.why = fmt::format("default [{}]: no tuned entry for this GPU model and problem in {}", def, h.db->path().string());
     return r;
   }
-  // Exact bucket first, then by distance in powers of two (the larger bucket on a tie).
-  const double target = std::log2(static_cast<double>(key.t_bucket));
-  std::stable_sort(entries.begin(), entries.end(), [&](const BestEntry& a, const BestEntry& b) {
-    const double da = std::abs(std::log2(static_cast<double>(a.t_bucket)) - target);
-    const double db = std::abs(std::log2(static_cast<double>(b.t_bucket)) - target);
-    return da != db ? da < db : a.t_bucket > b.t_bucket;
+  const BucketChoice c = choose_bucket(entries, key.t_bucket, [&](const BestEntry& e, TileConfig& cfg) {
+    return unusable_entry(f, e, target, launch, cfg);
   });
-  std::string skipped;
-  for (const BestEntry& e : entries) {
-    TileConfig cfg;
-    if (auto why = unusable(f, e, dev, launch, cfg)) {
-      skipped += fmt::format("; skipped the T<={} entry: {}", e.t_bucket, *why);
-      continue;
-    }
-    r.config = cfg;
-    r.tuned = true;
-    r.why = fmt::format("tuned [{}] from {} ({} bucket T<={}, {:.4f} ms{}){}", e.config, h.db->path().string(),
-                        e.t_bucket == key.t_bucket ? "exact" : "nearest", e.t_bucket, e.median_ms,
-                        e.default_ms > 0 ? fmt::format(", default [{}] {:.4f} ms", def, e.default_ms) : "", skipped);
+  if (!c.index) {
+    r.why = fmt::format("default [{}]: no usable tuned entry{}", def, c.skipped);
     return r;
   }
-  r.why = fmt::format("default [{}]: no usable tuned entry{}", def, skipped);
+  const BestEntry& e = entries[*c.index];
+  r.config = c.config;
+  r.tuned = true;
+  r.why = fmt::format("tuned [{}] from {} ({} bucket T<={}, {:.4f} ms{}){}", e.config, h.db->path().string(),
+                      e.t_bucket == key.t_bucket ? "exact" : "nearest", e.t_bucket, e.median_ms,
+                      e.default_ms > 0 ? fmt::format(", default [{}] {:.4f} ms", def, e.default_ms) : "", c.skipped);
   return r;
+}
+
+namespace {
+
+ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Problem& launch) {
+  const TunedDb& h = database();
+  if (!h.db) return resolve_from(h, f, problem, launch, LookupTarget{});
+  const DeviceInfo& dev = current_device();
+  LookupTarget target;
+  target.toolkit = Toolkit{dev.model_fingerprint(), dev.driver_version, dev.nvrtc_version};
+  if (dev.max_smem_optin > 0) target.max_smem = dev.max_smem_optin;
+  return resolve_from(h, f, problem, launch, target);
 }
 
 }  // namespace

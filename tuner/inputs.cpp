@@ -54,32 +54,46 @@ float bits_to_float(uint16_t b, Dtype dtype) {
   return (b & 0x8000u) ? -f : f;
 }
 
-std::vector<uint16_t> random_normal_bits(size_t n, Dtype dtype, uint64_t seed) {
-  std::vector<uint16_t> out(n);
-  const unsigned workers = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
-  const size_t chunk = (n + workers - 1) / workers;
-  std::vector<std::thread> threads;
-  for (unsigned w = 0; w < workers; ++w) {
-    threads.emplace_back([&, w] {
-      uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(w) << 32);
-      auto next = [&] {  // splitmix64
-        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-      };
-      const size_t end = std::min(n, (w + 1) * chunk);
-      for (size_t i = w * chunk; i < end; i += 2) {
-        const uint64_t r = next();
-        const float u1 = (static_cast<float>(r >> 40) + 0.5f) * (1.0f / 16777216.0f);
-        const float u2 = static_cast<float>((r >> 16) & 0xffffff) * (1.0f / 16777216.0f);
-        const float rad = std::sqrt(-2.0f * std::log(u1));
-        out[i] = float_to_bits(rad * std::cos(6.2831853f * u2), dtype);
-        if (i + 1 < end) out[i + 1] = float_to_bits(rad * std::sin(6.2831853f * u2), dtype);
-      }
-    });
+namespace {
+
+// splitmix64's output function: a bijective mix of 64 bits.
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Elements [begin, end) of the tensor, begin even. Element 2j and 2j+1 are the two Box-Muller values of the j-th
+// word of splitmix64 seeded with mix64(seed): a function of (seed, index) alone.
+void fill_normal(uint16_t* out, size_t begin, size_t end, Dtype dtype, uint64_t seed) {
+  const uint64_t key = mix64(seed + 0x9E3779B97F4A7C15ull);
+  for (size_t i = begin; i < end; i += 2) {
+    const uint64_t r = mix64(key + (static_cast<uint64_t>(i / 2) + 1) * 0x9E3779B97F4A7C15ull);
+    const float u1 = (static_cast<float>(r >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    const float u2 = static_cast<float>((r >> 16) & 0xffffff) * (1.0f / 16777216.0f);
+    const float rad = std::sqrt(-2.0f * std::log(u1));
+    out[i] = float_to_bits(rad * std::cos(6.2831853f * u2), dtype);
+    if (i + 1 < end) out[i + 1] = float_to_bits(rad * std::sin(6.2831853f * u2), dtype);
   }
-  for (auto& t : threads) t.join();
+}
+
+}  // namespace
+
+std::vector<uint16_t> random_normal_bits(size_t n, Dtype dtype, uint64_t seed, unsigned threads) {
+  std::vector<uint16_t> out(n);
+  if (threads == 0) threads = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+  // Chunks of an even size, so that no Box-Muller pair straddles two threads; the values do not depend on them.
+  const size_t chunk = std::max<size_t>(2, ((n + threads - 1) / threads + 1) / 2 * 2);
+  std::vector<std::thread> pool;
+  for (size_t begin = 0; begin < n; begin += chunk) {
+    const size_t end = std::min(n, begin + chunk);
+    if (end == n && pool.empty()) {  // one chunk: no thread
+      fill_normal(out.data(), begin, end, dtype, seed);
+      break;
+    }
+    pool.emplace_back(fill_normal, out.data(), begin, end, dtype, seed);
+  }
+  for (auto& t : pool) t.join();
   return out;
 }
 

@@ -10,8 +10,11 @@
 
 namespace nsajit {
 
-// `n` values of `dtype` drawn from N(0, 1), reproducible from `seed`, as 16-bit patterns.
-std::vector<uint16_t> random_normal_bits(size_t n, Dtype dtype, uint64_t seed);
+// `n` values of `dtype` drawn from N(0, 1), as 16-bit patterns. Element i is a function of (seed, i) alone
+// (counter-based: splitmix64 of the pair index, then Box-Muller), so a seed gives the same tensor on every machine,
+// whatever the number of threads (`threads`; 0: the machine's cores, at most 16) and whatever `n` (a longer tensor
+// starts with a shorter one).
+std::vector<uint16_t> random_normal_bits(size_t n, Dtype dtype, uint64_t seed, unsigned threads = 0);
 
 // A device buffer of `n` such values.
 DeviceBuffer random_device_tensor(size_t n, Dtype dtype, uint64_t seed);

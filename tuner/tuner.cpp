@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <tuple>
 
 #include "cache/cubin_cache.h"
 #include "codegen/codegen.h"
@@ -92,6 +93,10 @@ struct Task {
   std::vector<SpacePoint> rejected;
   std::vector<Candidate> cands;
 };
+
+// Failures of the measuring process, not of the kernel: recorded, never reused (reusable_trial()).
+constexpr std::string_view kPrepareFailed = ": preparing inputs failed: ";
+constexpr std::string_view kCouldNotSend = "could not send to the worker";
 
 std::string compact(const std::string& s, size_t max = 160) {
   std::string one = s;
@@ -210,6 +215,18 @@ private:
     return tr;
   }
 
+  // The trial an earlier run (or this one) recorded for `c` that stands for a measurement at `level`, if any.
+  std::optional<Trial> recorded(const Task& t, const Candidate& c, int level) const {
+    std::optional<Trial> latest = db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, level);
+    if (!latest || reusable_trial(*latest, o_.timeout_s)) return latest;
+    // The latest is a failure of the measuring process: an older genuine result may lie under it.
+    std::vector<Trial> same;
+    for (Trial& tr : db_.trials(t.family->name(), tk_.device))
+      if (tr.toolkit == tk_ && tr.problem == latest->problem && tr.config == c.config && tr.source_hash == c.hash)
+        same.push_back(std::move(tr));
+    return pick_reusable(same, level, o_.timeout_s);
+  }
+
   // Records a non-measured outcome once (a rerun finds it and does not add another).
   void record_once(const Task& t, const Candidate& c, Outcome outcome, const std::string& detail) {
     if (db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, 0)) return;
@@ -313,7 +330,7 @@ private:
       std::vector<size_t> todo;
       for (size_t k = 0; k < idx.size(); ++k) {
         const Candidate& c = t.cands[alive[idx[k]]];
-        if (auto prev = db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, level)) {
+        if (auto prev = recorded(t, c, level)) {
           out[k] = {prev->outcome == Outcome::ok, prev->median_ms};
           ++res.reused, ++done;
           if (prev->outcome == Outcome::ok && (best_cfg.empty() || prev->median_ms < best_ms))
@@ -356,7 +373,7 @@ private:
     std::vector<size_t> finals = sr.finalists;
     if (def_idx && std::find(finals.begin(), finals.end(), *def_idx) == finals.end()) {
       const Candidate& dc = t.cands[alive[*def_idx]];
-      auto prev = db_.find_trial(tk_, t.family->name(), t.problem.describe(), dc.config, dc.hash, 0);
+      auto prev = recorded(t, dc, 0);
       if (prev && prev->outcome == Outcome::ok) finals.push_back(*def_idx);
     }
     json::Array cfgs;
@@ -421,7 +438,7 @@ private:
                                                  {"problem", t.problem.describe()}},
                                     600);
     if (!r.object || r.object->getString("outcome")) {
-      prepare_failure_ = fmt::format("GPU {}: preparing inputs failed: {}", w.device(),
+      prepare_failure_ = fmt::format("GPU {}{}{}", w.device(), kPrepareFailed,
                                      compact(r.object ? r.object->getString("detail").value_or("").str() : r.failure));
       st = {};
       return false;
@@ -471,7 +488,7 @@ private:
         busy[wi]->sent = Clock::now();
         if (!w.send(req)) {
           w.stop();
-          finish(wi, Outcome::launch_error, "could not send to the worker", nullptr);
+          finish(wi, Outcome::launch_error, std::string(kCouldNotSend), nullptr);
         }
       }
       std::vector<pollfd> fds;
@@ -519,6 +536,31 @@ private:
 };
 
 }  // namespace
+
+bool reusable_trial(const Trial& trial, double timeout_s) {
+  const std::string& d = trial.detail;
+  switch (trial.outcome) {
+    case Outcome::timeout: {
+      const std::optional<double> limit = timeout_of_failure(d);
+      return limit && *limit >= timeout_s;
+    }
+    case Outcome::launch_error:
+      return !(d.find(kPrepareFailed) != std::string::npos || d == kCouldNotSend ||
+               d.starts_with(kWorkerStartFailure) || d.starts_with(std::string("worker ") + std::string(kCouldNotRun)));
+    default:
+      return true;
+  }
+}
+
+std::optional<Trial> pick_reusable(const std::vector<Trial>& recorded, int level, double timeout_s) {
+  const Trial* best = nullptr;
+  for (const Trial& t : recorded) {
+    if (t.stage < level || !reusable_trial(t, timeout_s)) continue;
+    if (best == nullptr || std::tie(t.stage, t.created, t.id) > std::tie(best->stage, best->created, best->id))
+      best = &t;
+  }
+  return best ? std::optional<Trial>(*best) : std::nullopt;
+}
 
 std::optional<std::string> prune_after_compile(const KernelFamily& family, const Problem& problem,
                                                const TileConfig& config, const ResourceUsage& u, int max_smem) {

@@ -4,7 +4,7 @@
 // ahead of the GPU, searched by a strategy with measurements in worker processes (tuner/worker.h), gated for
 // correctness, the finalists and the default re-timed interleaved, and everything recorded in the tuning database
 // as it happens. A rerun after an interruption reuses every trial already recorded for the same device, toolkit,
-// problem, config and source hash.
+// problem, config and source hash, except the failures that say nothing about the kernel (reusable_trial()).
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -14,6 +14,7 @@
 #include "codegen/family.h"
 #include "codegen/problem.h"
 #include "runtime/nvrtc_compiler.h"
+#include "tuner/db.h"
 #include "tuner/search.h"
 
 namespace nsajit {
@@ -49,6 +50,19 @@ struct TuneReport {
 // dynamic plus static, exceeds the device's opt-in limit), or nullopt.
 std::optional<std::string> prune_after_compile(const KernelFamily& family, const Problem& problem,
                                                const TileConfig& config, const ResourceUsage& usage, int max_smem);
+
+// Whether a trial recorded by an earlier run stands for a measurement now, when a measurement may take up to
+// `timeout_s`. The kernel's own results are reused: ok, wrong_result, pruned, compile errors, and launch errors
+// and crashes of its measurement. Failures of the measuring process are not, because they say nothing about the
+// kernel: preparing the inputs failed (for example the GPU memory still held by a worker killed a moment before),
+// the worker could not be started, written to or could not create its context. A timeout is reused only when it
+// was recorded under a timeout at least as long as `timeout_s` (the kernel then ran at least that long); a timeout
+// whose limit cannot be read from its detail is not reused.
+bool reusable_trial(const Trial& trial, double timeout_s);
+
+// Of `recorded` (the trials of one candidate), the one a rerun reuses at precision `level`: reusable, at stage >=
+// level, then the highest stage, the newest, the last added (TuningDb::find_trial's order); nullopt if none.
+std::optional<Trial> pick_reusable(const std::vector<Trial>& recorded, int level, double timeout_s);
 
 // Throws UsageError for bad options (unknown family, a family that cannot serve a problem, devices of different
 // models) and DbError for a database it cannot use.

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -153,7 +154,8 @@ int run_worker(int device, int in_fd, int out_fd) {
     json::Object reply;
     bool fatal = false;
     if (!fatal_startup.empty()) {
-      reply = json::Object{{"outcome", "launch_error"}, {"detail", "worker start: " + fatal_startup}, {"fatal", true}};
+      reply = json::Object{
+          {"outcome", "launch_error"}, {"detail", std::string(kWorkerStartFailure) + fatal_startup}, {"fatal", true}};
       fatal = true;
     } else {
       auto parsed = json::parse(line);
@@ -179,6 +181,22 @@ int run_worker(int device, int in_fd, int out_fd) {
 }
 
 // ---- the tuner's side ---------------------------------------------------------------------------------------------
+
+namespace {
+constexpr std::string_view kTimeoutStart = "no reply within ", kTimeoutEnd = " s (hung kernel?): worker killed";
+}
+
+std::string timeout_failure(double timeout_s) { return fmt::format("{}{}{}", kTimeoutStart, timeout_s, kTimeoutEnd); }
+
+std::optional<double> timeout_of_failure(std::string_view detail) {
+  if (!detail.starts_with(kTimeoutStart) || !detail.ends_with(kTimeoutEnd)) return std::nullopt;
+  const std::string_view number =
+      detail.substr(kTimeoutStart.size(), detail.size() - kTimeoutStart.size() - kTimeoutEnd.size());
+  double v = 0;
+  const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), v);
+  if (ec != std::errc() || end != number.data() + number.size() || !(v >= 0)) return std::nullopt;
+  return v;
+}
 
 WorkerProcess::WorkerProcess(std::string exe, int device) : exe_(std::move(exe)), device_(device) {}
 WorkerProcess::~WorkerProcess() { stop(); }
@@ -220,7 +238,7 @@ std::string WorkerProcess::reap() {
     if (WIFSIGNALED(status))
       how = fmt::format("crashed: signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
     else if (WIFEXITED(status))
-      how = WEXITSTATUS(status) == 127 ? fmt::format("could not run {}", exe_)
+      how = WEXITSTATUS(status) == 127 ? fmt::format("{}{}", kCouldNotRun, exe_)
                                        : fmt::format("exited with status {}", WEXITSTATUS(status));
   }
   pid_ = -1;
@@ -267,7 +285,7 @@ std::optional<WorkerProcess::Reply> WorkerProcess::receive_available() {
 void WorkerProcess::kill_for_timeout(double timeout_s, Reply& out) {
   stop();
   out.timed_out = true;
-  out.failure = fmt::format("no reply within {:.0f} s (hung kernel?): worker killed", timeout_s);
+  out.failure = timeout_failure(timeout_s);
 }
 
 WorkerProcess::Reply WorkerProcess::call(const json::Object& request, double timeout_s) {

@@ -19,8 +19,19 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace nsajit {
+
+// Texts of failures, shared by the process that writes them and the tuner that reads recorded trials back.
+// A timeout: "no reply within 0.5 s (hung kernel?): worker killed", the limit written exactly (shortest form).
+std::string timeout_failure(double timeout_s);
+// The limit a timeout_failure() text was written with (also "{:.0f}"-rounded texts of older versions); nullopt for
+// any other text.
+std::optional<double> timeout_of_failure(std::string_view detail);
+// The start of the detail of a worker that could not create its CUDA context, and of a process that could not be run.
+inline constexpr std::string_view kWorkerStartFailure = "worker start: ";
+inline constexpr std::string_view kCouldNotRun = "could not run ";
 
 // The worker's main loop (the hidden `nsajit tune-worker` subcommand). Returns the process exit code.
 int run_worker(int device_ordinal, int in_fd = 3, int out_fd = 4);

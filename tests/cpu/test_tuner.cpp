@@ -1,18 +1,23 @@
 // The tuner's pieces that need no GPU: the measuring process's plumbing (replies, timeouts, crashes, restarts)
-// driven with stand-in worker scripts, the real worker without a GPU, the test-only family's registration, and
-// `nsajit tune`'s argument checks.
+// driven with stand-in worker scripts, the whole orchestration (run_tune: outcomes, resume, several devices) driven
+// with a stand-in worker that fakes a GPU, which trials a rerun reuses, the real worker without a GPU, the
+// test-only family's registration, and `nsajit tune`'s argument checks.
 #include <doctest/doctest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "codegen/family.h"
+#include "tuner/db.h"
 #include "tuner/tuner.h"
 #include "tuner/worker.h"
 #include "tests/cpu/test_util.h"
@@ -218,4 +223,362 @@ TEST_CASE("tune: pruning after the compile: spills, registers, shared memory") {
   const auto m = nsajit::prune_after_compile(f, p, c, big, dyn + 39999);
   REQUIRE(m);
   CHECK_CONTAINS(*m, "shared memory");
+}
+
+// ---- which recorded trials a rerun reuses ---------------------------------------------------------------------------
+
+namespace {
+
+nsajit::Trial trial(nsajit::Outcome outcome, const std::string& detail, int stage = 1, int64_t created = 100,
+                    int64_t id = 1) {
+  nsajit::Trial t;
+  t.outcome = outcome, t.detail = detail, t.stage = stage, t.created = created, t.id = id;
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("tune resume: the kernel's results are reused, failures of the measuring process are not") {
+  using nsajit::Outcome;
+  using nsajit::reusable_trial;
+  // The kernel's own results.
+  CHECK(reusable_trial(trial(Outcome::ok, ""), 30));
+  CHECK(reusable_trial(trial(Outcome::wrong_result, "rel 0.4 > 0.01"), 30));
+  CHECK(reusable_trial(trial(Outcome::pruned, "spills 8 B"), 30));
+  CHECK(reusable_trial(trial(Outcome::compile_error, "error: expected ;"), 30));
+  CHECK(reusable_trial(trial(Outcome::launch_error, "CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access"), 30));
+  CHECK(reusable_trial(trial(Outcome::launch_error, "worker crashed: signal 11 (Segmentation fault)"), 30));
+  // The measuring process's failures, as the tuner and the worker write them.
+  CHECK_FALSE(
+      reusable_trial(trial(Outcome::launch_error, "GPU 1: preparing inputs failed: CUDA_ERROR_OUT_OF_MEMORY"), 30));
+  CHECK_FALSE(reusable_trial(trial(Outcome::launch_error, "could not send to the worker"), 30));
+  CHECK_FALSE(reusable_trial(trial(Outcome::launch_error, "worker start: no CUDA device"), 30));
+  CHECK_FALSE(reusable_trial(trial(Outcome::launch_error, "worker could not run /x/nsajit"), 30));
+  // Timeouts: only under a limit at least as long as today's.
+  const std::string t05 = nsajit::timeout_failure(0.5), t30 = nsajit::timeout_failure(30);
+  CHECK(t05 == "no reply within 0.5 s (hung kernel?): worker killed");
+  CHECK(nsajit::timeout_of_failure(t05) == 0.5);
+  CHECK(nsajit::timeout_of_failure(t30) == 30.0);
+  CHECK(nsajit::timeout_of_failure(nsajit::timeout_failure(2.25)) == 2.25);
+  CHECK_FALSE(nsajit::timeout_of_failure("no reply within x s (hung kernel?): worker killed"));
+  CHECK_FALSE(nsajit::timeout_of_failure("killed"));
+  CHECK(reusable_trial(trial(Outcome::timeout, t05), 0.5));
+  CHECK(reusable_trial(trial(Outcome::timeout, t30), 20));
+  CHECK_FALSE(reusable_trial(trial(Outcome::timeout, t05), 0.6));
+  CHECK_FALSE(reusable_trial(trial(Outcome::timeout, t30), 31));
+  CHECK_FALSE(reusable_trial(trial(Outcome::timeout, "timed out"), 1));  // the limit cannot be read
+}
+
+TEST_CASE("tune resume: under a failure of the measuring process, the newest genuine result is found") {
+  using nsajit::Outcome;
+  const std::string prep = "GPU 0: preparing inputs failed: CUDA_ERROR_OUT_OF_MEMORY";
+  std::vector<nsajit::Trial> recorded = {trial(Outcome::ok, "", 0, 100, 1), trial(Outcome::ok, "", 1, 100, 2),
+                                         trial(Outcome::launch_error, prep, 1, 200, 3),
+                                         trial(Outcome::ok, "", 1, 100, 4)};
+  auto got = nsajit::pick_reusable(recorded, 1, 30);
+  REQUIRE(got);
+  CHECK(got->id == 4);  // the same stage and time: the last added; never the prepare failure
+  got = nsajit::pick_reusable(recorded, 0, 30);
+  REQUIRE(got);
+  CHECK(got->stage == 1);  // the highest stage first
+  recorded = {trial(Outcome::ok, "", 0, 100, 1), trial(Outcome::launch_error, prep, 1, 200, 2)};
+  got = nsajit::pick_reusable(recorded, 0, 30);
+  REQUIRE(got);
+  CHECK(got->id == 1);
+  CHECK_FALSE(nsajit::pick_reusable(recorded, 1, 30));  // a stage below the level does not count
+  CHECK_FALSE(nsajit::pick_reusable({}, 0, 30));
+}
+
+// ---- the orchestration with a stand-in worker that fakes a GPU ------------------------------------------------------
+
+namespace {
+
+// What the stand-in does per request. `measure` maps a pool config ("THREADS=128") to "ok <ms>", "wrong",
+// "fatal" (a fatal launch error: it answers, then exits) or "hang"; "A|B" does A at level 0 (5 repetitions) and B
+// at level 1; a config not in the map is "ok 9". The `fail_prepare`-th prepare request (counted over every process
+// of the script) answers a non-fatal launch error. Every request is logged to <dir>/log as "<device> <op>", a
+// measurement as "<device> measure <config> <reps>".
+struct FakeGpu {
+  std::map<std::string, std::string> measure;
+  int fail_prepare = 0;
+};
+
+std::string stand_in_action(const std::string& what) {
+  if (const size_t bar = what.find('|'); bar != std::string::npos)
+    return "if [ \"$reps\" = 20 ]; then " + stand_in_action(what.substr(bar + 1)) + "; else " +
+           stand_in_action(what.substr(0, bar)) + "; fi";
+  if (what.rfind("ok ", 0) == 0) {
+    const std::string ms = what.substr(3);
+    return "echo '{\"outcome\":\"ok\",\"median\":" + ms + ",\"p20\":" + ms + ",\"p80\":" + ms + ",\"reps\":20}' >&4";
+  }
+  if (what == "wrong") return "echo '{\"outcome\":\"wrong_result\",\"detail\":\"rel 0.5 > 0.01 (stand-in)\"}' >&4";
+  if (what == "fatal")
+    return "echo '{\"outcome\":\"launch_error\",\"detail\":\"CUDA_ERROR_ILLEGAL_ADDRESS (stand-in)\",\"fatal\":true}' "
+           ">&4; exit 3";
+  if (what == "hang") return "exec sleep 30";
+  FAIL("unknown stand-in behaviour " << what);
+  return "";
+}
+
+std::string fake_worker(const TempDir& t, const std::string& name, const FakeGpu& g) {
+  std::string measure_cases, ms_cases;
+  for (const auto& [cfg, what] : g.measure) {
+    measure_cases += "      " + cfg + ") " + stand_in_action(what) + " ;;\n";
+    const std::string last = what.substr(what.find('|') == std::string::npos ? 0 : what.find('|') + 1);
+    if (last.rfind("ok ", 0) == 0) ms_cases += "    " + cfg + ") echo " + last.substr(3) + " ;;\n";
+  }
+  const std::string log = quoted((t.path() / "log").string());
+  const std::string body = "dev=$3\nlog=" + log + R"SH(
+ms() {
+  case "$1" in
+)SH" + ms_cases + R"SH(    *) echo 9 ;;
+  esac
+}
+while IFS= read -r line <&3; do
+  case "$line" in
+  *'"op":"hello"'*)
+    echo "$dev hello" >> "$log"
+    echo '{"arch":"sm_90a","device":"Stand-in GPU|sm_90|132 SMs","driver":13000,"max_smem":232448,'\
+'"name":"Stand-in GPU","nvrtc":"13.0"}' >&4 ;;
+  *'"op":"prepare"'*)
+    echo "$dev prepare" >> "$log"
+    if [ "$(grep -c ' prepare$' "$log")" = ")SH" +
+                           std::to_string(g.fail_prepare) + R"SH(" ]; then
+      echo '{"outcome":"launch_error","detail":"CUDA_ERROR_OUT_OF_MEMORY (stand-in)"}' >&4
+    else
+      echo '{"seconds":0}' >&4
+    fi ;;
+  *'"op":"measure"'*)
+    cfg=${line#*'"config":"'}; cfg=${cfg%%'"'*}
+    reps=${line#*'"reps":'}; reps=${reps%%,*}
+    echo "$dev measure $cfg $reps" >> "$log"
+    case "$cfg" in
+)SH" + measure_cases + R"SH(      *) echo '{"outcome":"ok","median":9,"p20":9,"p80":9,"reps":20}' >&4 ;;
+    esac ;;
+  *'"op":"interleave"'*)
+    echo "$dev interleave" >> "$log"
+    list=${line#*'"configs":['}; list=${list%%']'*}
+    out=""
+    for c in $(echo "$list" | tr -d '"' | tr ',' ' '); do
+      m=$(ms "$c"); out="$out${out:+,}{\"median\":$m,\"p20\":$m,\"p80\":$m,\"reps\":2}"
+    done
+    echo "{\"outcome\":\"ok\",\"results\":[$out]}" >&4 ;;
+  *) echo '{"outcome":"launch_error","detail":"stand-in: unknown request"}' >&4 ;;
+  esac
+done)SH";
+  return t.script(name, body);
+}
+
+// The log's lines since the last call (the log is emptied).
+std::vector<std::string> take_log(const TempDir& t) {
+  std::vector<std::string> lines;
+  std::ifstream in(t.path() / "log");
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::ofstream(t.path() / "log", std::ios::trunc).flush();
+  return lines;
+}
+
+std::vector<std::string> with_op(const std::vector<std::string>& lines, const std::string& op) {
+  std::vector<std::string> out;
+  for (const std::string& l : lines)
+    if (l.find(" " + op) != std::string::npos) out.push_back(l);
+  return out;
+}
+
+// Tunes pool (3 configs: THREADS=128, 256 (the default), 512) on one problem, exhaustively: each is measured
+// once at level 1, in the order 256, 128, 512 (the default first), then the ok ones are re-timed interleaved.
+nsajit::SearchOptions exhaustive() {
+  nsajit::SearchOptions so;
+  so.strategy = nsajit::Strategy::exhaustive;
+  return so;
+}
+
+nsajit::FamilyTuneResult tune_pool(const std::string& worker, const fs::path& db, double timeout_s,
+                                   std::vector<int> devices = {0}, const nsajit::SearchOptions& so = exhaustive()) {
+  nsajit::TuneOptions o;
+  nsajit::Problem p = nsajit::preset("fla");
+  p.T = 1024;
+  o.problems = {p};
+  o.families = {"pool"};
+  o.search = so;
+  o.devices = std::move(devices);
+  o.db_path = db;
+  o.worker_exe = worker;
+  o.timeout_s = timeout_s;
+  o.interleave_rounds = 2;
+  o.live_progress = false;
+  const nsajit::TuneReport r = nsajit::run_tune(o);
+  REQUIRE(r.results.size() == 1);
+  return r.results.front();
+}
+
+// The level-1 trials (stage 1) recorded, by config.
+std::map<std::string, std::vector<nsajit::Trial>> stage1(const fs::path& db) {
+  std::map<std::string, std::vector<nsajit::Trial>> out;
+  for (nsajit::Trial& t : nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only).trials("pool"))
+    if (t.stage == 1) out[t.config].push_back(std::move(t));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("tune (stand-in GPU): each outcome is recorded as what it was") {
+  TempDir t;
+  const fs::path db = t.path() / "tune.db";
+  const std::string w =
+      fake_worker(t, "w", {{{"THREADS=128", "wrong"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "hang"}}, 0});
+  const auto start = std::chrono::steady_clock::now();
+  const nsajit::FamilyTuneResult r = tune_pool(w, db, 0.5);
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 60);
+  CHECK(r.measured == 3);
+  CHECK(r.reused == 0);
+  CHECK(r.failed == 2);
+  CHECK(r.best_config == "THREADS=256");
+  CHECK(r.best_ms == doctest::Approx(2.0));
+  const auto trials = stage1(db);
+  REQUIRE(trials.size() == 3);
+  REQUIRE(trials.at("THREADS=128").size() == 1);
+  CHECK(trials.at("THREADS=128")[0].outcome == nsajit::Outcome::wrong_result);
+  CHECK_CONTAINS(trials.at("THREADS=128")[0].detail, "rel 0.5 > 0.01 (stand-in)");
+  REQUIRE(trials.at("THREADS=512").size() == 1);
+  CHECK(trials.at("THREADS=512")[0].outcome == nsajit::Outcome::timeout);
+  CHECK(trials.at("THREADS=512")[0].detail == nsajit::timeout_failure(0.5));
+  REQUIRE(trials.at("THREADS=256").size() == 1);
+  CHECK(trials.at("THREADS=256")[0].outcome == nsajit::Outcome::ok);
+  CHECK(trials.at("THREADS=256")[0].median_ms == doctest::Approx(2.0));
+  const auto best = nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only).all_best();
+  REQUIRE(best.size() == 1);
+  CHECK(best[0].config == "THREADS=256");
+  // The hung worker was killed and a new one served the rest (it prepared again).
+  CHECK(with_op(take_log(t), "prepare").size() == 2);
+}
+
+TEST_CASE("tune (stand-in GPU): a rerun reuses the kernel's results and timeouts under a limit as long") {
+  TempDir t;
+  const fs::path db = t.path() / "tune.db";
+  const std::string bad =
+      fake_worker(t, "bad", {{{"THREADS=128", "wrong"}, {"THREADS=256", "fatal"}, {"THREADS=512", "hang"}}, 0});
+  const std::string good =
+      fake_worker(t, "good", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}}, 0});
+  nsajit::FamilyTuneResult r = tune_pool(bad, db, 0.5);
+  CHECK(r.measured == 3);
+  CHECK(r.failed == 3);
+  CHECK(with_op(take_log(t), "measure").size() == 3);
+  {
+    const auto trials = stage1(db);
+    REQUIRE(trials.size() == 3);
+    CHECK(trials.at("THREADS=256")[0].outcome == nsajit::Outcome::launch_error);
+  }
+  // Now every config would pass: but a wrong result, a launch error of the kernel and a timeout under the same
+  // limit are results, not measured again.
+  r = tune_pool(good, db, 0.5);
+  CHECK(r.measured == 0);
+  CHECK(r.reused == 3);
+  CHECK(r.failed == 3);
+  CHECK(with_op(take_log(t), "measure").empty());
+  // A longer limit measures the timed-out config again, and only that one.
+  r = tune_pool(good, db, 2.0);
+  CHECK(r.measured == 1);
+  CHECK(r.reused == 2);
+  CHECK(with_op(take_log(t), "measure") == std::vector<std::string>{"0 measure THREADS=512 20"});
+  CHECK(r.best_config == "THREADS=512");
+  // And then nothing is measured again.
+  r = tune_pool(good, db, 2.0);
+  CHECK(r.measured == 0);
+  CHECK(r.reused == 3);
+  CHECK(with_op(take_log(t), "measure").empty());
+  CHECK(stage1(db).at("THREADS=512").size() == 2);  // the timeout and the ok, both kept
+}
+
+TEST_CASE("tune (stand-in GPU): a config that failed only because its worker could not prepare is measured again") {
+  TempDir t;
+  const fs::path db = t.path() / "tune.db";
+  // 256 kills the worker (a fatal launch error); the new worker's prepare fails once (memory still held, say), so
+  // 128 is recorded as a launch error that says nothing about 128; 512 then finds the worker prepared again.
+  const std::string bad =
+      fake_worker(t, "bad", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "fatal"}, {"THREADS=512", "ok 1.0"}}, 2});
+  const std::string good =
+      fake_worker(t, "good", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}}, 0});
+  nsajit::FamilyTuneResult r = tune_pool(bad, db, 5);
+  CHECK(r.measured == 3);
+  CHECK(r.failed == 2);
+  CHECK(with_op(take_log(t), "measure") ==
+        std::vector<std::string>{"0 measure THREADS=256 20", "0 measure THREADS=512 20"});
+  {
+    const auto trials = stage1(db);
+    REQUIRE(trials.at("THREADS=128").size() == 1);
+    CHECK(trials.at("THREADS=128")[0].outcome == nsajit::Outcome::launch_error);
+    CHECK_CONTAINS(trials.at("THREADS=128")[0].detail, "GPU 0: preparing inputs failed: CUDA_ERROR_OUT_OF_MEMORY");
+  }
+  r = tune_pool(good, db, 5);
+  CHECK(with_op(take_log(t), "measure") == std::vector<std::string>{"0 measure THREADS=128 20"});
+  CHECK(r.measured == 1);
+  CHECK(r.reused == 2);
+  CHECK(r.failed == 1);  // 256's launch error stands
+  CHECK(r.best_config == "THREADS=512");
+  const auto trials = stage1(db);
+  REQUIRE(trials.at("THREADS=128").size() == 2);
+  CHECK(trials.at("THREADS=128")[1].outcome == nsajit::Outcome::ok);
+  // The third run reuses everything.
+  r = tune_pool(good, db, 5);
+  CHECK(r.measured == 0);
+  CHECK(with_op(take_log(t), "measure").empty());
+}
+
+TEST_CASE("tune (stand-in GPU): two devices share the trials, each measured once") {
+  TempDir t;
+  const fs::path db = t.path() / "tune.db";
+  const std::string good =
+      fake_worker(t, "good", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}}, 0});
+  const nsajit::FamilyTuneResult r = tune_pool(good, db, 5, {0, 1});
+  CHECK(r.measured == 3);
+  CHECK(r.failed == 0);
+  CHECK(r.best_config == "THREADS=512");
+  CHECK(r.default_ms == doctest::Approx(2.0));
+  const std::vector<std::string> log = take_log(t);
+  CHECK(with_op(log, "hello").size() == 2);
+  std::vector<std::string> measured = with_op(log, "measure");
+  CAPTURE(measured.size());
+  size_t on0 = 0, on1 = 0;
+  std::vector<std::string> configs;
+  for (const std::string& l : measured) {
+    (l[0] == '0' ? on0 : on1) += 1;
+    configs.push_back(l.substr(l.find("THREADS"), l.rfind(' ') - l.find("THREADS")));
+  }
+  std::sort(configs.begin(), configs.end());
+  CHECK(configs == std::vector<std::string>{"THREADS=128", "THREADS=256", "THREADS=512"});
+  CHECK(on0 >= 1);
+  CHECK(on1 >= 1);
+  CHECK(with_op(log, "interleave") == std::vector<std::string>{"0 interleave"});  // re-timed on one GPU
+  const auto trials = stage1(db);
+  REQUIRE(trials.size() == 3);
+  for (const auto& [cfg, list] : trials) {
+    CAPTURE(cfg);
+    CHECK(list.size() == 1);
+  }
+}
+
+TEST_CASE("tune (stand-in GPU): halving reuses a brief result recorded under a later prepare failure") {
+  TempDir t;
+  const fs::path db = t.path() / "tune.db";
+  nsajit::SearchOptions halving;
+  halving.strategy = nsajit::Strategy::halving;
+  halving.eta = 2;
+  halving.finalists = 1;
+  // Round 0 (brief, level 0) measures all three; round 1 (level 1) the best two, best first: 512, which kills its
+  // worker, then 128, whose new worker fails to prepare once.
+  const std::string bad = fake_worker(
+      t, "bad", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0|fatal"}}, 2});
+  const std::string good =
+      fake_worker(t, "good", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}}, 0});
+  tune_pool(bad, db, 5, {0}, halving);
+  CHECK(with_op(take_log(t), "measure") ==
+        std::vector<std::string>{"0 measure THREADS=256 5", "0 measure THREADS=128 5", "0 measure THREADS=512 5",
+                                 "0 measure THREADS=512 20"});
+  // The rerun reuses round 0 whole (128's brief result lies under its level-1 prepare failure; 512's level-1
+  // launch error is its result at level 0 too) and measures at level 1 the two configs still in the race.
+  const nsajit::FamilyTuneResult r = tune_pool(good, db, 5, {0}, halving);
+  CHECK(with_op(take_log(t), "measure") ==
+        std::vector<std::string>{"0 measure THREADS=128 20", "0 measure THREADS=256 20"});
+  CHECK(r.best_config == "THREADS=128");
 }
