@@ -87,6 +87,12 @@ struct Inputs {
   const double* k_win = nullptr, *v_win = nullptr;  // default k / v
   const double* k_cmp = nullptr, *v_cmp = nullptr;  // [Nc,H,dk|dv]; default mean_pool(k) / mean_pool(v)
   const double* g_cmp = nullptr, *g_slc = nullptr, *g_win = nullptr;  // [T,HQ]; null disables the branch
+  // A fixed branch-2 selection idx [T,H,n] / cnt [T,H] (both or neither), e.g. the GPU's, or the forward's own
+  // to hold the selection fixed while differentiating. When given, forward() attends over these blocks instead
+  // of the ones select_blocks chooses (Outputs.sel.idx/cnt are copies of them; sel.score is still computed);
+  // nothing else changes. Null: select_blocks(q, k_cmp, lse_cmp) chooses.
+  const int32_t* idx = nullptr;
+  const int32_t* cnt = nullptr;
 };
 
 struct Outputs {
@@ -94,7 +100,7 @@ struct Outputs {
   std::vector<double> o_cmp, o_slc, o_win;        // [T,HQ,dv] every branch, computed even when disabled
   std::vector<double> lse_cmp, lse_slc, lse_win;  // [T,HQ]
   std::vector<double> k_cmp, v_cmp;               // [Nc,H,dk|dv] the compressed tensors used
-  Selection sel;                                  // chosen by select_blocks(q, k_cmp, lse_cmp)
+  Selection sel;                                  // chosen by select_blocks(q, k_cmp, lse_cmp), or Inputs.idx/cnt
 };
 
 // o = g_cmp*o_cmp + g_slc*o_slc + g_win*o_win over the non-null gates (w == 0 also disables the window).
@@ -108,7 +114,8 @@ std::vector<int64_t> cmp_cu_seqlens(const std::vector<int32_t>& cu_seqlens, int 
 
 // Varlen: cfg.T is the packed total (must equal cu_seqlens.back()). Tensors of `packed` are [total_T, ...]
 // (k_cmp/v_cmp, if given, are [total_Nc, ...] at the offsets of cmp_cu_seqlens); every sequence is handled
-// on its own, result i is forward() of sequence i.
+// on its own, result i is forward() of sequence i. A fixed selection Inputs.idx/cnt is packed [total_T,H,n] /
+// [total_T,H] like the other per-token tensors.
 std::vector<Outputs> forward_varlen(const Config& cfg, const std::vector<int32_t>& cu_seqlens,
                                     const Inputs& packed);
 // Concatenates per-sequence outputs along T into the packed layout (k_cmp/v_cmp at cmp_cu_seqlens
