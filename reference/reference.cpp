@@ -380,6 +380,12 @@ Outputs forward(const Config& cfg, const Inputs& in) {
 
   compressed_attention(cfg, in.q, out.k_cmp.data(), out.v_cmp.data(), out.o_cmp.data(), out.lse_cmp.data());
   out.sel = select_blocks(cfg, in.q, out.k_cmp.data(), out.lse_cmp.data());
+  if (in.idx || in.cnt) {  // a fixed selection replaces the chosen one; selected_attention validates it
+    require(in.idx, "forward: Inputs.idx (Inputs.cnt is given)");
+    require(in.cnt, "forward: Inputs.cnt (Inputs.idx is given)");
+    std::copy(in.idx, in.idx + out.sel.idx.size(), out.sel.idx.begin());
+    std::copy(in.cnt, in.cnt + out.sel.cnt.size(), out.sel.cnt.begin());
+  }
   selected_attention(cfg, in.q, k_slc, v_slc, out.sel.idx.data(), out.sel.cnt.data(), out.o_slc.data(),
                      out.lse_slc.data());
   window_attention(cfg, in.q, k_win, v_win, out.o_win.data(), out.lse_win.data());
@@ -435,6 +441,8 @@ std::vector<Outputs> forward_varlen(const Config& cfg, const std::vector<int32_t
     in.g_cmp = off(p.g_cmp, s, cfg.HQ);
     in.g_slc = off(p.g_slc, s, cfg.HQ);
     in.g_win = off(p.g_win, s, cfg.HQ);
+    in.idx = p.idx ? p.idx + s * cfg.H * cfg.n : nullptr;
+    in.cnt = p.cnt ? p.cnt + s * cfg.H : nullptr;
     outs.push_back(forward(c, in));
   }
   return outs;

@@ -87,6 +87,12 @@ struct Inputs {
   const double* k_win = nullptr, *v_win = nullptr;  // default k / v
   const double* k_cmp = nullptr, *v_cmp = nullptr;  // [Nc,H,dk|dv]; default mean_pool(k) / mean_pool(v)
   const double* g_cmp = nullptr, *g_slc = nullptr, *g_win = nullptr;  // [T,HQ]; null disables the branch
+  // A fixed branch-2 selection idx [T,H,n] / cnt [T,H] (both or neither), e.g. the GPU's, or the forward's own
+  // to hold the selection fixed while differentiating. When given, forward() attends over these blocks instead
+  // of the ones select_blocks chooses (Outputs.sel.idx/cnt are copies of them; sel.score is still computed);
+  // nothing else changes. Null: select_blocks(q, k_cmp, lse_cmp) chooses.
+  const int32_t* idx = nullptr;
+  const int32_t* cnt = nullptr;
 };
 
 struct Outputs {
@@ -94,7 +100,7 @@ struct Outputs {
   std::vector<double> o_cmp, o_slc, o_win;        // [T,HQ,dv] every branch, computed even when disabled
   std::vector<double> lse_cmp, lse_slc, lse_win;  // [T,HQ]
   std::vector<double> k_cmp, v_cmp;               // [Nc,H,dk|dv] the compressed tensors used
-  Selection sel;                                  // chosen by select_blocks(q, k_cmp, lse_cmp)
+  Selection sel;                                  // chosen by select_blocks(q, k_cmp, lse_cmp), or Inputs.idx/cnt
 };
 
 // o = g_cmp*o_cmp + g_slc*o_slc + g_win*o_win over the non-null gates (w == 0 also disables the window).
@@ -108,11 +114,70 @@ std::vector<int64_t> cmp_cu_seqlens(const std::vector<int32_t>& cu_seqlens, int 
 
 // Varlen: cfg.T is the packed total (must equal cu_seqlens.back()). Tensors of `packed` are [total_T, ...]
 // (k_cmp/v_cmp, if given, are [total_Nc, ...] at the offsets of cmp_cu_seqlens); every sequence is handled
-// on its own, result i is forward() of sequence i.
+// on its own, result i is forward() of sequence i. A fixed selection Inputs.idx/cnt is packed [total_T,H,n] /
+// [total_T,H] like the other per-token tensors.
 std::vector<Outputs> forward_varlen(const Config& cfg, const std::vector<int32_t>& cu_seqlens,
                                     const Inputs& packed);
 // Concatenates per-sequence outputs along T into the packed layout (k_cmp/v_cmp at cmp_cu_seqlens
 // offsets; sel.score is concatenated flat because NS differs per sequence, sel.num_sel is set to 0).
 Outputs concat_outputs(const std::vector<Outputs>& parts);
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward (NSA.md "Backward"), reference/backward.cpp. The selection is held fixed: no gradient flows through
+// idx/cnt, and k_cmp/v_cmp get their gradient through branch 1 only.
+
+// One branch's attention backward, the standard one. For each (t, h) with a non-empty key set:
+//   P = exp(scale * q K^T - lse), delta = <do_b, o>, dS = P * (do_b V^T - delta),
+//   dq = scale * dS K,  dK += scale * dS^T q,  dV += P^T do_b,
+// with o [T,HQ,dv] / lse [T,HQ] the branch's forward output (before gating) and log-sum-exp, and
+// do_b [T,HQ,dv] = g_b * do. A row with an empty key set contributes nothing (its lse is not read); a row
+// with keys whose lse is not finite throws std::invalid_argument. Every element of dq [T,HQ,dk] and of
+// dk/dv (the shapes of the k/v given) is written: these overwrite, they do not accumulate.
+void window_attention_backward(const Config& cfg, const double* q, const double* k, const double* v,
+                               const double* o, const double* lse, const double* do_b, double* dq, double* dk,
+                               double* dv);
+// dk_cmp [Nc,H,dk], dv_cmp [Nc,H,dv].
+void compressed_attention_backward(const Config& cfg, const double* q, const double* k_cmp, const double* v_cmp,
+                                   const double* o, const double* lse, const double* do_b, double* dq,
+                                   double* dk_cmp, double* dv_cmp);
+// Over the given blocks idx [T,H,n] / cnt [T,H], keys s <= t only; same validation as selected_attention.
+void selected_attention_backward(const Config& cfg, const double* q, const double* k, const double* v,
+                                 const int32_t* idx, const int32_t* cnt, const double* o, const double* lse,
+                                 const double* do_b, double* dq, double* dk, double* dv);
+// Mean-pool backward: dx[s] = sum over the compressed blocks i that cover token s of dx_cmp[i] / l (zero for
+// a token in no block). dx_cmp [Nc,H,dim] in, dx [T,H,dim] overwritten.
+void mean_pool_backward(const Config& cfg, const double* dx_cmp, int dim, double* dx);
+// The gate split of one branch: do_b[t,h] = g[t,h] * do[t,h] and dg[t,h] = <do[t,h], o_b[t,h]> with o_b the
+// branch output before gating. do_b [T,HQ,dv] and dg [T,HQ] are written; either may be nullptr.
+void gate_backward(const Config& cfg, const double* do_, const double* g, const double* o_b, double* do_b,
+                   double* dg);
+
+struct Grads {
+  std::vector<double> dq;              // [T,HQ,dk]
+  // [T,H,dk|dv] gradient w.r.t. Inputs.k / Inputs.v: the branches that default to them (selected when no
+  // k_slc/v_slc, window when no k_win/v_win) and, when k_cmp/v_cmp is not given, the mean pool folded back.
+  std::vector<double> dk, dv;
+  // [T,H,dk|dv] w.r.t. Inputs.k_slc, v_slc, k_win, v_win; each one empty when that input is null (its
+  // gradient is then in dk/dv). Given pointers are separate tensors even if they alias Inputs.k/v.
+  std::vector<double> dk_slc, dv_slc, dk_win, dv_win;
+  // [Nc,H,dk|dv] w.r.t. the compressed tensors used (Outputs.k_cmp/v_cmp): the caller's k_cmp/v_cmp when
+  // given, otherwise the mean pool's output (already folded into dk/dv; reported for the GPU tests).
+  std::vector<double> dk_cmp, dv_cmp;
+  // [T,HQ] dg_b = <do, o_b>; empty when the gate is null. w == 0 gives dg_win = 0 (the forward ignores g_win).
+  std::vector<double> dg_cmp, dg_slc, dg_win;
+};
+
+// Gradients of L with dL/do = do_ [T,HQ,dv], for `in` and fwd = forward(cfg, in) (the selection is
+// fwd.sel's; pass Inputs.idx/cnt to forward() to hold another one, e.g. the GPU's). A null gate (and w == 0
+// for the window) disables its branch: zero gradients from it. Throws std::invalid_argument when fwd does not
+// have the shapes of cfg, or when in.idx/cnt is given and fwd.sel differs from it.
+Grads backward(const Config& cfg, const Inputs& in, const Outputs& fwd, const double* do_);
+
+// Varlen: packed tensors as in forward_varlen, fwd = forward_varlen(cfg, cu_seqlens, packed), do_ packed
+// [total_T,HQ,dv]. Result i is backward() of sequence i.
+std::vector<Grads> backward_varlen(const Config& cfg, const std::vector<int32_t>& cu_seqlens, const Inputs& packed,
+                                   const std::vector<Outputs>& fwd, const double* do_);
+// Concatenates per-sequence gradients along T into the packed layout (dk_cmp/dv_cmp at cmp_cu_seqlens offsets).
+Grads concat_grads(const std::vector<Grads>& parts);
 
 }  // namespace nsajit::ref
