@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "codegen/family.h"
+#include "reference/reference.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
@@ -241,4 +242,210 @@ TEST_CASE("win_fwd / cmp_fwd: a tile config outside the space is a usage error, 
   const TileConfig pool_bad{{"THREADS", 100}};
   CHECK_CONTAINS(refusal_of([&] { mean_pool(c.p, pool_args(c), nullptr, &pool_bad); }),
                  "pool: tile config [THREADS=100] needs THREADS in {128, 256, 512}");
+}
+
+// ---- moved from tests/gpu/test_select.cpp (they need no GPU) -------------------------------------------------
+
+namespace {
+
+struct BlockShape {
+  int l, d, lsel;
+};
+const BlockShape kShapes[] = {{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}};
+const int kDks[] = {64, 128, 192, 256};
+
+Problem select_problem(Dtype dtype, int dk, int G, int H, int64_t T, BlockShape s, int n, int64_t B = 1) {
+  Problem p = preset("fla");
+  p.dtype = dtype, p.dk = dk, p.dv = 128, p.H = H, p.HQ = G * H, p.T = T, p.B = B;
+  p.l = s.l, p.d = s.d, p.lsel = s.lsel, p.n = n;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("select: bad arguments are refused with the argument named") {
+  Problem p = select_problem(Dtype::bf16, 128, 16, 4, 64, kShapes[1], 16);
+  SelectArgs a;
+  a.q = contiguous(fake(0x10000), p.T, p.HQ, p.dk);
+  a.k_cmp = contiguous(fake(0x20000), 1, p.H, p.dk);
+  a.lse_cmp = static_cast<const float*>(fake(0x30000));
+  a.lse_stride_t = p.HQ, a.lse_stride_b = p.T * p.HQ;
+  a.idx = static_cast<int32_t*>(fake(0x40000));
+  a.cnt = static_cast<int32_t*>(fake(0x50000));
+  auto error = [&](const Problem& prob, const SelectArgs& args, const TileConfig* config = nullptr) {
+    return refusal_of([&] { select_blocks(prob, args, nullptr, config); });
+  };
+
+  SUBCASE("pointers and strides") {
+    SelectArgs b = a;
+    b.q.data = nullptr;
+    CHECK_CONTAINS(error(p, b), "q is a null pointer");
+    b = a;
+    b.k_cmp.data = fake(0x20008);
+    CHECK_CONTAINS(error(p, b), "k_cmp is not 16-byte aligned");
+    b = a;
+    b.q.stride_h = 12;
+    CHECK_CONTAINS(error(p, b), "q's head stride 12");
+    b = a;
+    b.k_cmp.stride_t = -8;
+    CHECK_CONTAINS(error(p, b), "k_cmp's sequence stride -8");
+    b = a;
+    b.lse_cmp = nullptr;
+    CHECK_CONTAINS(error(p, b), "lse_cmp is a null pointer");
+    b = a;
+    b.lse_cmp = static_cast<const float*>(fake(0x30002));
+    CHECK_CONTAINS(error(p, b), "lse_cmp is not 4-byte aligned");
+    b = a;
+    b.lse_stride_t = -1;
+    CHECK_CONTAINS(error(p, b), "lse_cmp's batch and sequence strides");
+    b = a;
+    b.idx = nullptr;
+    CHECK_CONTAINS(error(p, b), "idx is a null pointer");
+    b = a;
+    b.cnt = static_cast<int32_t*>(fake(0x50001));
+    CHECK_CONTAINS(error(p, b), "cnt is not 4-byte aligned");
+  }
+  SUBCASE("unsupported problems name the parameter and the supported values") {
+    Problem q = p;
+    q.dk = 96;
+    CHECK_CONTAINS(error(q, a), "dk = 96: supported are 64, 128, 192, 256");
+    q = p;
+    q.l = 32, q.d = 16, q.lsel = 32;
+    CHECK_CONTAINS(error(q, a), "(l, d, l') = (32, 16, 32): supported are (32, 16, 64), (64, 64, 64), (32, 32, 64), "
+                                "(64, 32, 64)");
+    q = p;
+    q.n = 12;
+    CHECK_CONTAINS(error(q, a), "n = 12: supported are 8, 16, 32");
+    q = p;
+    q.H = 5;
+    CHECK_CONTAINS(error(q, a), "not a multiple of H");
+  }
+  SUBCASE("varlen") {
+    SelectArgs b = a;
+    b.cu_seqlens = &kDeviceStub;
+    const std::vector<int32_t> good{0, 20, 64}, one{0}, nonzero{4, 20, 64}, decreasing{0, 30, 20, 64},
+        short_total{0, 20, 60};
+    Problem batched = p;
+    batched.B = 2;
+    b.cu_seqlens_host = good;
+    CHECK_CONTAINS(error(batched, b), "varlen needs B = 1");
+    b.cu_seqlens_host = one;
+    CHECK_CONTAINS(error(p, b), "N + 1 >= 2");
+    b.cu_seqlens_host = nonzero;
+    CHECK_CONTAINS(error(p, b), "cu_seqlens[0] = 4 must be 0");
+    b.cu_seqlens_host = decreasing;
+    CHECK_CONTAINS(error(p, b), "cu_seqlens[2] = 20 < cu_seqlens[1] = 30");
+    b.cu_seqlens_host = short_total;
+    CHECK_CONTAINS(error(p, b), "ends at 60 but T = 64");
+    SelectArgs c = a;
+    c.cu_seqlens_host = good;
+    CHECK_CONTAINS(error(p, c), "cu_seqlens_host given without the device cu_seqlens");
+  }
+  SUBCASE("tile configs") {
+    const TileConfig too_big{{"W", 8}, {"KS", 1}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
+    Problem g1 = select_problem(Dtype::bf16, 128, 1, 4, 131072, kShapes[1], 16);
+    const std::string e = error(g1, a, &too_big);
+    CHECK_CONTAINS(e, "tile config [BN=64 KS=1 OCC=1 QREGS=0 W=8] is not valid");
+    CHECK_CONTAINS(e, "shared memory");
+    const TileConfig spills{{"W", 8}, {"KS", 1}, {"BN", 64}, {"QREGS", 1}, {"OCC", 2}};
+    CHECK_CONTAINS(error(p, a, &spills), "do not fit 128 registers");
+    const TileConfig splits{{"W", 2}, {"KS", 4}, {"BN", 32}, {"QREGS", 1}, {"OCC", 2}};
+    CHECK_CONTAINS(error(p, a, &splits), "KS = 4 key splits need W >= KS");
+    const TileConfig partial{{"W", 8}, {"BN", 64}};
+    CHECK_CONTAINS(error(p, a, &partial), "needs KS in {1, 2, 4}");
+    const TileConfig outside{{"W", 3}, {"KS", 1}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}};
+    CHECK_CONTAINS(error(p, a, &outside), "needs W in {2, 4, 8}");
+    const TileConfig extra{{"W", 8}, {"KS", 1}, {"BN", 64}, {"QREGS", 0}, {"OCC", 1}, {"BM", 64}};
+    CHECK_CONTAINS(error(p, a, &extra), "has parameters the family does not know");
+  }
+}
+
+// The family's bookkeeping, checked on the host.
+TEST_CASE("select family: work counts, geometry and default configs") {
+  const KernelFamily& f = find_family("select");
+  for (BlockShape s : kShapes)
+    for (int64_t T : {1, 31, 32, 33, 100, 4096, 4099}) {
+      const Problem p = select_problem(Dtype::bf16, 192, 4, 2, T, s, 16, 3);
+      double blocks = 0;
+      for (int64_t t = 0; t < T; ++t) blocks += static_cast<double>(ref::visible_cmp_blocks(t, s.l, s.d));
+      CAPTURE(p.describe());
+      CHECK(f.flops(p) == doctest::Approx(3.0 * 8 * blocks * 2 * 192));
+      const double nc = static_cast<double>(ref::num_cmp_blocks(T, s.l, s.d));
+      CHECK(f.min_bytes(p) == doctest::Approx(3.0 * T * (8 * 192 * 2 + 8 * 4 + 2 * 17 * 4) + 3.0 * nc * 2 * 192 * 2));
+    }
+  // Defaults are valid for every supported problem shape up to T = 131072 (G = 1 included, the largest scores).
+  for (int dk : kDks)
+    for (int G : {1, 2, 3, 4, 8, 16, 32, 64})
+      for (BlockShape s : kShapes)
+        for (int64_t T : {1, 4096, 65536, 131072}) {
+          const Problem p = select_problem(Dtype::fp16, dk, G, 1, T, s, 32);
+          const TileConfig c = f.default_config(p);
+          const auto why = f.reject(p, c, kHopperMaxSmemOptin);
+          CAPTURE(p.describe());
+          CHECK_MESSAGE(!why, describe(c) << ": " << *why);
+          const LaunchGeometry g = f.geometry(p, c);
+          const int64_t P = static_cast<int64_t>(c.at("W") / c.at("KS")) * (16 * ((G + 15) / 16) / G);
+          CHECK(g.grid.x == static_cast<unsigned>((T + P - 1) / P));
+          CHECK(g.block.x == static_cast<unsigned>(32 * c.at("W")));
+          CHECK(g.smem_bytes >= P * select_score_row_floats(T, s.lsel) * 4);
+        }
+  CHECK(select_score_row_floats(1, 64) == 4);
+  CHECK(select_score_row_floats(65536, 64) == 1024);
+  CHECK(select_score_row_floats(65537, 64) == 1028);
+}
+
+// ---- moved from tests/gpu/test_slc_fwd.cpp -------------------------------------------------------------------
+
+// Every refusal names the argument (no launch happens, so the pointers are never dereferenced).
+TEST_CASE("slc_fwd: argument validation") {
+  auto slc_problem = [](int G, int H, int64_t T) {
+    Problem p = preset("fla");
+    p.dk = 128, p.dv = 128, p.HQ = G * H, p.H = H, p.T = T, p.B = 1, p.n = 16;
+    return p;
+  };
+  const Problem p = slc_problem(4, 2, 100);
+  alignas(16) static char buffer[64];
+  const int32_t* ids = reinterpret_cast<const int32_t*>(buffer);
+  SlcFwdArgs a;
+  a.q = contiguous(buffer, p.T, p.HQ, p.dk), a.k = contiguous(buffer, p.T, p.H, p.dk);
+  a.v = contiguous(buffer, p.T, p.H, p.dv), a.o_slc = contiguous(buffer, p.T, p.HQ, p.dv);
+  a.idx = ids, a.cnt = ids;
+  auto err = [&](const Problem& pp, const SlcFwdArgs& aa, const TileConfig* c = nullptr) {
+    return refusal_of([&] { slc_fwd(pp, aa, nullptr, c); });
+  };
+  auto with = [&](auto edit) {
+    SlcFwdArgs b = a;
+    edit(b);
+    return err(p, b);
+  };
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.q.data = nullptr; }), "q is a null pointer");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.k.data = buffer + 2; }), "k is not 16-byte aligned");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.v.stride_t = 12; }), "v's sequence stride 12");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.idx = nullptr; }), "idx is a null pointer");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.cnt = nullptr; }), "cnt is a null pointer");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.gate = buffer; }), "gate is given without out");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.out = b.o_slc; }), "out is given without gate");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.accumulate = true; }), "accumulate");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.o_slc.data = nullptr; }), "o_slc and lse are null pointers");
+  CHECK_CONTAINS(with([](SlcFwdArgs& b) { b.lse = reinterpret_cast<float*>(buffer + 2); }),
+                 "lse is not 4-byte aligned");
+  Problem bad = p;
+  bad.n = 12;
+  CHECK_CONTAINS(err(bad, a), "n = 12");
+  bad = p, bad.lsel = 48, bad.l = bad.d = 16;
+  CHECK_CONTAINS(err(bad, a), "l' = 48");
+  bad = p, bad.dk = 96;
+  CHECK_CONTAINS(err(bad, a), "(dk, dv) = (96, 128)");
+  bad = p, bad.B = 2;
+  SlcFwdArgs varlen = a;
+  const std::vector<int32_t> cu = {0, 50, 100};
+  varlen.cu_seqlens = ids, varlen.cu_seqlens_host = cu;
+  CHECK_CONTAINS(err(bad, varlen), "varlen needs B = 1");
+  const std::vector<int32_t> short_cu = {0, 50, 90};
+  varlen.cu_seqlens_host = short_cu;
+  CHECK_CONTAINS(err(p, varlen), "cu_seqlens ends at 90");
+  const Problem g32 = slc_problem(32, 1, 100);
+  TileConfig small = find_family("slc_fwd").default_config(g32);
+  small["BM"] = 16;
+  CHECK_CONTAINS(err(g32, a, &small), "BM = 16 cannot hold the 32 heads");
 }

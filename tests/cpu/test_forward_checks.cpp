@@ -29,6 +29,7 @@ std::string refusal_of(const std::function<void()>& f) {
 }
 
 void* fake(uintptr_t address) { return reinterpret_cast<void*>(address); }
+const int32_t kDeviceStub = 0;  // a non-null device cu_seqlens (never read)
 
 Problem small_problem() {
   Problem p = preset("fla");
@@ -211,4 +212,24 @@ TEST_CASE("forward: scratch sizes past 64 bits are refused, never wrapped") {
   CHECK_CONTAINS(refusal_of([&] { forward(p, f, nullptr); }), "overflows 64 bits");
   f.workspace = nullptr;
   CHECK_CONTAINS(refusal_of([&] { forward(p, f, nullptr); }), "overflows 64 bits");
+}
+
+// Moved from tests/gpu/test_forward.cpp: it needs no GPU.
+TEST_CASE("forward: bad calls are refused with a clear error") {
+  Problem p = preset("fla");
+  p.HQ = 4, p.H = 1, p.T = 128;
+  ForwardTensors f;
+  f.q = contiguous(fake(0x100000), p.T, p.HQ, p.dk), f.k = f.q, f.v = f.q, f.o = f.q;
+  CHECK_THROWS_WITH_AS(forward(p, f, nullptr), doctest::Contains("all three gates are null"), UsageError);
+  f.g_win = fake(0x200000), f.gate_stride_t = p.HQ;
+  ForwardTensors g = f;
+  g.idx = static_cast<int32_t*>(fake(0x300000));
+  CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("both idx and cnt"), UsageError);
+  g = f;
+  g.workspace = fake(0x400000), g.workspace_bytes = 16;
+  CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("too small"), UsageError);
+  g = f;
+  const std::vector<int32_t> cu = {0, 100, 50, 128};
+  g.cu_seqlens = &kDeviceStub, g.cu_seqlens_host = cu;
+  CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("non-decreasing"), UsageError);
 }
