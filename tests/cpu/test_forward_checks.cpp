@@ -1,6 +1,7 @@
 // nsajit::forward's argument checks: every check of every branch runs before the first driver call, so a refused
 // call has launched nothing and written nothing. No GPU is needed: the pointers are fake and never dereferenced;
 // a call that got past its checks reaches the driver, which here reports "<not a UsageError: ...>" instead.
+// Also the edge shapes of a call (NSA.md, audit C8): empty sequences, the sequence limit, T < l, T = 0.
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -8,9 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "runtime/attn_fwd_api.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
 #include "runtime/forward.h"
+#include "runtime/pool_api.h"
+#include "runtime/select_api.h"
+#include "runtime/slc_fwd_api.h"
 #include "test_util.h"
 
 using namespace nsajit;
@@ -232,4 +237,90 @@ TEST_CASE("forward: bad calls are refused with a clear error") {
   const std::vector<int32_t> cu = {0, 100, 50, 128};
   g.cu_seqlens = &kDeviceStub, g.cu_seqlens_host = cu;
   CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("non-decreasing"), UsageError);
+}
+
+// ---- C8: edge shapes -----------------------------------------------------------------------------------------
+
+TEST_CASE("forward edges: varlen with a trailing empty sequence (and empty ones anywhere) is accepted") {
+  Problem p = small_problem();
+  p.B = 1;
+  for (const std::vector<int32_t>& cu :
+       {std::vector<int32_t>{0, 100, 256, 256}, std::vector<int32_t>{0, 0, 256, 256, 256},
+        std::vector<int32_t>{0, 256, 256}}) {
+    CAPTURE(cu.size());
+    ForwardTensors f = valid_tensors(p);
+    f.cu_seqlens = &kDeviceStub, f.cu_seqlens_host = cu;
+    CHECK_NOTHROW(check_forward(p, f));
+    // forward_workspace_bytes (the B x T layout) is enough for every varlen split of the same tokens.
+    give_workspace(f, p);
+    CHECK_NOTHROW(check_forward(p, f));
+    // And each branch on its own.
+    AttnFwdArgs a;
+    a.q = f.q, a.k = f.k, a.v = f.v, a.o = f.o, a.cu_seqlens = f.cu_seqlens, a.cu_seqlens_host = cu;
+    CHECK_NOTHROW(check_win_fwd(p, a));
+    CHECK_NOTHROW(check_cmp_fwd(p, a));
+  }
+}
+
+TEST_CASE("forward edges: at most 65535 sequences, refused beyond with the limit named") {
+  Problem p = small_problem();
+  for (int64_t n : {65535, 65536, 100000}) {
+    CAPTURE(n);
+    p.B = 1, p.T = n;
+    std::vector<int32_t> cu(static_cast<size_t>(n) + 1);
+    for (size_t i = 0; i < cu.size(); ++i) cu[i] = static_cast<int32_t>(i);
+    ForwardTensors f = valid_tensors(p);
+    f.cu_seqlens = &kDeviceStub, f.cu_seqlens_host = cu;
+    if (n <= 65535) {
+      CHECK_NOTHROW(check_forward(p, f));
+    } else {
+      const std::string e = refusal_of([&] { forward(p, f, nullptr); });
+      CHECK_CONTAINS(e, "forward: cu_seqlens holds " + std::to_string(n) + " sequences: at most 65535");
+    }
+  }
+}
+
+TEST_CASE("forward edges: without varlen, T < l (no compressed block) is accepted") {
+  for (int64_t T : {1, 15, 63}) {
+    Problem p = small_problem();  // fla: l = 64
+    p.T = T;
+    CAPTURE(T);
+    ForwardTensors f = valid_tensors(p);
+    CHECK_NOTHROW(check_forward(p, f));
+    give_workspace(f, p);
+    CHECK_NOTHROW(check_forward(p, f));
+    ForwardTensors full = full_tensors(small_problem());  // the given k_cmp / v_cmp are never read: Nc = 0
+    CHECK_NOTHROW(check_forward(p, full));
+  }
+}
+
+TEST_CASE("forward edges: T = 0 is refused by every entry point, with the reason") {
+  Problem p = small_problem();
+  p.T = 0;
+  const ForwardTensors f = valid_tensors(small_problem());
+  const std::string expected = "bad T = 0: must be >= 1 (T = 0, an empty batch, has nothing to compute: skip the call)";
+  CHECK_CONTAINS(refusal_of([&] { forward(p, f, nullptr); }), expected);
+  CHECK_CONTAINS(refusal_of([&] { check_forward(p, f); }), expected);
+  CHECK_CONTAINS(refusal_of([&] { (void)forward_workspace_bytes(p); }), expected);
+  AttnFwdArgs a;
+  a.q = f.q, a.k = f.k, a.v = f.v, a.o = f.o;
+  CHECK_CONTAINS(refusal_of([&] { win_fwd(p, a, nullptr); }), expected);
+  CHECK_CONTAINS(refusal_of([&] { cmp_fwd(p, a, nullptr); }), expected);
+  PoolArgs pa;
+  pa.x = f.k, pa.y = f.o, pa.dim = p.dk;
+  CHECK_CONTAINS(refusal_of([&] { mean_pool(p, pa, nullptr); }), expected);
+  SelectArgs s;
+  s.q = f.q, s.k_cmp = f.k, s.lse_cmp = static_cast<const float*>(fake(0x800000));
+  s.idx = static_cast<int32_t*>(fake(0x900000)), s.cnt = static_cast<int32_t*>(fake(0x910000));
+  CHECK_CONTAINS(refusal_of([&] { select_blocks(p, s, nullptr); }), expected);
+  SlcFwdArgs l;
+  l.q = f.q, l.k = f.k, l.v = f.v, l.o_slc = f.o, l.idx = s.idx, l.cnt = s.cnt;
+  CHECK_CONTAINS(refusal_of([&] { slc_fwd(p, l, nullptr); }), expected);
+  // Varlen: every sequence empty is the same T = 0.
+  Problem v = p;
+  v.B = 1;
+  ForwardTensors g = f;
+  const std::vector<int32_t> empty = {0, 0, 0};
+  g.cu_seqlens = &kDeviceStub, g.cu_seqlens_host = empty;
+  CHECK_CONTAINS(refusal_of([&] { forward(v, g, nullptr); }), expected);
 }
