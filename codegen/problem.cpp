@@ -23,7 +23,10 @@ void Problem::validate() const {
     if (v < 1) throw UsageError(fmt::format("bad {} = {}: must be >= 1", name, v));
   };
   positive("B", B);
-  positive("T", T);
+  // T = 0 (an empty batch, or a varlen batch of empty sequences) is refused rather than run as a no-op: the
+  // kernels' grids and the workspace layout assume at least one token, and the caller can skip the call.
+  if (T < 1) throw UsageError(fmt::format("bad T = {}: must be >= 1 (T = 0, an empty batch, has nothing to compute: "
+                                          "skip the call)", T));
   positive("HQ", HQ);
   positive("H", H);
   positive("dk", dk);

@@ -39,8 +39,9 @@ struct AttnFwdParams {
 };
 static_assert(sizeof(AttnFwdParams) == 248, "must match templates/attn_params.cuh");
 
-void launch_attn(const KernelFamily& family, const Problem& problem, const AttnFwdArgs& a, CUstream stream,
-                 const TileConfig* config, bool compressed) {
+// Every check of one dense-attention call; returns B and T as the grid sees them. No driver call.
+GridShape check_attn(const KernelFamily& family, const Problem& problem, const AttnFwdArgs& a,
+                     const TileConfig* config, bool compressed) {
   const std::string who(family.name());
   family.check_problem(problem);
   const bool varlen = a.cu_seqlens != nullptr;
@@ -48,29 +49,34 @@ void launch_attn(const KernelFamily& family, const Problem& problem, const AttnF
   check_view(who.c_str(), compressed ? "k_cmp" : "k", a.k, varlen);
   check_view(who.c_str(), compressed ? "v_cmp" : "v", a.v, varlen);
   if (a.o.data != nullptr) check_view(who.c_str(), "o", a.o, varlen);
-  if (a.gate != nullptr) {
-    check_view(who.c_str(), "out", a.out, varlen);
-    if (reinterpret_cast<uintptr_t>(a.gate) % 2 != 0) throw UsageError(who + ": gate is not 2-byte aligned");
-  } else if (a.o.data == nullptr && a.lse == nullptr) {
+  check_gated_out(who.c_str(), a.gate, a.gate_stride_b, a.gate_stride_t, a.out, a.accumulate, varlen);
+  if (a.gate == nullptr && a.o.data == nullptr && a.lse == nullptr)
     throw UsageError(who + ": nothing to write: o and lse are null and no gate/out is given");
+  if (a.lse != nullptr) {
+    check_aligned(who.c_str(), "lse", a.lse, 4);
+    check_row_strides(who.c_str(), "lse", a.lse_stride_b, a.lse_stride_t, varlen);
   }
-  if (a.lse != nullptr && reinterpret_cast<uintptr_t>(a.lse) % 4 != 0)
-    throw UsageError(who + ": lse is not 4-byte aligned");
+  const GridShape grid = check_batch(who.c_str(), problem, a.cu_seqlens, a.cu_seqlens_host, true);
+  if (config != nullptr) {
+    check_config(who.c_str(), family, *config);
+    if (auto why = family.reject(problem, *config, kHopperMaxSmemOptin))
+      throw UsageError(fmt::format("{}: tile config [{}] is not valid: {}", who, describe(*config), *why));
+  }
+  return grid;
+}
 
+PreparedLaunch prepare_attn(const KernelFamily& family, const Problem& problem, const AttnFwdArgs& a,
+                            const TileConfig* config, bool compressed) {
+  const GridShape grid = check_attn(family, problem, a, config, compressed);
   Problem launch = problem;  // B and T as the grid sees them
-  if (varlen) {
-    if (problem.B != 1) throw UsageError(fmt::format("{}: varlen needs B = 1 (got B = {})", who, problem.B));
-    launch.T = std::max<int64_t>(check_cu_seqlens(who.c_str(), a.cu_seqlens_host, problem.T), 1);
-    launch.B = static_cast<int64_t>(a.cu_seqlens_host.size()) - 1;
-  } else if (!a.cu_seqlens_host.empty()) {
-    throw UsageError(who + ": cu_seqlens_host given without the device cu_seqlens");
-  }
+  launch.B = grid.B, launch.T = grid.T;
 
   KernelSpec spec{&family, problem, config ? *config : resolve_config(family, problem, problem).config, "sm_90a"};
   if (auto why = family.reject(problem, spec.config, kHopperMaxSmemOptin))
-    throw UsageError(fmt::format("{}: tile config [{}] is not valid: {}", who, describe(spec.config), *why));
-  const Kernel& kernel = runtime_kernel(spec);
-  const LaunchGeometry g = family.geometry(launch, spec.config);
+    throw UsageError(fmt::format("{}: tile config [{}] is not valid: {}", family.name(), describe(spec.config), *why));
+  PreparedLaunch r;
+  r.kernel = &runtime_kernel(spec);
+  r.geometry = family.geometry(launch, spec.config);
 
   AttnFwdParams p{};
   p.q = a.q.data, p.k = a.k.data, p.v = a.v.data, p.o = const_cast<void*>(a.o.data), p.lse = a.lse;
@@ -89,26 +95,42 @@ void launch_attn(const KernelFamily& family, const Problem& problem, const AttnF
   p.l = problem.l, p.d = problem.d;
   p.accumulate = a.accumulate ? 1 : 0;
   p.scale_log2 = static_cast<float>(problem.softmax_scale() * 1.4426950408889634);
-  kernel.launch(g.grid, g.block, g.smem_bytes, stream, &p);
+  r.set_params(p);
+  return r;
+}
+
+void check_reference(const char* who, const AttnFwdArgs& args) {
+  if (args.o.data == nullptr || args.gate != nullptr || args.out.data != nullptr || args.accumulate)
+    throw UsageError(std::string(who) + ": needs o and takes no gate");
 }
 
 }  // namespace
 
 void win_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config) {
-  launch_attn(find_family("win_fwd"), problem, args, stream, config, false);
+  prepare_win_fwd(problem, args, config).launch(stream);
 }
 void cmp_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config) {
-  launch_attn(find_family("cmp_fwd"), problem, args, stream, config, true);
+  prepare_cmp_fwd(problem, args, config).launch(stream);
+}
+void check_win_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config) {
+  check_attn(find_family("win_fwd"), problem, args, config, false);
+}
+void check_cmp_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config) {
+  check_attn(find_family("cmp_fwd"), problem, args, config, true);
+}
+PreparedLaunch prepare_win_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config) {
+  return prepare_attn(find_family("win_fwd"), problem, args, config, false);
+}
+PreparedLaunch prepare_cmp_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config) {
+  return prepare_attn(find_family("cmp_fwd"), problem, args, config, true);
 }
 void win_fwd_reference(const Problem& problem, const AttnFwdArgs& args, CUstream stream) {
-  if (args.o.data == nullptr || args.gate != nullptr)
-    throw UsageError("win_fwd_reference: needs o and takes no gate");
-  launch_attn(find_family("win_fwd_ref"), problem, args, stream, nullptr, false);
+  check_reference("win_fwd_reference", args);
+  prepare_attn(find_family("win_fwd_ref"), problem, args, nullptr, false).launch(stream);
 }
 void cmp_fwd_reference(const Problem& problem, const AttnFwdArgs& args, CUstream stream) {
-  if (args.o.data == nullptr || args.gate != nullptr)
-    throw UsageError("cmp_fwd_reference: needs o and takes no gate");
-  launch_attn(find_family("cmp_fwd_ref"), problem, args, stream, nullptr, true);
+  check_reference("cmp_fwd_reference", args);
+  prepare_attn(find_family("cmp_fwd_ref"), problem, args, nullptr, true).launch(stream);
 }
 
 }  // namespace nsajit

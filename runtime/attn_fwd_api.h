@@ -7,6 +7,7 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "runtime/prepared_launch.h"
 #include "runtime/tensor.h"
 
 namespace nsajit {
@@ -30,9 +31,20 @@ struct AttnFwdArgs {
 };
 
 // Validate everything (throw UsageError naming the bad argument), then launch on `stream`. `config` overrides the
-// family's default tile config.
+// family's default tile config. A refused call launches nothing and writes nothing.
 void win_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
 void cmp_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
+
+// Every argument check of win_fwd / cmp_fwd (views, strides, gate/out/accumulate, varlen offsets, grid limits, a
+// given config), with no driver call: what the call would refuse, except a resolved default or tuned config
+// (which needs the device).
+void check_win_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config = nullptr);
+void check_cmp_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config = nullptr);
+
+// The checks, the config (resolved and checked), the kernel loaded and its parameters filled: everything but the
+// launch (needs a current context).
+PreparedLaunch prepare_win_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config = nullptr);
+PreparedLaunch prepare_cmp_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config = nullptr);
 
 // The same operations by deliberately simple kernels (fp32, one warp per query and head; `o` required, no gate):
 // slow, for checking the fast kernels at sizes the CPU reference cannot reach.

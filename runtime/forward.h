@@ -46,7 +46,17 @@ struct ForwardTensors {
 
 size_t forward_workspace_bytes(const Problem& problem);
 
-// Validates (UsageError naming the bad argument), then launches every kernel on `stream`.
+// Checks every argument of every branch (UsageError naming the bad argument, in the caller's names: k_win, g_slc,
+// lse_stride_t, ...), then makes the scratch, resolves every tile config and loads every kernel, and only then
+// launches them on `stream`. A refused call (or one that fails before its first launch: no GPU, a compile error)
+// has written nothing: o, the optional outputs, idx and cnt are untouched. Shapes: T >= 1 (T = 0, an empty batch,
+// is refused with "bad T = 0"); a varlen batch may hold empty sequences anywhere (the last one included) and at
+// most 65535 sequences (the grid's z dimension); T < l (no compressed block) is valid: every query's compressed
+// key set is then empty (branch output 0, lse_cmp = -inf, NSA.md) and the selection holds the forced blocks.
 void forward(const Problem& problem, const ForwardTensors& tensors, CUstream stream);
+
+// The checks of forward alone, with no driver call: what forward would refuse, except a default or tuned tile
+// config that does not fit the device (that needs the device).
+void check_forward(const Problem& problem, const ForwardTensors& tensors);
 
 }  // namespace nsajit

@@ -1,7 +1,15 @@
 /* nsajit C ABI: the NSA forward and its branches on device pointers, for callers in any language.
  * Every call returns NSAJIT_OK (0), NSAJIT_ERROR (1: a CUDA or compile failure) or NSAJIT_USAGE (2: a bad
- * argument); nsajit_last_error() then gives the message for the calling thread. The caller's CUDA context must be
- * current. Tensors are [B, T, heads, dim] with element strides; the last dim is contiguous. */
+ * argument); nsajit_last_error() then gives the message for the calling thread (empty after a call that
+ * succeeded). The caller's CUDA context must be current. Tensors are [B, T, heads, dim] with element strides; the
+ * last dim is contiguous; strides are never negative.
+ *
+ * Every argument is checked before anything is launched: a call that returns NSAJIT_USAGE has written nothing
+ * (nsajit_forward included: no branch has run). Shapes: T >= 1 (T = 0, an empty batch, is refused with "bad
+ * T = 0": skip the call); varlen (cu_seqlens given): B = 1, num_seqs in 1 .. 65535 (the grid's z dimension),
+ * cu_seqlens_host holds num_seqs + 1 offsets from 0, non-decreasing, ending at T; empty sequences are allowed
+ * anywhere, the last one included. Without varlen, cu_seqlens_host must be null and num_seqs 0, and B <= 65535.
+ * T < l (no compressed block) is valid: every query's compressed key set is empty (output 0, lse = -inf). */
 #ifndef NSAJIT_C_H
 #define NSAJIT_C_H
 
@@ -50,6 +58,9 @@ typedef struct nsajit_forward_tensors {
   size_t workspace_bytes;
 } nsajit_forward_tensors;
 
+/* The scratch nsajit_forward needs at most for this problem, in *bytes (0 on error). */
+int nsajit_forward_workspace_size(const nsajit_problem* p, size_t* bytes);
+/* The same, returning the size; 0 means an error (then nsajit_last_error() says which). Prefer the above. */
 size_t nsajit_forward_workspace_bytes(const nsajit_problem* p);
 int nsajit_forward(const nsajit_problem* p, const nsajit_forward_tensors* t, void* stream);
 

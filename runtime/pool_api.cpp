@@ -28,24 +28,37 @@ static_assert(sizeof(PoolParams) == 96, "must match templates/pool.cuh");
 
 }  // namespace
 
-void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const TileConfig* config) {
-  const KernelFamily& family = find_family("pool");
+namespace {
+
+// Every check; returns the problem the kernel is built and launched for. No driver call.
+Problem check_pool(const KernelFamily& family, const Problem& problem, const PoolArgs& a, const TileConfig* config) {
   family.check_problem(problem);
   if (a.dim != problem.dk && a.dim != problem.dv)
     throw UsageError(fmt::format("pool: dim {} is neither dk = {} nor dv = {}", a.dim, problem.dk, problem.dv));
   const bool varlen = a.cu_seqlens != nullptr;
   check_view("pool", "x", a.x, varlen);
   check_view("pool", "y", a.y, varlen);
+  const GridShape grid = check_batch("pool", problem, a.cu_seqlens, a.cu_seqlens_host, false);
   Problem launch = problem;
   launch.dk = a.dim;  // the family pools one tensor of this dim per launch
-  if (varlen) {
-    if (problem.B != 1) throw UsageError(fmt::format("pool: varlen needs B = 1 (got B = {})", problem.B));
-    launch.T = std::max<int64_t>(check_cu_seqlens("pool", a.cu_seqlens_host, problem.T), 1);
-    launch.B = static_cast<int64_t>(a.cu_seqlens_host.size()) - 1;
-  }
+  launch.B = grid.B, launch.T = grid.T;
+  if (config != nullptr) check_config("pool", family, *config);
+  return launch;
+}
+
+}  // namespace
+
+void check_mean_pool(const Problem& problem, const PoolArgs& a, const TileConfig* config) {
+  check_pool(find_family("pool"), problem, a, config);
+}
+
+PreparedLaunch prepare_mean_pool(const Problem& problem, const PoolArgs& a, const TileConfig* config) {
+  const KernelFamily& family = find_family("pool");
+  const Problem launch = check_pool(family, problem, a, config);
   KernelSpec spec{&family, launch, config ? *config : resolve_config(family, problem, launch).config, "sm_90a"};
-  const Kernel& kernel = runtime_kernel(spec);
-  const LaunchGeometry g = family.geometry(launch, spec.config);
+  PreparedLaunch r;
+  r.kernel = &runtime_kernel(spec);
+  r.geometry = family.geometry(launch, spec.config);
   PoolParams p{};
   p.x = a.x.data, p.y = const_cast<void*>(a.y.data);
   p.x_sb = a.x.stride_b, p.x_st = a.x.stride_t, p.x_sh = a.x.stride_h;
@@ -53,7 +66,12 @@ void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const
   p.cu_seqlens = a.cu_seqlens;
   p.T = launch.T;
   p.H = problem.H, p.l = problem.l, p.d = problem.d;
-  kernel.launch(g.grid, g.block, g.smem_bytes, stream, &p);
+  r.set_params(p);
+  return r;
+}
+
+void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const TileConfig* config) {
+  prepare_mean_pool(problem, a, config).launch(stream);
 }
 
 }  // namespace nsajit

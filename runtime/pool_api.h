@@ -8,6 +8,7 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "runtime/prepared_launch.h"
 #include "runtime/tensor.h"
 
 namespace nsajit {
@@ -20,6 +21,10 @@ struct PoolArgs {
   std::span<const int32_t> cu_seqlens_host;
 };
 
+// Validates everything (throws UsageError naming the bad argument), then launches on `stream`.
 void mean_pool(const Problem& problem, const PoolArgs& args, CUstream stream, const TileConfig* config = nullptr);
+// The checks alone, with no driver call; and everything but the launch (see attn_fwd_api.h).
+void check_mean_pool(const Problem& problem, const PoolArgs& args, const TileConfig* config = nullptr);
+PreparedLaunch prepare_mean_pool(const Problem& problem, const PoolArgs& args, const TileConfig* config = nullptr);
 
 }  // namespace nsajit

@@ -8,6 +8,7 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "runtime/prepared_launch.h"
 #include "runtime/tensor.h"
 
 namespace nsajit {
@@ -30,7 +31,12 @@ struct SelectArgs {
 
 // Validates everything (throws UsageError naming the bad argument), then launches on `stream`. `config` overrides
 // the family's default tile config (which depends on T: the scores of a CTA's positions live in shared memory).
+// A refused call launches nothing and writes nothing.
 void select_blocks(const Problem& problem, const SelectArgs& args, CUstream stream, const TileConfig* config = nullptr);
+// The checks alone, with no driver call; and everything but the launch (see attn_fwd_api.h).
+void check_select_blocks(const Problem& problem, const SelectArgs& args, const TileConfig* config = nullptr);
+PreparedLaunch prepare_select_blocks(const Problem& problem, const SelectArgs& args,
+                                     const TileConfig* config = nullptr);
 
 // Floats per query position of the kernel's shared-memory score array for sequences of up to T tokens:
 // ceil(T / l') rounded up to a multiple of 4. Shared by the family's geometry and the launch.

@@ -40,62 +40,54 @@ struct SlcFwdParams {
 };
 static_assert(sizeof(SlcFwdParams) == 256, "must match templates/slc_fwd.cuh");
 
-void check_row_strides(const char* name, int64_t stride_b, int64_t stride_t, bool varlen) {
-  if ((!varlen && stride_b < 0) || stride_t < 0)
-    throw UsageError(fmt::format("slc_fwd: {}'s batch and sequence strides ({}, {}) must be non-negative", name,
-                                 stride_b, stride_t));
-}
-
-}  // namespace
-
-void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const TileConfig* config) {
-  const KernelFamily& family = find_family("slc_fwd");
+// Every check; returns the problem the grid sees (B and T: the sequences and the longest). No driver call.
+Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
   family.check_problem(problem);
   const bool varlen = a.cu_seqlens != nullptr;
   check_view("slc_fwd", "q", a.q, varlen);
   check_view("slc_fwd", "k", a.k, varlen);
   check_view("slc_fwd", "v", a.v, varlen);
-  const bool gated = a.gate != nullptr;
-  if (a.out.data != nullptr && !gated)
-    throw UsageError("slc_fwd: out is given without gate (the gated epilogue needs both)");
-  if (gated) {
-    if (a.out.data == nullptr) throw UsageError("slc_fwd: gate is given without out (the gated epilogue needs both)");
-    check_view("slc_fwd", "out", a.out, varlen);
-    if (reinterpret_cast<uintptr_t>(a.gate) % 2 != 0) throw UsageError("slc_fwd: gate is not 2-byte aligned");
-    check_row_strides("gate", a.gate_stride_b, a.gate_stride_t, varlen);
-  }
-  if (a.accumulate && !gated) throw UsageError("slc_fwd: accumulate is set but no gate and out are given");
+  check_gated_out("slc_fwd", a.gate, a.gate_stride_b, a.gate_stride_t, a.out, a.accumulate, varlen);
   if (a.o_slc.data != nullptr)
     check_view("slc_fwd", "o_slc", a.o_slc, varlen);
-  else if (!gated && a.lse == nullptr)
+  else if (a.gate == nullptr && a.lse == nullptr)
     throw UsageError("slc_fwd: o_slc and lse are null pointers and no gated out is given: nothing would be written");
   if (a.lse != nullptr) {
-    if (reinterpret_cast<uintptr_t>(a.lse) % 4 != 0) throw UsageError("slc_fwd: lse is not 4-byte aligned");
-    check_row_strides("lse", a.lse_stride_b, a.lse_stride_t, varlen);
+    check_aligned("slc_fwd", "lse", a.lse, 4);
+    check_row_strides("slc_fwd", "lse", a.lse_stride_b, a.lse_stride_t, varlen);
   }
   if (a.idx == nullptr) throw UsageError("slc_fwd: idx is a null pointer");
   if (a.cnt == nullptr) throw UsageError("slc_fwd: cnt is a null pointer");
-  if (reinterpret_cast<uintptr_t>(a.idx) % 4 != 0) throw UsageError("slc_fwd: idx is not 4-byte aligned");
-  if (reinterpret_cast<uintptr_t>(a.cnt) % 4 != 0) throw UsageError("slc_fwd: cnt is not 4-byte aligned");
-  if (problem.H > 65535) throw UsageError(fmt::format("slc_fwd: H = {} KV heads > 65535 (grid y)", problem.H));
-
-  Problem launch = problem;  // B and T as the grid sees them
-  if (varlen) {
-    if (problem.B != 1) throw UsageError(fmt::format("slc_fwd: varlen needs B = 1 (got B = {})", problem.B));
-    const auto& cu = a.cu_seqlens_host;
-    const int64_t longest = check_cu_seqlens("slc_fwd", cu, problem.T);
-    launch.B = static_cast<int64_t>(cu.size()) - 1;
-    launch.T = std::max<int64_t>(longest, 1);
+  check_aligned("slc_fwd", "idx", a.idx, 4);
+  check_aligned("slc_fwd", "cnt", a.cnt, 4);
+  const GridShape grid = check_batch("slc_fwd", problem, a.cu_seqlens, a.cu_seqlens_host, true);
+  Problem launch = problem;
+  launch.B = grid.B, launch.T = grid.T;
+  if (config != nullptr) {
+    check_config("slc_fwd", family, *config);
+    if (auto why = family.reject(problem, *config, kHopperMaxSmemOptin))
+      throw UsageError(fmt::format("slc_fwd: tile config [{}] is not valid: {}", describe(*config), *why));
   }
-  if (launch.B > 65535)
-    throw UsageError(fmt::format("slc_fwd: {} = {} > 65535 (grid z)", varlen ? "sequences" : "B", launch.B));
+  return launch;
+}
 
+}  // namespace
+
+void check_slc_fwd(const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
+  check_slc(find_family("slc_fwd"), problem, a, config);
+}
+
+PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
+  const KernelFamily& family = find_family("slc_fwd");
+  const Problem launch = check_slc(family, problem, a, config);
   KernelSpec spec{&family, problem, config ? *config : resolve_config(family, problem, launch).config, "sm_90a"};
   if (auto why = family.reject(problem, spec.config, kHopperMaxSmemOptin))
     throw UsageError(fmt::format("slc_fwd: tile config [{}] is not valid: {}", describe(spec.config), *why));
-  const Kernel& kernel = runtime_kernel(spec);
-  const LaunchGeometry g = family.geometry(launch, spec.config);
+  PreparedLaunch r;
+  r.kernel = &runtime_kernel(spec);
+  r.geometry = family.geometry(launch, spec.config);
 
+  const bool gated = a.gate != nullptr;
   SlcFwdParams p{};
   p.q = a.q.data, p.k = a.k.data, p.v = a.v.data, p.o = const_cast<void*>(a.o_slc.data), p.lse = a.lse;
   p.idx = a.idx, p.cnt = a.cnt;
@@ -113,7 +105,12 @@ void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const
   p.n = problem.n;
   p.accumulate = a.accumulate ? 1 : 0;
   p.scale_log2 = static_cast<float>(problem.softmax_scale() * 1.4426950408889634);
-  kernel.launch(g.grid, g.block, g.smem_bytes, stream, &p);
+  r.set_params(p);
+  return r;
+}
+
+void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const TileConfig* config) {
+  prepare_slc_fwd(problem, a, config).launch(stream);
 }
 
 }  // namespace nsajit

@@ -7,6 +7,7 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "runtime/prepared_launch.h"
 #include "runtime/tensor.h"
 
 namespace nsajit {
@@ -35,6 +36,10 @@ struct SlcFwdArgs {
 
 // Validates everything (throws UsageError naming the bad argument), then launches on `stream`. `config`
 // overrides the family's default tile config.
+// A refused call launches nothing and writes nothing.
 void slc_fwd(const Problem& problem, const SlcFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
+// The checks alone, with no driver call; and everything but the launch (see attn_fwd_api.h).
+void check_slc_fwd(const Problem& problem, const SlcFwdArgs& args, const TileConfig* config = nullptr);
+PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& args, const TileConfig* config = nullptr);
 
 }  // namespace nsajit

@@ -366,23 +366,3 @@ TEST_CASE("forward: a refused call leaves every output untouched") {
   for (uint16_t x : h) kept += x == 0x5a5a;
   CHECK(kept < h.size() / 100);
 }
-
-TEST_CASE("forward: bad calls are refused with a clear error") {
-  fwd_gpu();
-  const Problem p = small("fla", Dtype::bf16, 4, 1, 128);
-  DeviceBuffer buf(1 << 20);
-  ForwardTensors f;
-  f.q = contiguous(buf.get(), p.T, p.HQ, p.dk), f.k = f.q, f.v = f.q, f.o = f.q;
-  CHECK_THROWS_WITH_AS(forward(p, f, nullptr), doctest::Contains("all three gates are null"), UsageError);
-  f.g_win = buf.get(), f.gate_stride_t = p.HQ;
-  ForwardTensors g = f;
-  g.idx = static_cast<int32_t*>(buf.get());
-  CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("both idx and cnt"), UsageError);
-  g = f;
-  g.workspace = buf.get(), g.workspace_bytes = 16;
-  CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("too small"), UsageError);
-  g = f;
-  const std::vector<int32_t> cu = {0, 100, 50, 128};
-  g.cu_seqlens = static_cast<const int32_t*>(buf.get()), g.cu_seqlens_host = cu;
-  CHECK_THROWS_WITH_AS(forward(p, g, nullptr), doctest::Contains("non-decreasing"), UsageError);
-}
