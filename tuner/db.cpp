@@ -181,11 +181,12 @@ bool is_corruption(int rc) {
   throw DbError(DbError::Kind::io, fmt::format("tuning database {}: {} failed: {}", path.string(), what, msg));
 }
 
-// One prepared statement with bound parameters; columns read by index.
+// One prepared statement with bound parameters; columns read by index. It keeps its own copy of the SQL text (often
+// a temporary built by fmt::format) for the messages of later failures.
 class Stmt {
 public:
   Stmt(sqlite3* db, const fs::path& path, std::string_view sql) : db_(db), path_(path), sql_(sql) {
-    const int rc = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &s_, nullptr);
+    const int rc = sqlite3_prepare_v2(db, sql_.data(), static_cast<int>(sql_.size()), &s_, nullptr);
     if (rc != SQLITE_OK) fail(db, rc, path, fmt::format("preparing '{}'", first_words()));
   }
   ~Stmt() { sqlite3_finalize(s_); }
@@ -242,7 +243,7 @@ private:
   }
   sqlite3* db_;
   const fs::path& path_;
-  std::string_view sql_;
+  std::string sql_;
   sqlite3_stmt* s_ = nullptr;
 };
 

@@ -267,6 +267,84 @@ void make_corrupted_db(const fs::path& path, int trials_n = 1500, int best_n = 2
   REQUIRE_MESSAGE((rc & 0xff) == SQLITE_CORRUPT, "scan returned " << rc);
 }
 
+// `n` best entries with distinct keys (B=1.. and t_bucket 1..2^19), in the order they are written.
+std::vector<BestEntry> many_best(int n) {
+  std::vector<BestEntry> out;
+  for (int i = 0; i < n; ++i) {
+    BestEntry e = make_best("win_fwd", int64_t{1} << (i % 20), 1.0 + i);
+    const std::string b = "B=" + std::to_string(1 + i / 20);
+    e.shape.replace(e.shape.find("B=1 "), 3, b);
+    e.problem.replace(e.problem.find("B=1 "), 3, b);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+// A database holding `entries` (one transaction), closed, so that everything is checkpointed into the file.
+void fill_best(const fs::path& path, const std::vector<BestEntry>& entries) {
+  {
+    TuningDb db = TuningDb::open(path);
+    REQUIRE(db.merge_best(entries).added == static_cast<int64_t>(entries.size()));
+  }
+  REQUIRE(!fs::exists(path.string() + "-wal"));
+}
+
+// XORs `mask` into the byte at `offset` of a file.
+void flip_byte(const fs::path& path, int64_t offset, unsigned char mask) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(offset);
+  const int c = f.get();
+  REQUIRE(c != EOF);
+  f.seekp(offset);
+  f.put(static_cast<char>(c ^ mask));
+  REQUIRE(f.good());
+}
+
+// The kinds of damage that SQLite meets before PRAGMA quick_check can run: the page count or page size in the
+// header no longer matches the file.
+struct HeaderDamage {
+  const char* name;
+  const char* file;
+  void (*apply)(const fs::path&);
+  const char* reason;  // what the error says, after "is damaged ("
+};
+const std::array<HeaderDamage, 3> kHeaderDamages = {{
+    {"cut to half its size", "truncated",
+     [](const fs::path& p) { fs::resize_file(p, fs::file_size(p) / 2); },
+     "PRAGMA application_id: database disk image is malformed"},
+    {"page size bytes flipped (4096 -> 0xefff, not a page size)", "bad-page-size",
+     [](const fs::path& p) {
+       flip_byte(p, 16, 0xff);
+       flip_byte(p, 17, 0xff);
+     },
+     "PRAGMA application_id: file is not a database"},
+    {"page size changed to another valid one (4096 -> 8192)", "other-page-size",
+     [](const fs::path& p) { flip_byte(p, 16, 0x30); },
+     "PRAGMA application_id: database disk image is malformed"},
+}};
+
+// A copy of `healthy` (page size 4096) named after the damage, with the damage applied.
+fs::path damaged_copy(const fs::path& healthy, const HeaderDamage& d) {
+  const std::string header = read_file(healthy).substr(0, 18);
+  REQUIRE(header.size() == 18);
+  REQUIRE(header[16] == 0x10);
+  REQUIRE(header[17] == 0x00);
+  const fs::path path = healthy.parent_path() / (std::string(d.file) + ".db");
+  fs::copy_file(healthy, path);
+  d.apply(path);
+  return path;
+}
+
+// The control characters (other than newline) in `s`, described; empty when there are none.
+std::string control_chars_in(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if ((c < 0x20 && c != '\n') || c == 0x7f) out += "byte " + std::to_string(c) + " at " + std::to_string(i) + "; ";
+  }
+  return out;
+}
+
 }  // namespace
 
 // ---- keys -------------------------------------------------------------------------------------------------------
@@ -856,6 +934,27 @@ TEST_CASE("db corrupted: detected, then repaired keeping the damaged copy") {
   CHECK(TuningDb::open(junk).verify().empty());
 }
 
+TEST_CASE("db damaged header or truncated file: the error gives SQLite's reason, the file stays untouched") {
+  TempDir dir;
+  const fs::path healthy = dir.path / "healthy.db";
+  fill_best(healthy, many_best(3000));
+  for (const HeaderDamage& d : kHeaderDamages) {
+    INFO("damage: ", std::string(d.name));
+    const fs::path path = damaged_copy(healthy, d);
+    const std::string damaged = read_file(path);
+    for (auto mode : {TuningDb::Mode::read_write, TuningDb::Mode::read_only}) {
+      const auto err = db_error_of([&] { TuningDb::open(path, mode); });
+      REQUIRE(err);
+      CHECK(err->kind == DbError::Kind::corrupted);
+      const std::string what = err->what();
+      CHECK_CONTAINS(what, "tuning database " + path.string() + " is damaged (" + d.reason +
+                               "); run `nsajit db verify --repair` to keep a copy and recover what can be read");
+      CHECK_MESSAGE(control_chars_in(what).empty(), control_chars_in(what) << " in: " << what);
+    }
+    CHECK(read_file(path) == damaged);
+  }
+}
+
 TEST_CASE("db concurrency: four processes writing at once lose nothing") {
   TempDir dir;
   const fs::path path = dir.path / "tuning.db";  // not created beforehand: the children race to create it
@@ -1227,6 +1326,27 @@ TEST_CASE("db cli: verify on healthy and corrupted files, and --repair") {
   CHECK(db.trials().size() > 800);
   CHECK(db.all_best().size() == 5);
   CHECK_EXIT(nsajit_cli(dir, "db verify --db " + quoted(bad.string())), 0);
+}
+
+TEST_CASE("db cli: a truncated or header-damaged file: every command says why, the file stays untouched") {
+  TempDir dir;
+  const fs::path healthy = dir.path / "healthy.db";
+  fill_best(healthy, many_best(3000));
+  for (const HeaderDamage& d : kHeaderDamages) {
+    INFO("damage: ", std::string(d.name));
+    const fs::path path = damaged_copy(healthy, d);
+    const std::string damaged = read_file(path);
+    const std::string db = " --db " + quoted(path.string());
+    for (const std::string cmd : {"list", "show", "export", "verify", "prune --stale --yes"}) {
+      INFO("command: db ", cmd);
+      const Run r = nsajit_cli(dir, "db " + cmd + db);
+      CHECK_EXIT(r, 1);
+      CHECK_CONTAINS(r.output, "nsajit: tuning database " + path.string() + " is damaged (" + d.reason +
+                                   "); run `nsajit db verify --repair` to keep a copy and recover what can be read\n");
+      CHECK_MESSAGE(control_chars_in(r.output).empty(), control_chars_in(r.output) << " in:\n" << r.output);
+    }
+    CHECK(read_file(path) == damaged);
+  }
 }
 
 TEST_CASE("db cli: prune is a dry run without --yes") {
