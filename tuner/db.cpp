@@ -1020,6 +1020,35 @@ int64_t salvage_rows(sqlite3* db, std::string_view table, const std::string& sel
   return errors;
 }
 
+// The values of one row read from a damaged file. Every column of both tables is NOT NULL, so a value of another
+// type than the schema's marks the row as damaged, and so does text holding a NUL byte: that is what the part of a
+// page beyond the end of a cut file reads as (zeros).
+class RowValues {
+public:
+  explicit RowValues(sqlite3_stmt* s) : s_(s) {}
+  std::string text(int c) {
+    if (sqlite3_column_type(s_, c) != SQLITE_TEXT) return damaged(std::string());
+    std::string v(reinterpret_cast<const char*>(sqlite3_column_text(s_, c)),
+                  static_cast<size_t>(sqlite3_column_bytes(s_, c)));
+    return v.find('\0') != std::string::npos ? damaged(std::string()) : v;
+  }
+  int64_t i64(int c) { return number(c) ? sqlite3_column_int64(s_, c) : 0; }
+  double f64(int c) { return number(c) ? sqlite3_column_double(s_, c) : 0.0; }
+  bool bad = false;
+
+private:
+  bool number(int c) {
+    const int type = sqlite3_column_type(s_, c);
+    return type == SQLITE_INTEGER || type == SQLITE_FLOAT || damaged(false);
+  }
+  template <typename T>
+  T damaged(T v) {
+    bad = true;
+    return v;
+  }
+  sqlite3_stmt* s_;
+};
+
 }  // namespace
 
 RepairReport repair_db(const fs::path& path) {
@@ -1061,6 +1090,11 @@ RepairReport repair_db(const fs::path& path) {
   }
   sqlite3_extended_result_codes(old, 1);
   sqlite3_busy_timeout(old, kBusyTimeoutMs);
+  // writable_schema makes SQLite read past damage it otherwise refuses outright: a page count in the header larger
+  // than the file (a truncated file), or a root page beyond the end of the file. The connection is read-only, so
+  // nothing is written.
+  if (sqlite3_exec(old, "PRAGMA writable_schema = ON", nullptr, nullptr, nullptr) != SQLITE_OK)
+    notes.push_back(fmt::format("cannot set writable_schema on the damaged copy ({})", sqlite3_errmsg(old)));
 
   // The columns each table has in the damaged copy (version 1 or 2); missing ones get their migration defaults.
   auto columns_of = [&](std::string_view table) -> std::optional<std::set<std::string>> {
@@ -1106,35 +1140,25 @@ RepairReport repair_db(const fs::path& path) {
   int64_t skipped = 0;
   if (auto cols = columns_of("trials")) {
     const int64_t errors = salvage_rows(old, "trials", select_list(kTrialColumns, *cols), [&](sqlite3_stmt* s) {
-      Trial t;
-      const auto text = [&](int c) -> std::optional<std::string> {
-        if (sqlite3_column_type(s, c) != SQLITE_TEXT) return std::nullopt;
-        return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, c)),
-                           static_cast<size_t>(sqlite3_column_bytes(s, c)));
-      };
       // Column 0 is the rowid; the trial's columns start at 1.
-      const auto device = text(2), nvrtc = text(4), family = text(5), shape = text(6), problem = text(8),
-                 config = text(9), hash = text(10), outcome = text(12), detail = text(13), version = text(23);
-      const auto parsed = outcome ? parse_outcome(*outcome) : std::nullopt;
-      const int64_t t_bucket = sqlite3_column_int64(s, 7);
-      if (!device || !nvrtc || !family || !shape || !problem || !config || !hash || !parsed || t_bucket < 1) {
+      RowValues v(s);
+      Trial t;
+      t.id = v.i64(1);
+      t.toolkit = {v.text(2), static_cast<int>(v.i64(3)), v.text(4)};
+      t.family = v.text(5), t.shape = v.text(6), t.t_bucket = v.i64(7), t.problem = v.text(8), t.config = v.text(9);
+      t.source_hash = v.text(10), t.stage = static_cast<int>(v.i64(11));
+      const auto outcome = parse_outcome(v.text(12));
+      t.detail = v.text(13), t.median_ms = v.f64(14), t.p20_ms = v.f64(15), t.p80_ms = v.f64(16);
+      t.reps = static_cast<int>(v.i64(17)), t.registers = static_cast<int>(v.i64(18));
+      t.spill_bytes = static_cast<int>(v.i64(19)), t.smem_bytes = static_cast<int>(v.i64(20));
+      t.compile_seconds = v.f64(21), t.created = v.i64(22), t.nsajit_version = v.text(23);
+      // add_trial never writes a creation time of 0: a 0 is what a page cut short reads as.
+      if (v.bad || !outcome || t.t_bucket < 1 || t.created <= 0) {
         ++skipped;
         return;
       }
-      t.id = sqlite3_column_int64(s, 1);
-      t.toolkit = {*device, static_cast<int>(sqlite3_column_int64(s, 3)), *nvrtc};
-      t.family = *family, t.shape = *shape, t.t_bucket = t_bucket, t.problem = *problem, t.config = *config;
-      t.source_hash = *hash, t.stage = static_cast<int>(sqlite3_column_int64(s, 11)), t.outcome = *parsed;
-      t.detail = detail.value_or(""), t.median_ms = sqlite3_column_double(s, 14);
-      t.p20_ms = sqlite3_column_double(s, 15), t.p80_ms = sqlite3_column_double(s, 16);
-      t.reps = static_cast<int>(sqlite3_column_int64(s, 17));
-      t.registers = static_cast<int>(sqlite3_column_int64(s, 18));
-      t.spill_bytes = static_cast<int>(sqlite3_column_int64(s, 19));
-      t.smem_bytes = static_cast<int>(sqlite3_column_int64(s, 20));
-      t.compile_seconds = sqlite3_column_double(s, 21), t.created = sqlite3_column_int64(s, 22);
-      t.nsajit_version = version.value_or("");
+      t.outcome = *outcome;
       if (t.stage < 0) t.stage = 0;
-      if (t.created == 0) t.created = 1;
       insert_trial(fresh.db_, path, t, true);
       ++report.trials_recovered;
     });
@@ -1142,24 +1166,17 @@ RepairReport repair_db(const fs::path& path) {
   }
   if (auto cols = columns_of("best")) {
     const int64_t errors = salvage_rows(old, "best", select_list(kBestColumns, *cols), [&](sqlite3_stmt* s) {
-      const auto text = [&](int c) -> std::optional<std::string> {
-        if (sqlite3_column_type(s, c) != SQLITE_TEXT) return std::nullopt;
-        return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, c)),
-                           static_cast<size_t>(sqlite3_column_bytes(s, c)));
-      };
-      const auto device = text(1), nvrtc = text(3), family = text(4), shape = text(5), problem = text(7),
-                 config = text(8), hash = text(9), version = text(13);
-      const int64_t t_bucket = sqlite3_column_int64(s, 6);
-      if (!device || !nvrtc || !family || !shape || !problem || !config || !hash || t_bucket < 1) {
+      RowValues v(s);
+      BestEntry e;
+      e.toolkit = {v.text(1), static_cast<int>(v.i64(2)), v.text(3)};
+      e.family = v.text(4), e.shape = v.text(5), e.t_bucket = v.i64(6), e.problem = v.text(7), e.config = v.text(8);
+      e.source_hash = v.text(9), e.median_ms = v.f64(10), e.default_ms = v.f64(11);
+      e.updated = v.i64(12), e.nsajit_version = v.text(13);
+      // set_best never writes an update time of 0: a 0 is what a page cut short reads as.
+      if (v.bad || e.t_bucket < 1 || e.updated <= 0) {
         ++skipped;
         return;
       }
-      BestEntry e;
-      e.toolkit = {*device, static_cast<int>(sqlite3_column_int64(s, 2)), *nvrtc};
-      e.family = *family, e.shape = *shape, e.t_bucket = t_bucket, e.problem = *problem, e.config = *config;
-      e.source_hash = *hash, e.median_ms = sqlite3_column_double(s, 10), e.default_ms = sqlite3_column_double(s, 11);
-      e.updated = sqlite3_column_int64(s, 12), e.nsajit_version = version.value_or("");
-      if (e.updated == 0) e.updated = 1;
       upsert_best(fresh.db_, path, e);
       ++report.best_recovered;
     });

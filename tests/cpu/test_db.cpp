@@ -345,6 +345,20 @@ std::string control_chars_in(const std::string& s) {
   return out;
 }
 
+// The notes of a RepairReport, one per element; CHECKs that none repeats.
+std::vector<std::string> notes_of(const std::string& note) {
+  std::vector<std::string> out;
+  for (size_t start = 0; start <= note.size();) {
+    size_t end = note.find("; ", start);
+    if (end == std::string::npos) end = note.size();
+    out.push_back(note.substr(start, end - start));
+    start = end + 2;
+  }
+  const std::set<std::string> unique(out.begin(), out.end());
+  CHECK_MESSAGE(unique.size() == out.size(), "a note is repeated: " << note);
+  return out;
+}
+
 }  // namespace
 
 // ---- keys -------------------------------------------------------------------------------------------------------
@@ -955,6 +969,70 @@ TEST_CASE("db damaged header or truncated file: the error gives SQLite's reason,
   }
 }
 
+TEST_CASE("db repair: a truncated file gives back the rows before the cut, the damaged copy is kept") {
+  TempDir dir;
+  const fs::path path = dir.path / "tuning.db";
+  constexpr int kRows = 3000;
+  SUBCASE("best entries") {
+    const std::vector<BestEntry> written = many_best(kRows);
+    fill_best(path, written);
+    fs::resize_file(path, fs::file_size(path) / 2);
+    const std::string damaged = read_file(path);
+    REQUIRE(db_error_of([&] { TuningDb::open(path, TuningDb::Mode::read_only); }));
+
+    const nsajit::RepairReport r = nsajit::repair_db(path);
+    INFO("note: ", r.note);
+    REQUIRE(fs::exists(r.kept_as));
+    CHECK(read_file(r.kept_as) == damaged);
+    CHECK(r.trials_recovered == 0);
+    CHECK(r.best_recovered >= kRows * 3 / 10);  // about half the pages are left
+    CHECK(r.best_recovered < kRows);
+    notes_of(r.note);
+    CHECK_CONTAINS(r.note, "read errors in best (unreadable pages skipped)");
+    CHECK_NOT_CONTAINS(r.note, "cannot be read");
+
+    TuningDb db = TuningDb::open(path);
+    CHECK(db.verify().empty());
+    const std::vector<BestEntry> back = db.all_best();
+    CHECK(static_cast<int64_t>(back.size()) == r.best_recovered);
+    std::map<std::pair<std::string, int64_t>, const BestEntry*> by_key;
+    for (const BestEntry& e : written) by_key[{e.shape, e.t_bucket}] = &e;
+    for (const BestEntry& e : back) {  // every row that comes back is a row that was written, intact
+      const auto it = by_key.find({e.shape, e.t_bucket});
+      REQUIRE(it != by_key.end());
+      check_same_best(e, *it->second);
+    }
+  }
+  SUBCASE("trials") {
+    fill_db(path, kRows, 0);
+    REQUIRE(!fs::exists(path.string() + "-wal"));
+    fs::resize_file(path, fs::file_size(path) / 2);
+    const std::string damaged = read_file(path);
+    REQUIRE(db_error_of([&] { TuningDb::open(path, TuningDb::Mode::read_only); }));
+
+    const nsajit::RepairReport r = nsajit::repair_db(path);
+    INFO("note: ", r.note);
+    CHECK(read_file(r.kept_as) == damaged);
+    CHECK(r.trials_recovered >= kRows * 3 / 10);
+    CHECK(r.trials_recovered < kRows);
+    CHECK(r.best_recovered == 0);
+    notes_of(r.note);
+    CHECK_CONTAINS(r.note, "read errors in trials (unreadable pages skipped)");
+
+    TuningDb db = TuningDb::open(path);
+    CHECK(db.verify().empty());
+    const std::vector<Trial> back = db.trials();
+    CHECK(static_cast<int64_t>(back.size()) == r.trials_recovered);
+    for (const Trial& t : back) {  // the rows recovered are the rows written, ids kept
+      Trial want = make_trial(static_cast<int>(t.id - 1));
+      want.id = t.id;
+      want.detail = std::string(300, static_cast<char>('a' + (t.id - 1) % 26));
+      want.nsajit_version = NSAJIT_VERSION;
+      check_same_trial(t, want);
+    }
+  }
+}
+
 TEST_CASE("db concurrency: four processes writing at once lose nothing") {
   TempDir dir;
   const fs::path path = dir.path / "tuning.db";  // not created beforehand: the children race to create it
@@ -1328,7 +1406,7 @@ TEST_CASE("db cli: verify on healthy and corrupted files, and --repair") {
   CHECK_EXIT(nsajit_cli(dir, "db verify --db " + quoted(bad.string())), 0);
 }
 
-TEST_CASE("db cli: a truncated or header-damaged file: every command says why, the file stays untouched") {
+TEST_CASE("db cli: a truncated or header-damaged file: every command says why, --repair recovers the rows") {
   TempDir dir;
   const fs::path healthy = dir.path / "healthy.db";
   fill_best(healthy, many_best(3000));
@@ -1347,6 +1425,33 @@ TEST_CASE("db cli: a truncated or header-damaged file: every command says why, t
     }
     CHECK(read_file(path) == damaged);
   }
+
+  // The truncated file, repaired: about half of the rows come back.
+  const fs::path path = dir.path / "truncated.db";
+  const std::string damaged = read_file(path);
+  const Run repaired = nsajit_cli(dir, "db verify --repair --db " + quoted(path.string()));
+  CHECK_EXIT(repaired, 0);
+  CHECK_MESSAGE(control_chars_in(repaired.output).empty(), repaired.output);
+  CHECK_CONTAINS(repaired.output, "is damaged (PRAGMA application_id: database disk image is malformed)");
+  const std::string marker = "recovered 0 trials and ";
+  const size_t at = repaired.output.find(marker);
+  REQUIRE_MESSAGE(at != std::string::npos, repaired.output);
+  const long long recovered = std::stoll(repaired.output.substr(at + marker.size()));
+  CHECK(recovered >= 900);
+  CHECK(recovered < 3000);
+  CHECK_CONTAINS(repaired.output, "read errors in best (unreadable pages skipped)");
+  CHECK_NOT_CONTAINS(repaired.output, "cannot be read");
+  std::vector<fs::path> kept;
+  for (const auto& e : fs::directory_iterator(dir.path)) {
+    const std::string name = e.path().filename().string();
+    if (contains(name, "truncated.db.damaged-") && !contains(name, "-wal") && !contains(name, "-shm"))
+      kept.push_back(e.path());
+  }
+  REQUIRE(kept.size() == 1);
+  CHECK(read_file(kept[0]) == damaged);
+  CHECK_EXIT(nsajit_cli(dir, "db verify --db " + quoted(path.string())), 0);
+  CHECK_CONTAINS(nsajit_cli(dir, "db list --db " + quoted(path.string())).output,
+                 std::to_string(recovered) + " best entries");
 }
 
 TEST_CASE("db cli: prune is a dry run without --yes") {
