@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -1049,6 +1050,31 @@ private:
   sqlite3_stmt* s_;
 };
 
+// What the 100-byte header of an SQLite file says against the file's size; empty when they agree or the header
+// cannot tell. The page count at offset 28 counts only while valid: the version-valid-for number (offset 92)
+// equals the change counter (offset 24), SQLite's own rule.
+std::string header_mismatch(const fs::path& path) {
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec || size < 100) return {};
+  std::ifstream in(path, std::ios::binary);
+  std::array<char, 100> h{};
+  if (!in.read(h.data(), h.size()) || std::memcmp(h.data(), "SQLite format 3\0", 16) != 0) return {};
+  const auto be = [&](size_t at, size_t n) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; ++i) v = v << 8 | static_cast<unsigned char>(h[at + i]);
+    return v;
+  };
+  const uint64_t page = be(16, 2) == 1 ? 65536 : be(16, 2), pages = be(28, 4);
+  if (page < 512 || page > 65536 || (page & (page - 1)) != 0)
+    return fmt::format("the header's page size {} is not a valid SQLite page size", page);
+  if (pages != 0 && be(24, 4) == be(92, 4) && pages * page != size)
+    return fmt::format("the header says {} pages of {} bytes ({} bytes) but the file has {} bytes: the file was cut "
+                       "short or its header is damaged",
+                       pages, page, pages * page, size);
+  return {};
+}
+
 }  // namespace
 
 RepairReport repair_db(const fs::path& path) {
@@ -1080,28 +1106,33 @@ RepairReport repair_db(const fs::path& path) {
 
   TuningDb fresh = TuningDb::open(path, TuningDb::Mode::read_write);
 
+  // What could not be read, each said once.
   std::vector<std::string> notes;
+  auto note = [&](std::string n) {
+    if (std::find(notes.begin(), notes.end(), n) == notes.end()) notes.push_back(std::move(n));
+  };
   sqlite3* old = nullptr;
   if (sqlite3_open_v2(kept.string().c_str(), &old, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    notes.push_back(fmt::format("cannot open the damaged copy: {}", old ? sqlite3_errmsg(old) : "out of memory"));
+    note(fmt::format("cannot open the damaged copy: {}", old ? sqlite3_errmsg(old) : "out of memory"));
     sqlite3_close(old);
     report.note = fmt::format("{}", fmt::join(notes, "; "));
     return report;
   }
   sqlite3_extended_result_codes(old, 1);
   sqlite3_busy_timeout(old, kBusyTimeoutMs);
+  if (std::string mismatch = header_mismatch(kept); !mismatch.empty()) note(std::move(mismatch));
   // writable_schema makes SQLite read past damage it otherwise refuses outright: a page count in the header larger
   // than the file (a truncated file), or a root page beyond the end of the file. The connection is read-only, so
   // nothing is written.
   if (sqlite3_exec(old, "PRAGMA writable_schema = ON", nullptr, nullptr, nullptr) != SQLITE_OK)
-    notes.push_back(fmt::format("cannot set writable_schema on the damaged copy ({})", sqlite3_errmsg(old)));
+    note(fmt::format("cannot set writable_schema on the damaged copy ({})", sqlite3_errmsg(old)));
 
   // The columns each table has in the damaged copy (version 1 or 2); missing ones get their migration defaults.
   auto columns_of = [&](std::string_view table) -> std::optional<std::set<std::string>> {
     sqlite3_stmt* s = nullptr;
     const std::string sql = fmt::format("PRAGMA table_info({})", table);
     if (sqlite3_prepare_v2(old, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) {
-      notes.push_back(fmt::format("the damaged copy's schema cannot be read ({})", sqlite3_errmsg(old)));
+      note(fmt::format("table {}: the damaged copy's schema cannot be read ({})", table, sqlite3_errmsg(old)));
       sqlite3_finalize(s);
       return std::nullopt;
     }
@@ -1109,12 +1140,12 @@ RepairReport repair_db(const fs::path& path) {
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) out.insert(reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
     if (rc != SQLITE_DONE) {
-      notes.push_back(fmt::format("the damaged copy's schema cannot be read ({})", sqlite3_errmsg(old)));
+      note(fmt::format("table {}: the damaged copy's schema cannot be read ({})", table, sqlite3_errmsg(old)));
       out.clear();
     }
     sqlite3_finalize(s);
     if (out.empty()) {
-      if (rc == SQLITE_DONE) notes.push_back(fmt::format("the damaged copy has no table {}", table));
+      if (rc == SQLITE_DONE) note(fmt::format("the damaged copy has no table {}", table));
       return std::nullopt;
     }
     return out;
@@ -1162,7 +1193,7 @@ RepairReport repair_db(const fs::path& path) {
       insert_trial(fresh.db_, path, t, true);
       ++report.trials_recovered;
     });
-    if (errors) notes.push_back(fmt::format("{} read errors in trials (unreadable pages skipped)", errors));
+    if (errors) note(fmt::format("{} read errors in trials (unreadable pages skipped)", errors));
   }
   if (auto cols = columns_of("best")) {
     const int64_t errors = salvage_rows(old, "best", select_list(kBestColumns, *cols), [&](sqlite3_stmt* s) {
@@ -1180,12 +1211,12 @@ RepairReport repair_db(const fs::path& path) {
       upsert_best(fresh.db_, path, e);
       ++report.best_recovered;
     });
-    if (errors) notes.push_back(fmt::format("{} read errors in best (unreadable pages skipped)", errors));
+    if (errors) note(fmt::format("{} read errors in best (unreadable pages skipped)", errors));
   }
   txn.commit();
   sqlite3_close(old);
-  if (skipped) notes.push_back(fmt::format("{} rows with unreadable values skipped", skipped));
-  if (notes.empty()) notes.push_back("every row of the damaged copy was read");
+  if (skipped) note(fmt::format("{} rows with unreadable values skipped", skipped));
+  if (notes.empty()) note("every row of the damaged copy was read");
   report.note = fmt::format("{}", fmt::join(notes, "; "));
   return report;
 }
