@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -181,11 +182,12 @@ bool is_corruption(int rc) {
   throw DbError(DbError::Kind::io, fmt::format("tuning database {}: {} failed: {}", path.string(), what, msg));
 }
 
-// One prepared statement with bound parameters; columns read by index.
+// One prepared statement with bound parameters; columns read by index. It keeps its own copy of the SQL text (often
+// a temporary built by fmt::format) for the messages of later failures.
 class Stmt {
 public:
   Stmt(sqlite3* db, const fs::path& path, std::string_view sql) : db_(db), path_(path), sql_(sql) {
-    const int rc = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &s_, nullptr);
+    const int rc = sqlite3_prepare_v2(db, sql_.data(), static_cast<int>(sql_.size()), &s_, nullptr);
     if (rc != SQLITE_OK) fail(db, rc, path, fmt::format("preparing '{}'", first_words()));
   }
   ~Stmt() { sqlite3_finalize(s_); }
@@ -242,7 +244,7 @@ private:
   }
   sqlite3* db_;
   const fs::path& path_;
-  std::string_view sql_;
+  std::string sql_;
   sqlite3_stmt* s_ = nullptr;
 };
 
@@ -1019,6 +1021,60 @@ int64_t salvage_rows(sqlite3* db, std::string_view table, const std::string& sel
   return errors;
 }
 
+// The values of one row read from a damaged file. Every column of both tables is NOT NULL, so a value of another
+// type than the schema's marks the row as damaged, and so does text holding a NUL byte: that is what the part of a
+// page beyond the end of a cut file reads as (zeros).
+class RowValues {
+public:
+  explicit RowValues(sqlite3_stmt* s) : s_(s) {}
+  std::string text(int c) {
+    if (sqlite3_column_type(s_, c) != SQLITE_TEXT) return damaged(std::string());
+    std::string v(reinterpret_cast<const char*>(sqlite3_column_text(s_, c)),
+                  static_cast<size_t>(sqlite3_column_bytes(s_, c)));
+    return v.find('\0') != std::string::npos ? damaged(std::string()) : v;
+  }
+  int64_t i64(int c) { return number(c) ? sqlite3_column_int64(s_, c) : 0; }
+  double f64(int c) { return number(c) ? sqlite3_column_double(s_, c) : 0.0; }
+  bool bad = false;
+
+private:
+  bool number(int c) {
+    const int type = sqlite3_column_type(s_, c);
+    return type == SQLITE_INTEGER || type == SQLITE_FLOAT || damaged(false);
+  }
+  template <typename T>
+  T damaged(T v) {
+    bad = true;
+    return v;
+  }
+  sqlite3_stmt* s_;
+};
+
+// What the 100-byte header of an SQLite file says against the file's size; empty when they agree or the header
+// cannot tell. The page count at offset 28 counts only while valid: the version-valid-for number (offset 92)
+// equals the change counter (offset 24), SQLite's own rule.
+std::string header_mismatch(const fs::path& path) {
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec || size < 100) return {};
+  std::ifstream in(path, std::ios::binary);
+  std::array<char, 100> h{};
+  if (!in.read(h.data(), h.size()) || std::memcmp(h.data(), "SQLite format 3\0", 16) != 0) return {};
+  const auto be = [&](size_t at, size_t n) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; ++i) v = v << 8 | static_cast<unsigned char>(h[at + i]);
+    return v;
+  };
+  const uint64_t page = be(16, 2) == 1 ? 65536 : be(16, 2), pages = be(28, 4);
+  if (page < 512 || page > 65536 || (page & (page - 1)) != 0)
+    return fmt::format("the header's page size {} is not a valid SQLite page size", page);
+  if (pages != 0 && be(24, 4) == be(92, 4) && pages * page != size)
+    return fmt::format("the header says {} pages of {} bytes ({} bytes) but the file has {} bytes: the file was cut "
+                       "short or its header is damaged",
+                       pages, page, pages * page, size);
+  return {};
+}
+
 }  // namespace
 
 RepairReport repair_db(const fs::path& path) {
@@ -1050,23 +1106,33 @@ RepairReport repair_db(const fs::path& path) {
 
   TuningDb fresh = TuningDb::open(path, TuningDb::Mode::read_write);
 
+  // What could not be read, each said once.
   std::vector<std::string> notes;
+  auto note = [&](std::string n) {
+    if (std::find(notes.begin(), notes.end(), n) == notes.end()) notes.push_back(std::move(n));
+  };
   sqlite3* old = nullptr;
   if (sqlite3_open_v2(kept.string().c_str(), &old, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    notes.push_back(fmt::format("cannot open the damaged copy: {}", old ? sqlite3_errmsg(old) : "out of memory"));
+    note(fmt::format("cannot open the damaged copy: {}", old ? sqlite3_errmsg(old) : "out of memory"));
     sqlite3_close(old);
     report.note = fmt::format("{}", fmt::join(notes, "; "));
     return report;
   }
   sqlite3_extended_result_codes(old, 1);
   sqlite3_busy_timeout(old, kBusyTimeoutMs);
+  if (std::string mismatch = header_mismatch(kept); !mismatch.empty()) note(std::move(mismatch));
+  // writable_schema makes SQLite read past damage it otherwise refuses outright: a page count in the header larger
+  // than the file (a truncated file), or a root page beyond the end of the file. The connection is read-only, so
+  // nothing is written.
+  if (sqlite3_exec(old, "PRAGMA writable_schema = ON", nullptr, nullptr, nullptr) != SQLITE_OK)
+    note(fmt::format("cannot set writable_schema on the damaged copy ({})", sqlite3_errmsg(old)));
 
   // The columns each table has in the damaged copy (version 1 or 2); missing ones get their migration defaults.
   auto columns_of = [&](std::string_view table) -> std::optional<std::set<std::string>> {
     sqlite3_stmt* s = nullptr;
     const std::string sql = fmt::format("PRAGMA table_info({})", table);
     if (sqlite3_prepare_v2(old, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) {
-      notes.push_back(fmt::format("the damaged copy's schema cannot be read ({})", sqlite3_errmsg(old)));
+      note(fmt::format("table {}: the damaged copy's schema cannot be read ({})", table, sqlite3_errmsg(old)));
       sqlite3_finalize(s);
       return std::nullopt;
     }
@@ -1074,12 +1140,12 @@ RepairReport repair_db(const fs::path& path) {
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) out.insert(reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
     if (rc != SQLITE_DONE) {
-      notes.push_back(fmt::format("the damaged copy's schema cannot be read ({})", sqlite3_errmsg(old)));
+      note(fmt::format("table {}: the damaged copy's schema cannot be read ({})", table, sqlite3_errmsg(old)));
       out.clear();
     }
     sqlite3_finalize(s);
     if (out.empty()) {
-      if (rc == SQLITE_DONE) notes.push_back(fmt::format("the damaged copy has no table {}", table));
+      if (rc == SQLITE_DONE) note(fmt::format("the damaged copy has no table {}", table));
       return std::nullopt;
     }
     return out;
@@ -1105,69 +1171,52 @@ RepairReport repair_db(const fs::path& path) {
   int64_t skipped = 0;
   if (auto cols = columns_of("trials")) {
     const int64_t errors = salvage_rows(old, "trials", select_list(kTrialColumns, *cols), [&](sqlite3_stmt* s) {
-      Trial t;
-      const auto text = [&](int c) -> std::optional<std::string> {
-        if (sqlite3_column_type(s, c) != SQLITE_TEXT) return std::nullopt;
-        return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, c)),
-                           static_cast<size_t>(sqlite3_column_bytes(s, c)));
-      };
       // Column 0 is the rowid; the trial's columns start at 1.
-      const auto device = text(2), nvrtc = text(4), family = text(5), shape = text(6), problem = text(8),
-                 config = text(9), hash = text(10), outcome = text(12), detail = text(13), version = text(23);
-      const auto parsed = outcome ? parse_outcome(*outcome) : std::nullopt;
-      const int64_t t_bucket = sqlite3_column_int64(s, 7);
-      if (!device || !nvrtc || !family || !shape || !problem || !config || !hash || !parsed || t_bucket < 1) {
+      RowValues v(s);
+      Trial t;
+      t.id = v.i64(1);
+      t.toolkit = {v.text(2), static_cast<int>(v.i64(3)), v.text(4)};
+      t.family = v.text(5), t.shape = v.text(6), t.t_bucket = v.i64(7), t.problem = v.text(8), t.config = v.text(9);
+      t.source_hash = v.text(10), t.stage = static_cast<int>(v.i64(11));
+      const auto outcome = parse_outcome(v.text(12));
+      t.detail = v.text(13), t.median_ms = v.f64(14), t.p20_ms = v.f64(15), t.p80_ms = v.f64(16);
+      t.reps = static_cast<int>(v.i64(17)), t.registers = static_cast<int>(v.i64(18));
+      t.spill_bytes = static_cast<int>(v.i64(19)), t.smem_bytes = static_cast<int>(v.i64(20));
+      t.compile_seconds = v.f64(21), t.created = v.i64(22), t.nsajit_version = v.text(23);
+      // add_trial never writes a creation time of 0: a 0 is what a page cut short reads as.
+      if (v.bad || !outcome || t.t_bucket < 1 || t.created <= 0) {
         ++skipped;
         return;
       }
-      t.id = sqlite3_column_int64(s, 1);
-      t.toolkit = {*device, static_cast<int>(sqlite3_column_int64(s, 3)), *nvrtc};
-      t.family = *family, t.shape = *shape, t.t_bucket = t_bucket, t.problem = *problem, t.config = *config;
-      t.source_hash = *hash, t.stage = static_cast<int>(sqlite3_column_int64(s, 11)), t.outcome = *parsed;
-      t.detail = detail.value_or(""), t.median_ms = sqlite3_column_double(s, 14);
-      t.p20_ms = sqlite3_column_double(s, 15), t.p80_ms = sqlite3_column_double(s, 16);
-      t.reps = static_cast<int>(sqlite3_column_int64(s, 17));
-      t.registers = static_cast<int>(sqlite3_column_int64(s, 18));
-      t.spill_bytes = static_cast<int>(sqlite3_column_int64(s, 19));
-      t.smem_bytes = static_cast<int>(sqlite3_column_int64(s, 20));
-      t.compile_seconds = sqlite3_column_double(s, 21), t.created = sqlite3_column_int64(s, 22);
-      t.nsajit_version = version.value_or("");
+      t.outcome = *outcome;
       if (t.stage < 0) t.stage = 0;
-      if (t.created == 0) t.created = 1;
       insert_trial(fresh.db_, path, t, true);
       ++report.trials_recovered;
     });
-    if (errors) notes.push_back(fmt::format("{} read errors in trials (unreadable pages skipped)", errors));
+    if (errors) note(fmt::format("{} read errors in trials (unreadable pages skipped)", errors));
   }
   if (auto cols = columns_of("best")) {
     const int64_t errors = salvage_rows(old, "best", select_list(kBestColumns, *cols), [&](sqlite3_stmt* s) {
-      const auto text = [&](int c) -> std::optional<std::string> {
-        if (sqlite3_column_type(s, c) != SQLITE_TEXT) return std::nullopt;
-        return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, c)),
-                           static_cast<size_t>(sqlite3_column_bytes(s, c)));
-      };
-      const auto device = text(1), nvrtc = text(3), family = text(4), shape = text(5), problem = text(7),
-                 config = text(8), hash = text(9), version = text(13);
-      const int64_t t_bucket = sqlite3_column_int64(s, 6);
-      if (!device || !nvrtc || !family || !shape || !problem || !config || !hash || t_bucket < 1) {
+      RowValues v(s);
+      BestEntry e;
+      e.toolkit = {v.text(1), static_cast<int>(v.i64(2)), v.text(3)};
+      e.family = v.text(4), e.shape = v.text(5), e.t_bucket = v.i64(6), e.problem = v.text(7), e.config = v.text(8);
+      e.source_hash = v.text(9), e.median_ms = v.f64(10), e.default_ms = v.f64(11);
+      e.updated = v.i64(12), e.nsajit_version = v.text(13);
+      // set_best never writes an update time of 0: a 0 is what a page cut short reads as.
+      if (v.bad || e.t_bucket < 1 || e.updated <= 0) {
         ++skipped;
         return;
       }
-      BestEntry e;
-      e.toolkit = {*device, static_cast<int>(sqlite3_column_int64(s, 2)), *nvrtc};
-      e.family = *family, e.shape = *shape, e.t_bucket = t_bucket, e.problem = *problem, e.config = *config;
-      e.source_hash = *hash, e.median_ms = sqlite3_column_double(s, 10), e.default_ms = sqlite3_column_double(s, 11);
-      e.updated = sqlite3_column_int64(s, 12), e.nsajit_version = version.value_or("");
-      if (e.updated == 0) e.updated = 1;
       upsert_best(fresh.db_, path, e);
       ++report.best_recovered;
     });
-    if (errors) notes.push_back(fmt::format("{} read errors in best (unreadable pages skipped)", errors));
+    if (errors) note(fmt::format("{} read errors in best (unreadable pages skipped)", errors));
   }
   txn.commit();
   sqlite3_close(old);
-  if (skipped) notes.push_back(fmt::format("{} rows with unreadable values skipped", skipped));
-  if (notes.empty()) notes.push_back("every row of the damaged copy was read");
+  if (skipped) note(fmt::format("{} rows with unreadable values skipped", skipped));
+  if (notes.empty()) note("every row of the damaged copy was read");
   report.note = fmt::format("{}", fmt::join(notes, "; "));
   return report;
 }

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 #include <llvm/Support/BLAKE3.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,9 +8,11 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -341,8 +344,17 @@ TEST_CASE("cubin cache: a bad entry is reported, removed and never returned") {
     reason = "checksum mismatch";
   }
   SUBCASE("payload size field changed") {
+    // The low byte of the little-endian payload size: 5000 becomes 5001, one byte more than the file holds.
+    REQUIRE(cubin.size() % 2 == 0);
     bytes[16] = static_cast<char>(bytes[16] ^ 0x01);
-    reason = "";  // truncated or size mismatch, depending on the bit
+    reason = "truncated: the file has " + std::to_string(bytes.size()) + " bytes, its header says " +
+             std::to_string(bytes.size() + 1);
+  }
+  SUBCASE("payload size field made smaller") {
+    bytes[16] = static_cast<char>(bytes[16] ^ 0x08);  // 5000 = 0x1388 becomes 0x1380: 8 bytes fewer
+    REQUIRE((cubin.size() & 0x08) != 0);
+    reason = "size mismatch: the file has " + std::to_string(bytes.size()) + " bytes, its header says " +
+             std::to_string(bytes.size() - 8);
   }
   SUBCASE("garbage bytes") {
     const std::vector<char> garbage = make_cubin(99, 4096);
@@ -601,21 +613,73 @@ TEST_CASE("cubin cache: unusable directories give a clear nsajit::Error") {
   CHECK(contains(message, (cache.dir() / key.substr(0, 2)).string()));
   CHECK(contains(message, "Not a directory"));
 
-  if (geteuid() == 0) {
-    MESSAGE("running as root: the read-only directory case cannot fail here, skipped");
-    return;
-  }
-  CubinCache readonly(tmp.path / "readonly");
+  // A directory the process may read but not write. Permission bits do not bind root (CI runs as root), so the
+  // case runs in a forked child that, when root, first drops to nobody (uid/gid 65534) for good.
+  const fs::path ro_dir = tmp.path / "readonly";
   const std::string other = key_of(2);
-  fs::create_directories(readonly.dir() / other.substr(0, 2));
-  fs::permissions(readonly.dir(), fs::perms::owner_read | fs::perms::owner_exec);
-  fs::permissions(readonly.dir() / other.substr(0, 2), fs::perms::owner_read | fs::perms::owner_exec);
-  message = error_of([&] { readonly.store(other, make_cubin(2, 10), sample_meta()); });
-  CHECK(contains(message, (readonly.dir() / other.substr(0, 2)).string()));
+  fs::create_directories(ro_dir / other.substr(0, 2));
+  const bool as_root = geteuid() == 0;
+  constexpr uid_t kNobody = 65534;
+  if (as_root) {
+    // nobody must reach the directory (mkdtemp made tmp.path 0700) and own what it may not write.
+    fs::permissions(tmp.path, fs::perms::owner_all | fs::perms::others_exec);
+    for (const fs::path& p : {ro_dir, ro_dir / other.substr(0, 2)}) REQUIRE(chown(p.c_str(), kNobody, kNobody) == 0);
+  }
+  fs::permissions(ro_dir, fs::perms::owner_read | fs::perms::owner_exec);
+  fs::permissions(ro_dir / other.substr(0, 2), fs::perms::owner_read | fs::perms::owner_exec);
+
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // The child reports instead of asserting: "<who>\n<store error>\n<loaded: 0 or 1>".
+    close(fds[0]);
+    std::string report;
+    if (as_root && (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0))
+      report = "cannot drop privileges: " + std::string(std::strerror(errno));
+    else if (as_root && (setuid(0) == 0 || geteuid() == 0))
+      report = "privileges were not dropped for good";
+    else {
+      report = "uid " + std::to_string(geteuid()) + "\n";
+      try {
+        const CubinCache readonly(ro_dir);
+        report += error_of([&] { readonly.store(other, make_cubin(2, 10), sample_meta()); }) + "\n";
+        report += readonly.load(other) ? "1" : "0";
+      } catch (const std::exception& e) {
+        report += std::string("unexpected exception: ") + e.what();
+      }
+    }
+    const char* p = report.data();
+    for (size_t left = report.size(); left > 0;) {
+      const ssize_t n = write(fds[1], p, left);
+      if (n <= 0) _exit(3);
+      p += n, left -= static_cast<size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string report;
+  std::array<char, 4096> buffer{};
+  for (ssize_t n; (n = read(fds[0], buffer.data(), buffer.size())) > 0;) report.append(buffer.data(), static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  INFO("child report: ", report);
+  const size_t nl1 = report.find('\n'), nl2 = report.rfind('\n');
+  REQUIRE(nl1 != std::string::npos);
+  REQUIRE(nl2 > nl1);
+  CHECK(report.substr(0, nl1) == "uid " + std::to_string(as_root ? kNobody : geteuid()));
+  message = report.substr(nl1 + 1, nl2 - nl1 - 1);
+  CHECK(contains(message, (ro_dir / other.substr(0, 2)).string()));
   CHECK(contains(message, "Permission denied"));
-  CHECK_FALSE(readonly.load(other));  // reading still works
-  fs::permissions(readonly.dir() / other.substr(0, 2), fs::perms::owner_all);
-  fs::permissions(readonly.dir(), fs::perms::owner_all);
+  CHECK(report.substr(nl2 + 1) == "0");  // reading still works: the key is simply absent
+  CHECK(files_under(ro_dir).empty());
+  fs::permissions(ro_dir / other.substr(0, 2), fs::perms::owner_all);
+  fs::permissions(ro_dir, fs::perms::owner_all);
 }
 
 TEST_CASE("cubin cache: keys that are not cache keys are refused") {
