@@ -44,7 +44,7 @@ struct CArgs {
   const int32_t* pool_cu = nullptr;
   const int32_t* pool_cu_host = nullptr;
   int64_t pool_num_seqs = 0;
-  int32_t offsets[5] = {0, 100, 200, 256, 256};
+  std::vector<int32_t> offsets = {0, 100, 200, 256, 256};  // its own allocation: a read past it is an ASan error
   CArgs() = default;
   CArgs(const CArgs&) = delete;
   CArgs& operator=(const CArgs&) = delete;
@@ -65,7 +65,7 @@ std::unique_ptr<CArgs> make_args(bool varlen) {
   const void* gate = at(0x800000);
   const int64_t row_b = T * p.HQ, row_t = p.HQ;
   const int32_t* cu = varlen ? &kDeviceOffsets : nullptr;
-  const int32_t* cu_host = varlen ? a->offsets : nullptr;
+  const int32_t* cu_host = varlen ? a->offsets.data() : nullptr;
   const int64_t num_seqs = varlen ? 4 : 0;
 
   nsajit_forward_tensors& f = a->f;
@@ -550,7 +550,7 @@ TEST_CASE("C ABI: randomized bad inputs (fixed seed) are refused with a message,
          return true;
        }},
       {"host cu_seqlens", [&](const Entry& e, CArgs& a) {
-         *e.varlen(a).host = pick(2) ? nullptr : a.offsets;
+         *e.varlen(a).host = pick(2) ? nullptr : a.offsets.data();
          return true;
        }},
       {"num_seqs", [&](const Entry& e, CArgs& a) {

@@ -142,7 +142,8 @@ const std::vector<ForwardCase>& late_refusals() {
       {"workspace too small", [](Problem& p, ForwardTensors& f) { give_workspace(f, p), f.workspace_bytes -= 1; },
        "too small"},
       {"T = 0", [](Problem& p, ForwardTensors&) { p.T = 0; }, "bad T = 0"},
-      // Sizes computed from an unsupported head dim would overflow int64 (UBSan): the shapes are checked first.
+      // An unsupported head dim is named as such, not reported as an overflowing scratch size: the shapes each
+      // branch supports are checked before any size is computed from them.
       {"a huge head dim with huge T and H",
        [](Problem& p, ForwardTensors&) { p.T = (int64_t{1} << 31) - 1, p.H = p.HQ = 65535, p.dk = 1 << 30; },
        "1073741824"},
