@@ -20,6 +20,17 @@ const KernelFamily& pool_family();
 const KernelFamily& select_family();
 const KernelFamily& compare_family();
 const KernelFamily& fault_test_family();
+const KernelFamily& bwd_pre_family();
+const KernelFamily& cmp_bwd_dq_family();
+const KernelFamily& cmp_bwd_dkv_family();
+const KernelFamily& slc_bwd_index_family();
+const KernelFamily& slc_bwd_dq_family();
+const KernelFamily& slc_bwd_dkv_family();
+const KernelFamily& slc_bwd_reduce_family();
+const KernelFamily& win_bwd_dq_family();
+const KernelFamily& win_bwd_dkv_family();
+const KernelFamily& pool_bwd_family();
+const KernelFamily& bwd_cast_family();
 
 std::string describe(const TileConfig& c) {
   std::string s;
@@ -34,6 +45,12 @@ const std::vector<const KernelFamily*>& families() {
     std::vector<const KernelFamily*> v = {&pool_family(),        &cmp_fwd_family(),     &select_family(),
                                           &slc_fwd_family(),     &win_fwd_family(),     &win_fwd_ref_family(),
                                           &cmp_fwd_ref_family(), &compare_family()};
+    // The backward families in the order the backward runs them.
+    for (const KernelFamily* f :
+         {&bwd_pre_family(), &cmp_bwd_dq_family(), &cmp_bwd_dkv_family(), &slc_bwd_index_family(),
+          &slc_bwd_dq_family(), &slc_bwd_dkv_family(), &slc_bwd_reduce_family(), &win_bwd_dq_family(),
+          &win_bwd_dkv_family(), &pool_bwd_family(), &bwd_cast_family()})
+      v.push_back(f);
     const char* test = std::getenv("NSAJIT_TEST_FAMILIES");
     if (test != nullptr && std::string_view(test) == "1") v.push_back(&fault_test_family());
     return v;

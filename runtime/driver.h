@@ -40,6 +40,7 @@ namespace nsajit {
   X(cuMemsetD8)                    \
   X(cuMemsetD16)                   \
   X(cuMemsetD32)                   \
+  X(cuMemsetD32Async)              \
   X(cuStreamCreate)                \
   X(cuStreamDestroy)               \
   X(cuStreamSynchronize)           \

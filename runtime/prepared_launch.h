@@ -15,7 +15,7 @@ namespace nsajit {
 struct PreparedLaunch {
   const Kernel* kernel = nullptr;
   LaunchGeometry geometry;
-  alignas(16) unsigned char params[256] = {};  // the family's parameter struct, byte for byte
+  alignas(16) unsigned char params[512] = {};  // the family's parameter struct, byte for byte
 
   template <class P>
   void set_params(const P& p) {
