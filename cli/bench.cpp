@@ -10,6 +10,7 @@
 
 #include "codegen/family.h"
 #include "runtime/attn_fwd_api.h"
+#include "runtime/backward.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
@@ -133,6 +134,123 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
       json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
                                              {"T", T},
                                              {"kernel", r.what},
+                                             {"median_ms", r.ms},
+                                             {"p20_ms", r.p20},
+                                             {"p80_ms", r.p80},
+                                             {"tflops", tf},
+                                             {"gbs", gb}});
+    }
+  }
+  if (!json_path.empty()) {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(json_path, ec);
+    if (ec) throw Error(fmt::format("cannot write {}: {}", json_path, ec.message()));
+    os << llvm::formatv("{0:2}", llvm::json::Value(llvm::json::Object{{"device", ctx.info().fingerprint()},
+                                                                      {"rows", std::move(json_rows)}}));
+  }
+  return 0;
+}
+
+int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path,
+                       bool with_forward) {
+  std::string why;
+  if (!driver_available(&why)) {
+    fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
+    return 1;
+  }
+  Context ctx(0);
+  fmt::print("{}\n{}\n", ctx.info().name, ctx.info().fingerprint());
+  llvm::json::Array json_rows;
+  for (int64_t T : seqs) {
+    Problem p = base;
+    p.T = T;
+    p.validate();
+    const size_t tokens = static_cast<size_t>(p.B * p.T);
+    DeviceBuffer q = random_device_tensor(tokens * p.HQ * p.dk, p.dtype, 1);
+    DeviceBuffer k = random_device_tensor(tokens * p.H * p.dk, p.dtype, 2);
+    DeviceBuffer v = random_device_tensor(tokens * p.H * p.dv, p.dtype, 3);
+    DeviceBuffer dout = random_device_tensor(tokens * p.HQ * p.dv, p.dtype, 5);
+    std::vector<uint16_t> gbits = random_normal_bits(tokens * p.HQ, p.dtype, 4);
+    for (auto& g : gbits) g &= 0x7fff;
+    DeviceBuffer gate(tokens * p.HQ * 2);
+    gate.upload(gbits.data(), gbits.size() * 2);
+    const size_t on = tokens * p.HQ * p.dv * 2, ln = tokens * p.HQ * 4;
+    DeviceBuffer o(on), oc(on), os(on), ow(on), lc(ln), ls(ln), lw(ln), idx(tokens * p.H * p.n * 4),
+        cnt(tokens * p.H * 4), fws(forward_workspace_bytes(p));
+    DeviceBuffer dq(tokens * p.HQ * p.dk * 2), dk(tokens * p.H * p.dk * 2), dv(tokens * p.H * p.dv * 2);
+    DeviceBuffer dg(3 * ln / 2);
+
+    ForwardTensors f;
+    f.q = contiguous(q.get(), p.T, p.HQ, p.dk), f.k = contiguous(k.get(), p.T, p.H, p.dk);
+    f.v = contiguous(v.get(), p.T, p.H, p.dv), f.o = contiguous(o.get(), p.T, p.HQ, p.dv);
+    f.g_cmp = f.g_slc = f.g_win = gate.get();
+    f.gate_stride_b = p.T * p.HQ, f.gate_stride_t = p.HQ;
+    f.o_cmp = contiguous(oc.get(), p.T, p.HQ, p.dv), f.o_slc = contiguous(os.get(), p.T, p.HQ, p.dv);
+    f.o_win = contiguous(ow.get(), p.T, p.HQ, p.dv);
+    f.lse_cmp = static_cast<float*>(lc.get()), f.lse_slc = static_cast<float*>(ls.get());
+    f.lse_win = static_cast<float*>(lw.get()), f.lse_stride_b = p.T * p.HQ, f.lse_stride_t = p.HQ;
+    f.idx = static_cast<int32_t*>(idx.get()), f.cnt = static_cast<int32_t*>(cnt.get());
+    f.workspace = fws.get(), f.workspace_bytes = fws.bytes();
+
+    BackwardTensors b;
+    b.q = f.q, b.k = f.k, b.v = f.v;
+    b.g_cmp = b.g_slc = b.g_win = gate.get();
+    b.gate_stride_b = f.gate_stride_b, b.gate_stride_t = f.gate_stride_t;
+    b.o_cmp = f.o_cmp, b.o_slc = f.o_slc, b.o_win = f.o_win;
+    b.lse_cmp = f.lse_cmp, b.lse_slc = f.lse_slc, b.lse_win = f.lse_win;
+    b.lse_stride_b = f.lse_stride_b, b.lse_stride_t = f.lse_stride_t;
+    b.idx = f.idx, b.cnt = f.cnt;
+    b.dout = contiguous(dout.get(), p.T, p.HQ, p.dv);
+    b.dq = contiguous(dq.get(), p.T, p.HQ, p.dk), b.dk = contiguous(dk.get(), p.T, p.H, p.dk);
+    b.dv = contiguous(dv.get(), p.T, p.H, p.dv);
+    b.dg_cmp = dg.get(), b.dg_slc = static_cast<char*>(dg.get()) + tokens * p.HQ * 2;
+    b.dg_win = static_cast<char*>(dg.get()) + 2 * tokens * p.HQ * 2;
+    b.dg_stride_b = p.T * p.HQ, b.dg_stride_t = p.HQ;
+    DeviceBuffer bws(backward_workspace_bytes(p, b));
+    b.workspace = bws.get(), b.workspace_bytes = bws.bytes();
+
+    const auto t0 = std::chrono::steady_clock::now();
+    forward(p, f, nullptr);
+    backward(p, b, nullptr);
+    ctx.synchronize();
+    const double startup_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+    std::vector<Row> rows;
+    auto add = [&](const std::string& what, const std::function<void(CUstream)>& launch, double flops, double bytes) {
+      const TimingStats t = time_gpu(launch);
+      rows.push_back({what, t.median_ms, t.p20_ms, t.p80_ms, flops, bytes});
+    };
+    double bwd_flops = 0, bwd_bytes = 0;
+    for (const BackwardStage& st : backward_stages(p, b)) {
+      double fl = 0, by = 0;
+      if (st.name != "zero" && st.name != "pool") {
+        const KernelFamily& fam = find_family(st.name);
+        fl = fam.flops(p), by = fam.min_bytes(p);
+      }
+      bwd_flops += fl, bwd_bytes += by;
+      add(st.name, st.run, fl, by);
+    }
+    add("whole backward", [&](CUstream s) { backward(p, b, s); }, bwd_flops, bwd_bytes);
+    if (with_forward) {
+      double fwd_flops = 0;
+      for (const char* n : {"cmp_fwd", "select", "slc_fwd", "win_fwd"})
+        if (std::string(n) != "win_fwd" || p.w > 0) fwd_flops += find_family(n).flops(p);
+      add("whole forward (saving)", [&](CUstream s) { forward(p, f, s); }, fwd_flops, 0);
+      add("forward + backward", [&](CUstream s) { forward(p, f, s), backward(p, b, s); }, fwd_flops + bwd_flops, 0);
+    }
+
+    fmt::print("\n{}  (backward workspace {:.1f} MiB; first forward + backward call {:.0f} ms on the host)\n",
+               p.describe(), bws.bytes() / 1048576.0, startup_ms);
+    for (const char* n : {"cmp_bwd_dq", "cmp_bwd_dkv", "slc_bwd_dq", "slc_bwd_dkv", "win_bwd_dq", "win_bwd_dkv"})
+      fmt::print("  {:<12} {}\n", n, resolve_config(find_family(n), p, p).why);
+    fmt::print("{:<24} {:>10} {:>9} {:>9} {:>8} {:>8}\n", "stage", "median ms", "TFLOP/s", "GB/s", "%matrix", "%copy");
+    for (const Row& r : rows) {
+      const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
+      fmt::print("{:<24} {:>10.3f} {:>9.1f} {:>9.0f} {:>7.1f}% {:>7.1f}%   p20 {:.3f} p80 {:.3f}\n", r.what, r.ms, tf,
+                 gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
+      json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
+                                             {"T", T},
+                                             {"stage", r.what},
                                              {"median_ms", r.ms},
                                              {"p20_ms", r.p20},
                                              {"p80_ms", r.p80},

@@ -11,4 +11,9 @@ namespace nsajit {
 // `json_path` when not empty). Returns the process exit code.
 int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path);
 
+// The backward per stage (kernel family) and whole, on a forward's saved outputs; with `with_forward`, also the
+// forward (saving o_b, lse_b, idx, cnt) and a whole training step (forward then backward).
+int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path,
+                       bool with_forward);
+
 }  // namespace nsajit

@@ -409,9 +409,14 @@ int run(int argc, char** argv) {
   worker->group("");
 
   std::vector<int64_t> bench_seqs = {8192, 16384, 32768, 65536};
-  std::string bench_json;
+  std::string bench_json, bench_pass = "fwd";
   auto* bench = app.add_subcommand(
-      "bench", "Time the NSA forward on the GPU, per kernel and whole: median, TFLOP/s, GB/s, fraction of ceilings");
+      "bench", "Time the NSA forward and/or backward on the GPU, per kernel and whole: median, TFLOP/s, GB/s, "
+               "fraction of ceilings");
+  bench->add_option("--pass", bench_pass, "fwd (the forward's kernels), bwd (the backward's), or fwd+bwd (both, "
+                                          "and a training step: forward saving what the backward needs, then backward)")
+      ->check(CLI::IsMember({"fwd", "bwd", "fwd+bwd"}))
+      ->capture_default_str();
   bench_pf.add_to(*bench, false);
   bench->add_option("--seq", bench_seqs, "Sequence lengths, e.g. 8192,16384,32768,65536")
       ->delimiter(',')
@@ -447,7 +452,10 @@ int run(int argc, char** argv) {
     if (*compile) return cmd_compile(compile_pf, compile_sf, all_configs);
     if (*tune) return cmd_tune(tune_pf, tf);
     if (*worker) return run_worker(worker_device);
-    if (*bench) return run_forward_bench(bench_pf.build(), bench_seqs, bench_json);
+    if (*bench) {
+      if (bench_pass == "fwd") return run_forward_bench(bench_pf.build(), bench_seqs, bench_json);
+      return run_backward_bench(bench_pf.build(), bench_seqs, bench_json, bench_pass == "fwd+bwd");
+    }
     if (*cache) return cmd_cache(cache_action, repair);
     if (db->parsed()) return db->run();
   } catch (const UsageError& e) {

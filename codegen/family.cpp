@@ -23,6 +23,7 @@ const KernelFamily& fault_test_family();
 const KernelFamily& bwd_pre_family();
 const KernelFamily& cmp_bwd_dq_family();
 const KernelFamily& cmp_bwd_dkv_family();
+const KernelFamily& cmp_bwd_reduce_family();
 const KernelFamily& slc_bwd_index_family();
 const KernelFamily& slc_bwd_dq_family();
 const KernelFamily& slc_bwd_dkv_family();
@@ -47,7 +48,7 @@ const std::vector<const KernelFamily*>& families() {
                                           &cmp_fwd_ref_family(), &compare_family()};
     // The backward families in the order the backward runs them.
     for (const KernelFamily* f :
-         {&bwd_pre_family(), &cmp_bwd_dq_family(), &cmp_bwd_dkv_family(), &slc_bwd_index_family(),
+         {&bwd_pre_family(), &cmp_bwd_dq_family(), &cmp_bwd_dkv_family(), &cmp_bwd_reduce_family(), &slc_bwd_index_family(),
           &slc_bwd_dq_family(), &slc_bwd_dkv_family(), &slc_bwd_reduce_family(), &win_bwd_dq_family(),
           &win_bwd_dkv_family(), &pool_bwd_family(), &bwd_cast_family()})
       v.push_back(f);

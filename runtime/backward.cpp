@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -57,8 +58,10 @@ struct AttnBwdParams {
   int32_t accumulate;
   float scale_log2;
   float scale;
+  float* cpart;
+  int64_t nchunks, qsplit, cmp_rows;
 };
-static_assert(sizeof(AttnBwdParams) == 360, "must match templates/bwd_params.cuh");
+static_assert(sizeof(AttnBwdParams) == 392, "must match templates/bwd_params.cuh");
 
 struct BwdPreParams {
   const void* dout;
@@ -111,6 +114,15 @@ struct SlcReduceParams {
 };
 static_assert(sizeof(SlcReduceParams) == 96, "must match templates/bwd_params.cuh");
 
+struct ChunkReduceParams {
+  const float* part;
+  float* dk;
+  float* dv;
+  int64_t rows;
+  int64_t nchunks;
+};
+static_assert(sizeof(ChunkReduceParams) == 40, "must match templates/bwd_params.cuh");
+
 struct PoolBwdParams {
   const float* dx_cmp;
   float* dx;
@@ -148,8 +160,10 @@ int64_t num_cmp(int64_t len, const Problem& p) { return len >= p.l ? (len - p.l)
 
 TensorView or_default(const TensorView& t, const TensorView& fallback) { return t.data ? t : fallback; }
 
-// The smallest work item of the selected dk/dv kernel: the scratch is sized for it, whatever config runs.
+// The smallest work item of the selected dk/dv kernel and the smallest query chunk of the compressed one: the
+// scratch is sized for them, whatever config runs.
 constexpr int64_t kMinQChunk = 1024;
+constexpr int64_t kMinQSplit = 2048;
 
 // What a call computes, from its arguments alone.
 struct Shape {
@@ -193,13 +207,14 @@ Shape shape_of(const Problem& p, const BackwardTensors& t) {
 // The scratch layout, each region 256-byte aligned; a region a call does not use has size 0.
 struct Workspace {
   size_t dq = 0, dk = 0, dv = 0, dk_slc = 0, dv_slc = 0, dk_win = 0, dv_win = 0, dkc = 0, dvc = 0, kc = 0, vc = 0;
+  size_t cpart = 0;
   size_t delta[3] = {0, 0, 0};
   size_t seq_blk_off = 0, seq_mask_off = 0, blk_seq = 0, mask = 0, count = 0, list_off = 0, item_off = 0,
          slot_off = 0, list = 0, partial = 0;
   size_t total = 0;
   int64_t slot_stride = 0, list_stride = 0;
-  // Byte ranges to zero before the kernels run: [begin, end).
-  std::vector<std::pair<size_t, size_t>> zero;
+  // Byte ranges to zero before the kernels run, and before the selection's index is built: [begin, end).
+  std::vector<std::pair<size_t, size_t>> zero, index_zero;
 
   Workspace(const Problem& p, const Shape& s) {
     const size_t HQ = static_cast<size_t>(p.HQ), H = static_cast<size_t>(p.H);
@@ -230,6 +245,7 @@ struct Workspace {
     if (s.cmp || s.given_cmp) {
       dkc = take_zeroed(mul(mul(ncmp, H), mul(dkd, 4)));
       dvc = take_zeroed(mul(mul(ncmp, H), mul(dvd, 4)));
+      cpart = take(mul(mul(static_cast<size_t>(cdiv(s.Tmax, kMinQSplit)), mul(ncmp, H)), mul(dkd + dvd, 4)));
     }
     if (s.pool) {
       kc = take(mul(mul(ncmp, H), mul(dkd, 2)));
@@ -241,8 +257,10 @@ struct Workspace {
       seq_blk_off = take(mul(N + 1, 8));
       seq_mask_off = take(mul(N + 1, 8));
       blk_seq = take(mul(nblk, 4));
-      mask = take_zeroed(mul(mul(H, static_cast<size_t>(s.mask_words)), 4));
-      count = take_zeroed(mul(mul(H, nblk), 4));
+      mask = take(mul(mul(H, static_cast<size_t>(s.mask_words)), 4));
+      index_zero.emplace_back(mask, at);
+      count = take(mul(mul(H, nblk), 4));
+      index_zero.emplace_back(count, at);
       list_off = take(mul(mul(H, nblk), 8));
       item_off = take(mul(mul(H, nblk + 1), 8));
       slot_off = take(mul(mul(H, nblk), 8));
@@ -411,6 +429,7 @@ unsigned grid_x(int64_t n, const char* what) {
 }
 
 struct Step {
+  std::string name;  // the family, or the group it belongs to ("zero" for the accumulators' memsets)
   // A memset (bytes at offset) or a kernel.
   bool is_memset = false;
   CUdeviceptr ptr = 0;
@@ -432,19 +451,24 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
   const float scale_log2 = static_cast<float>(p.softmax_scale() * 1.4426950408889634);
   const int32_t* cu = t.cu_seqlens;
 
+  std::string group;  // the name of the steps added next
   auto add_kernel = [&](std::function<PreparedLaunch()> make) {
     Step st;
+    st.name = group;
     if (prepare) st.launch = make();
     steps.push_back(std::move(st));
   };
-
-  for (const auto& [b, e] : ws.zero) {
+  auto add_memset = [&](size_t begin, size_t end) {
     Step st;
+    st.name = group;
     st.is_memset = true;
-    st.ptr = static_cast<CUdeviceptr>(scratch + b);
-    st.words = (e - b) / 4;
+    st.ptr = static_cast<CUdeviceptr>(scratch + begin);
+    st.words = (end - begin) / 4;
     steps.push_back(st);
-  }
+  };
+
+  group = "zero";
+  for (const auto& [b, e] : ws.zero) add_memset(b, e);
 
   // Compressed keys: the caller's, or the mean pool of k and v (recomputed).
   TensorView kc = t.k_cmp, vc = t.v_cmp;
@@ -453,6 +477,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     kc = {at(ws.kc), per_batch * p.H * p.dk, static_cast<int64_t>(p.H) * p.dk, p.dk};
     vc = {at(ws.vc), per_batch * p.H * p.dv, static_cast<int64_t>(p.H) * p.dv, p.dv};
     if (s.ncmp > 0) {
+      group = "pool";
       PoolArgs a;
       a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
       a.x = t.k, a.y = kc, a.dim = p.dk;
@@ -466,6 +491,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
 
   // Preprocessing: delta and dg of every branch.
   {
+    group = "bwd_pre";
     BwdPreParams pp{};
     pp.dout = t.dout.data;
     const TensorView* o[3] = {&t.o_cmp, &t.o_slc, &t.o_win};
@@ -515,8 +541,27 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     AttnBwdParams a = attn_params(kc, vc, t.g_cmp, t.lse_cmp, 0, f32(ws.dkc), f32(ws.dvc));
     a.accumulate = dq_written ? 1 : 0;
     dq_written = true;
+    group = "cmp_bwd_dq";
     add_kernel([=] { return make_launch(find_family("cmp_bwd_dq"), p, launch, cfg.cmp_dq, a); });
-    if (s.ncmp > 0) add_kernel([=] { return make_launch(find_family("cmp_bwd_dkv"), p, launch, cfg.cmp_dkv, a); });
+    if (s.ncmp > 0) {
+      group = "cmp_bwd_dkv";
+      const KernelFamily& dkv_family = find_family("cmp_bwd_dkv");
+      TileConfig dkv_config = cfg.cmp_dkv ? *cfg.cmp_dkv : dkv_family.default_config(launch);
+      if (prepare && cfg.cmp_dkv == nullptr) dkv_config = resolve_config(dkv_family, p, launch).config;
+      AttnBwdParams c = a;
+      c.qsplit = dkv_config.at("QSPLIT");
+      c.nchunks = cdiv(grid.T, c.qsplit);
+      c.cpart = f32(ws.cpart);
+      c.cmp_rows = s.ncmp;
+      add_kernel([=, &dkv_family] { return make_launch(dkv_family, p, launch, &dkv_config, c); });
+      group = "cmp_bwd_reduce";
+      ChunkReduceParams r{};
+      r.part = c.cpart, r.dk = f32(ws.dkc), r.dv = f32(ws.dvc), r.rows = s.ncmp * p.H, r.nchunks = c.nchunks;
+      add_kernel([=] {
+        return make_launch(find_family("cmp_bwd_reduce"), p, launch, nullptr, r,
+                           {grid_x(cdiv(r.rows * (p.dk + p.dv), 256), "cmp_bwd_reduce"), 1, 1}, 256);
+      });
+    }
   }
 
   if (s.slc) {
@@ -544,6 +589,8 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     ip.nblk = s.nblk, ip.mask_stride = s.mask_words, ip.list_stride = ws.list_stride;
     ip.H = p.H, ip.n = p.n, ip.qchunk = qchunk;
     const KernelFamily& index = find_family("slc_bwd_index");
+    group = "slc_bwd_index";
+    for (const auto& [b, e] : ws.index_zero) add_memset(b, e);
     for (int step = 0; step < 4; ++step) {
       SlcIndexParams q = ip;
       q.step = step;
@@ -563,7 +610,9 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     a.nblk = s.nblk, a.list_stride = ws.list_stride, a.slot_stride = ws.slot_stride;
     a.accumulate = dq_written ? 1 : 0;
     dq_written = true;
+    group = "slc_bwd_dq";
     add_kernel([=] { return make_launch(find_family("slc_bwd_dq"), p, launch, cfg.slc_dq, a); });
+    group = "slc_bwd_dkv";
     const int64_t items = s.nblk + cdiv(s.ntok * p.n, qchunk);
     add_kernel([=, &dkv_family] {
       return make_launch(dkv_family, p, launch, &dkv_config, a,
@@ -573,6 +622,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     rp.partial = a.partial, rp.item_off = a.item_off, rp.slot_off = a.slot_off, rp.blk_seq = a.blk_seq;
     rp.seq_blk_off = a.seq_blk_off, rp.cu_seqlens = cu, rp.dk = dk, rp.dv = dv;
     rp.T = grid.T, rp.nblk = s.nblk, rp.slot_stride = ws.slot_stride, rp.H = p.H;
+    group = "slc_bwd_reduce";
     add_kernel([=] {
       return make_launch(find_family("slc_bwd_reduce"), p, launch, nullptr, rp,
                          {grid_x(s.nblk, "slc_bwd_reduce"), static_cast<unsigned>(p.H), 1}, 256);
@@ -586,19 +636,19 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     AttnBwdParams a = attn_params(k, v, t.g_win, t.lse_win, 2, dk, dv);
     a.accumulate = dq_written ? 1 : 0;
     dq_written = true;
+    group = "win_bwd_dq";
     add_kernel([=] { return make_launch(find_family("win_bwd_dq"), p, launch, cfg.win_dq, a); });
+    group = "win_bwd_dkv";
     add_kernel([=] { return make_launch(find_family("win_bwd_dkv"), p, launch, cfg.win_dkv, a); });
   }
 
   if (!dq_written) {  // every branch off (g_win with w == 0 only): dq = 0
-    Step st;
-    st.is_memset = true;
-    st.ptr = static_cast<CUdeviceptr>(scratch + ws.dq);
-    st.words = static_cast<size_t>(s.ntok) * p.HQ * p.dk;
-    steps.push_back(st);
+    group = "zero";
+    add_memset(ws.dq, ws.dq + static_cast<size_t>(s.ntok) * p.HQ * p.dk * 4);
   }
 
   if (s.pool && s.ncmp > 0) {
+    group = "pool_bwd";
     for (int kv = 0; kv < 2; ++kv) {
       PoolBwdParams pb{};
       pb.dx_cmp = f32(kv == 0 ? ws.dkc : ws.dvc);
@@ -614,6 +664,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
   }
 
   // The casts to the caller's tensors.
+  group = "bwd_cast";
   auto cast = [&](size_t src, const TensorView& dst, int64_t rows_per_batch, int64_t rows, int heads, int dim) {
     if (dst.data == nullptr) return;
     BwdCastParams c{};
@@ -666,6 +717,36 @@ void check_backward(const Problem& p, const BackwardTensors& t) {
   });
 }
 
+static void run_steps(const std::vector<Step>& steps, size_t first, size_t last, CUstream stream) {
+  for (size_t i = first; i < last; ++i) {
+    const Step& st = steps[i];
+    if (st.is_memset) {
+      if (st.words > 0) check_cu(driver().cuMemsetD32Async_(st.ptr, 0u, st.words, stream), "cuMemsetD32Async");
+    } else {
+      st.launch.launch(stream);
+    }
+  }
+}
+
+std::vector<BackwardStage> backward_stages(const Problem& p, const BackwardTensors& t, const BackwardConfigs& configs) {
+  if (t.workspace == nullptr) throw UsageError("backward_stages: needs a workspace");
+  const Shape s = check_arguments(p, t);
+  auto steps = std::make_shared<std::vector<Step>>(
+      in_backward([&] { return plan(p, t, s, reinterpret_cast<uintptr_t>(t.workspace), configs, true); }));
+  std::vector<BackwardStage> out;
+  size_t i = 0;
+  while (i < steps->size()) {
+    size_t j = i;
+    while (j < steps->size() && (*steps)[j].name == (*steps)[i].name) ++j;
+    BackwardStage st;
+    st.name = (*steps)[i].name;
+    st.run = [steps, i, j](CUstream stream) { run_steps(*steps, i, j, stream); };
+    out.push_back(std::move(st));
+    i = j;
+  }
+  return out;
+}
+
 void backward(const Problem& p, const BackwardTensors& t, CUstream stream, const BackwardConfigs& configs) {
   const Shape s = check_arguments(p, t);
   in_backward([&] {
@@ -679,13 +760,7 @@ void backward(const Problem& p, const BackwardTensors& t, CUstream stream, const
   }
   const std::vector<Step> steps = in_backward([&] { return plan(p, t, s, scratch, configs, true); });
   try {
-    for (const Step& st : steps) {
-      if (st.is_memset) {
-        if (st.words > 0) check_cu(driver().cuMemsetD32Async_(st.ptr, 0u, st.words, stream), "cuMemsetD32Async");
-      } else {
-        st.launch.launch(stream);
-      }
-    }
+    run_steps(steps, 0, steps.size(), stream);
   } catch (...) {
     if (owned) (void)driver().cuStreamSynchronize_(stream);
     throw;

@@ -15,7 +15,10 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
@@ -86,5 +89,15 @@ size_t backward_workspace_bytes(const Problem& problem);
 void backward(const Problem& problem, const BackwardTensors& tensors, CUstream stream,
               const BackwardConfigs& configs = {});
 void check_backward(const Problem& problem, const BackwardTensors& tensors);
+
+// The backward's launches grouped by kernel family, in order, for the benchmark: running every stage in order is
+// one backward; a stage may be re-run alone to time it (accumulating stages then add again: the values change,
+// the work does not). Needs tensors.workspace and a current context; prepares (compiles, loads) every kernel.
+struct BackwardStage {
+  std::string name;  // "zero", "pool", "bwd_pre", "cmp_bwd_dq", ..., "bwd_cast"
+  std::function<void(CUstream)> run;
+};
+std::vector<BackwardStage> backward_stages(const Problem& problem, const BackwardTensors& tensors,
+                                           const BackwardConfigs& configs = {});
 
 }  // namespace nsajit

@@ -418,6 +418,9 @@ struct Work {
   const i32* list = nullptr;    // selected: positions of the row source (list[e], e = m / G)
   float* dk_out = nullptr;      // selected: partial slot, or null to add into p.dk/p.dv rows
   float* dv_out = nullptr;
+  float* dk_base = nullptr;     // otherwise: the packed rows the sums go to, added (dk/dv) or written (a chunk's)
+  float* dv_base = nullptr;
+  bool add = true;
   bool valid = false;
 };
 
@@ -469,6 +472,8 @@ __device__ __forceinline__ Work find_work(const AttnBwdParams& p, int kvh) {
     return w;
   } else {
     const int b = static_cast<int>(blockIdx.z);
+    const i64 nchunks = kMask == kMaskCompressed ? p.nchunks : 1;
+    const i64 chunk = blockIdx.x % nchunks;
     AttnFwdParams fp;
     fp.cu_seqlens = p.cu_seqlens, fp.T = p.T, fp.l = p.l, fp.d = p.d;
     const SeqSpan seq = sequence_span(fp, b);
@@ -477,7 +482,7 @@ __device__ __forceinline__ Work find_work(const AttnBwdParams& p, int kvh) {
     w.len = seq.len;
     w.seq_begin = varlen ? seq.begin : static_cast<i64>(b) * p.T;
     const i64 nkeys = kMask == kMaskWindow ? seq.len : num_cmp_blocks(seq.len, p.l, p.d);
-    w.key0 = static_cast<i64>(blockIdx.x) * kKeys;
+    w.key0 = static_cast<i64>(blockIdx.x / nchunks) * kKeys;
     if (w.key0 >= nkeys) return w;
     w.key_end = nkeys;
     w.key_tok0 = kMask == kMaskWindow ? w.seq_begin
@@ -491,8 +496,18 @@ __device__ __forceinline__ Work find_work(const AttnBwdParams& p, int kvh) {
       t_first = w.key0 * p.d + p.l - 1;
       t_last = seq.len - 1;
     }
-    if (t_first > t_last) return w;
-    w.m_begin = t_first * kG, w.m_end = (t_last + 1) * kG;
+    w.dk_base = p.dk, w.dv_base = p.dv;
+    if constexpr (kMask == kMaskCompressed) {
+      // This CTA's chunk of the queries; an empty one still writes its (zero) sums, which the reduce adds.
+      t_first = max(t_first, chunk * p.qsplit);
+      t_last = min(t_last, (chunk + 1) * p.qsplit - 1);
+      w.dk_base = p.cpart + chunk * p.cmp_rows * p.H * kDK;
+      w.dv_base = p.cpart + nchunks * p.cmp_rows * p.H * kDK + chunk * p.cmp_rows * p.H * kDV;
+      w.add = false;
+    } else if (t_first > t_last) {
+      return w;
+    }
+    w.m_begin = t_first * kG, w.m_end = t_last >= t_first ? (t_last + 1) * kG : t_first * kG;
     w.valid = true;
     return w;
   }
@@ -590,8 +605,8 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
       const i64 key = w.key0 + warp * 16 + i;
       return key < w.key_end ? base + ((w.key_tok0 + key) * p.H + kvh) * dim : nullptr;
     };
-    store_rows_f32<kDK>(dk, [&](int i) { return row_of(i, p.dk, kDK); }, p.scale, true, lane);
-    store_rows_f32<kDV>(dv, [&](int i) { return row_of(i, p.dv, kDV); }, 1.f, true, lane);
+    store_rows_f32<kDK>(dk, [&](int i) { return row_of(i, w.dk_base, kDK); }, p.scale, w.add, lane);
+    store_rows_f32<kDV>(dv, [&](int i) { return row_of(i, w.dv_base, kDV); }, 1.f, w.add, lane);
   }
 }
 

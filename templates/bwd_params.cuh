@@ -45,6 +45,20 @@ struct AttnBwdParams {
   i32 accumulate;  // dq: add to p.dq instead of writing it
   float scale_log2;
   float scale;
+  // Compressed dkv: the queries are cut into nchunks chunks of qsplit positions, one CTA per (key tile, chunk),
+  // each writing its sums to cpart [nchunks, cmp_rows, H, dk] (then [nchunks, cmp_rows, H, dv]); bwd_util's
+  // chunk_reduce adds them up in chunk order.
+  float* cpart;
+  i64 nchunks, qsplit, cmp_rows;
+};
+
+// dk[r] += sum over chunks c of part[c][r] (and dv), in chunk order (cmp_bwd_reduce).
+struct ChunkReduceParams {
+  const float* part;
+  float* dk;
+  float* dv;
+  i64 rows;  // cmp_rows * H
+  i64 nchunks;
 };
 
 // delta_b = g_b <do, o_b> and dg_b = <do, o_b> for the three branches, one warp per (token, query head).

@@ -256,6 +256,21 @@ __device__ __forceinline__ void slc_reduce(const SlcReduceParams& p) {
   }
 }
 
+// ---- the compressed dkv's chunks, added up in chunk order: one thread per element ---------------------------------
+__device__ __forceinline__ void chunk_reduce(const ChunkReduceParams& p) {
+  const i64 e = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const i64 nk = p.rows * kDK, nv = p.rows * kDV;
+  if (e >= nk + nv) return;
+  const bool is_k = e < nk;
+  const i64 i = is_k ? e : e - nk;
+  const float* part = is_k ? p.part + i : p.part + p.nchunks * nk + i;
+  const i64 stride = is_k ? nk : nv;
+  float s = 0.f;
+  for (i64 c = 0; c < p.nchunks; ++c) s += part[c * stride];
+  float* dst = is_k ? p.dk + i : p.dv + i;
+  *dst += s;
+}
+
 // ---- mean pool backward: one thread per 4 floats of one (token, KV head) row --------------------------------------
 __device__ __forceinline__ void pool_bwd(const PoolBwdParams& p) {
   const int b = static_cast<int>(blockIdx.z);

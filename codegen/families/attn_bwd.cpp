@@ -104,11 +104,18 @@ public:
         {"WARPS", {2, 4, 8}, "warps per CTA; each owns 16 keys"},
         {"BM", {16, 32, 64}, "query rows per streamed tile"},
     };
+    static const std::vector<ParamDecl> dkv_cmp = {
+        {"WARPS", {2, 4, 8}, "warps per CTA; each owns 16 compressed keys"},
+        {"BM", {16, 32, 64}, "query rows per streamed tile"},
+        {"QSPLIT", {2048, 4096, 8192}, "query positions per CTA: a key tile's queries (up to T) are cut into chunks "
+                                       "summed by cmp_bwd_reduce in chunk order"},
+    };
     static const std::vector<ParamDecl> dkv_sel = {
         {"BM", {16, 32, 64}, "query rows per streamed tile"},
         {"QCHUNK", {1024, 2048, 4096}, "selecting positions per work item: a hot block is split over CTAs"},
     };
     if (part_ == Part::dq) return br_ == Branch::selected ? dq_sel : dq_dense;
+    if (br_ == Branch::compressed) return dkv_cmp;
     return br_ == Branch::selected ? dkv_sel : dkv_dense;
   }
 
@@ -141,6 +148,7 @@ public:
     }
     const int BM = p.dk + p.dv > 300 ? 16 : p.dk + p.dv > 256 ? 16 : 32;
     if (br_ == Branch::selected) return {{"BM", BM}, {"QCHUNK", 1024}};
+    if (br_ == Branch::compressed) return {{"WARPS", 4}, {"BM", BM}, {"QSPLIT", 4096}};
     return {{"WARPS", 4}, {"BM", BM}};
   }
 
@@ -166,8 +174,9 @@ public:
     } else {
       const int W = c.at("WARPS");
       const int64_t keys = br_ == Branch::window ? p.T : (p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0);
-      g.grid = {static_cast<unsigned>(std::max<int64_t>(1, (keys + 16 * W - 1) / (16 * W))), static_cast<unsigned>(p.H),
-                static_cast<unsigned>(p.B)};
+      const int64_t chunks = br_ == Branch::compressed ? (p.T + c.at("QSPLIT") - 1) / c.at("QSPLIT") : 1;
+      g.grid = {static_cast<unsigned>(std::max<int64_t>(1, (keys + 16 * W - 1) / (16 * W)) * chunks),
+                static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)};
       g.block = {static_cast<unsigned>(W * 32), 1, 1};
     }
     g.smem_bytes = smem_bytes(p, c);
@@ -306,6 +315,12 @@ const KernelFamily& slc_bwd_reduce_family() {
                                "selected dk/dv: the partial sums of a block split over several work items, added "
                                "in item order",
                                "nsa::SlcReduceParams", "nsa::bwd_util::slc_reduce(p);", false);
+  return f;
+}
+const KernelFamily& cmp_bwd_reduce_family() {
+  static const BwdUtilFamily f("cmp_bwd_reduce",
+                               "compressed dk/dv: the per-chunk sums of cmp_bwd_dkv added up in chunk order",
+                               "nsa::ChunkReduceParams", "nsa::bwd_util::chunk_reduce(p);", false);
   return f;
 }
 const KernelFamily& pool_bwd_family() {
