@@ -426,3 +426,38 @@ TEST_CASE("compile: the default config of every forward family over the supporte
   CHECK(per_family["slc_fwd"] >= 2 * 4 * std::size(kGroupSizes));
   CHECK(per_family["pool"] >= 2 * 3);
 }
+
+TEST_CASE("compile: the default config of every backward family, for sm_90a") {
+  TempCacheDir dir;
+  const nsajit::CubinCache cache(dir.path);
+  std::vector<KernelSpec> specs;
+  std::map<std::string, size_t> seen;
+  for (const nsajit::KernelFamily* f : nsajit::families()) {
+    const std::string name(f->name());
+    if (name.find("bwd") == std::string::npos) continue;
+    // Both dtypes, the paper's (dk, dv) = (192, 128) and (64, 64), a group that fills the MMA rows and one that
+    // does not (G = 3 pads them).
+    for (Dtype dtype : {Dtype::bf16, Dtype::fp16})
+      for (auto [dk, dv] : {std::pair{192, 128}, std::pair{64, 64}})
+        for (int G : {3, 16}) {
+          Problem p = problem_for(dtype, dk, dv, G);
+          p.l = 32, p.d = 16;
+          REQUIRE_NOTHROW(f->check_problem(p));
+          const KernelSpec spec{f, p, f->default_config(p), "sm_90a"};
+          if (seen.emplace(nsajit::generate_source(spec), specs.size()).second) specs.push_back(spec);
+        }
+  }
+  const std::vector<nsajit::JitOutcome> outcomes = nsajit::jit_compile_all(specs, cache, 0);
+  std::map<std::string, int> per_family;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    INFO(specs[i].describe());
+    REQUIRE_MESSAGE(outcomes[i].result.has_value(), outcomes[i].error);
+    CHECK(is_elf(outcomes[i].result->cubin));
+    ++per_family[std::string(specs[i].family->name())];
+  }
+  MESSAGE(specs.size() << " distinct default backward kernels compiled");
+  for (const char* name : {"bwd_pre", "cmp_bwd_dq", "cmp_bwd_dkv", "cmp_bwd_reduce", "slc_bwd_index", "slc_bwd_dq",
+                           "slc_bwd_dkv", "slc_bwd_reduce", "win_bwd_dq", "win_bwd_dkv", "pool_bwd", "bwd_cast"})
+    CHECK(per_family[name] >= 1);
+  CHECK(per_family["slc_bwd_dkv"] >= 8);  // dtype, head dims and G all reach its source
+}
