@@ -295,7 +295,8 @@ int cmd_tune(const ProblemFlags& pf, const TuneFlags& tf) {
     }
   }
   o.families = tf.families;
-  for (const std::string& n : o.families) find_family(n);
+  for (const std::string& n : o.families)
+    if (n != "fwd" && n != "bwd") find_family(n);
   o.search.strategy = parse_strategy(tf.strategy);
   if (!tf.budget.empty()) o.search.budget = parse_budget(tf.budget);
   o.search.seed = tf.seed;
@@ -390,7 +391,10 @@ int run(int argc, char** argv) {
   tune->add_option("--seq", tf.seqs, "Sequence lengths to tune, e.g. 16384,65536 (default: the preset's)")
       ->delimiter(',')
       ->check(kPositive);
-  tune->add_option("--families", tf.families, "Families to tune (default: pool, cmp_fwd, select, slc_fwd, win_fwd)")
+  tune->add_option("--families", tf.families,
+                   "Families to tune (default: pool, cmp_fwd, select, slc_fwd, win_fwd; `fwd` and `bwd` name the "
+                   "forward's and the backward's: cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, win_bwd_dq, "
+                   "win_bwd_dkv)")
       ->delimiter(',');
   tune->add_option("--strategy", tf.strategy, "exhaustive | random | halving (successive halving)")
       ->capture_default_str();

@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <map>
 #include <vector>
 
 #include "codegen/codegen.h"
 #include "runtime/attn_fwd_api.h"
+#include "runtime/backward.h"
+#include "runtime/forward.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
@@ -289,6 +292,106 @@ private:
   SlcFwdArgs a_;
 };
 
+// A backward family on the gradients of a real forward (random q, k, v, do, gates in (0, 1), every branch on):
+// the trusted gradients are those of the whole backward with every family's default config; a candidate runs the
+// whole backward with its config for this family (defaults for the others) and its dq, dk, dv must match at NSA.md's
+// tolerance. Timing runs the family's stage alone, after one whole backward with the candidate config (so the
+// selection's index matches its work items); the accumulating stages then add again: the values change, the work
+// does not.
+class BwdCase final : public TuneCase {
+public:
+  BwdCase(const KernelFamily& family, const Problem& p) : f_(family), p_(p), cmp_(p) {
+    const size_t tok = tokens(p), ln = tok * p.HQ * 4, on = tok * p.HQ * p.dv * 2;
+    q_ = random_device_tensor(tok * p.HQ * p.dk, p.dtype, 51);
+    k_ = random_device_tensor(tok * p.H * p.dk, p.dtype, 52);
+    v_ = random_device_tensor(tok * p.H * p.dv, p.dtype, 53);
+    do_ = random_device_tensor(tok * p.HQ * p.dv, p.dtype, 54);
+    std::vector<uint16_t> g = random_normal_bits(tok * p.HQ * 3, p.dtype, 55);
+    for (auto& x : g) x = float_to_bits(1.f / (1.f + std::exp(-bits_to_float(x, p.dtype))), p.dtype);
+    gate_ = DeviceBuffer(g.size() * 2);
+    gate_.upload(g.data(), g.size() * 2);
+    for (DeviceBuffer* b : {&o_, &oc_, &os_, &ow_}) *b = DeviceBuffer(on);
+    for (DeviceBuffer* b : {&lc_, &ls_, &lw_}) *b = DeviceBuffer(ln);
+    idx_ = DeviceBuffer(tok * p.H * p.n * 4), cnt_ = DeviceBuffer(tok * p.H * 4);
+    ForwardTensors f;
+    f.q = contiguous(q_.get(), p.T, p.HQ, p.dk), f.k = contiguous(k_.get(), p.T, p.H, p.dk);
+    f.v = contiguous(v_.get(), p.T, p.H, p.dv), f.o = contiguous(o_.get(), p.T, p.HQ, p.dv);
+    const char* g0 = static_cast<const char*>(gate_.get());
+    f.g_cmp = g0, f.g_slc = g0 + tok * p.HQ * 2, f.g_win = g0 + 2 * tok * p.HQ * 2;
+    f.gate_stride_b = p.T * p.HQ, f.gate_stride_t = p.HQ;
+    f.o_cmp = contiguous(oc_.get(), p.T, p.HQ, p.dv), f.o_slc = contiguous(os_.get(), p.T, p.HQ, p.dv);
+    f.o_win = contiguous(ow_.get(), p.T, p.HQ, p.dv);
+    f.lse_cmp = static_cast<float*>(lc_.get()), f.lse_slc = static_cast<float*>(ls_.get());
+    f.lse_win = static_cast<float*>(lw_.get()), f.lse_stride_b = p.T * p.HQ, f.lse_stride_t = p.HQ;
+    f.idx = static_cast<int32_t*>(idx_.get()), f.cnt = static_cast<int32_t*>(cnt_.get());
+    forward(p, f, nullptr);
+
+    t_.q = f.q, t_.k = f.k, t_.v = f.v;
+    t_.g_cmp = f.g_cmp, t_.g_slc = f.g_slc, t_.g_win = f.g_win;
+    t_.gate_stride_b = f.gate_stride_b, t_.gate_stride_t = f.gate_stride_t;
+    t_.o_cmp = f.o_cmp, t_.o_slc = f.o_slc, t_.o_win = f.o_win;
+    t_.lse_cmp = f.lse_cmp, t_.lse_slc = f.lse_slc, t_.lse_win = f.lse_win;
+    t_.lse_stride_b = f.lse_stride_b, t_.lse_stride_t = f.lse_stride_t;
+    t_.idx = f.idx, t_.cnt = f.cnt;
+    t_.dout = contiguous(do_.get(), p.T, p.HQ, p.dv);
+    nq_ = static_cast<int64_t>(tok) * p.HQ * p.dk, nk_ = static_cast<int64_t>(tok) * p.H * p.dk;
+    nv_ = static_cast<int64_t>(tok) * p.H * p.dv;
+    for (DeviceBuffer* b : {&dq_, &ref_dq_}) *b = DeviceBuffer(nq_ * 2);
+    for (DeviceBuffer* b : {&dk_, &ref_dk_}) *b = DeviceBuffer(nk_ * 2);
+    for (DeviceBuffer* b : {&dv_, &ref_dv_}) *b = DeviceBuffer(nv_ * 2);
+    ws_ = DeviceBuffer(backward_workspace_bytes(p, t_));
+    t_.workspace = ws_.get(), t_.workspace_bytes = ws_.bytes();
+    for (const char* n : {"cmp_bwd_dq", "cmp_bwd_dkv", "slc_bwd_dq", "slc_bwd_dkv", "win_bwd_dq", "win_bwd_dkv"})
+      defaults_[n] = find_family(n).default_config(p);
+    for (DeviceBuffer* b : {&ref_dq_, &ref_dk_, &ref_dv_}) b->fill_bytes(0xff);  // poisoned: unwritten is caught
+    backward(p_, grads(ref_dq_, ref_dk_, ref_dv_), nullptr, configs(nullptr));
+  }
+  void launch(const TileConfig& c, CUstream s) override {
+    auto it = stages_.find(c);
+    if (it == stages_.end()) {
+      it = stages_.emplace(c, backward_stages(p_, grads(dq_, dk_, dv_), configs(&c))).first;
+      for (const BackwardStage& st : it->second) st.run(s);
+    }
+    for (const BackwardStage& st : it->second)
+      if (st.name == f_.name()) st.run(s);
+  }
+  std::optional<std::string> check(const TileConfig& c) override {
+    for (DeviceBuffer* b : {&dq_, &dk_, &dv_}) b->fill_bytes(0xff);
+    backward(p_, grads(dq_, dk_, dv_), nullptr, configs(&c));
+    const int kind = kind_of(p_.dtype);
+    if (auto e = cmp_.check("dq", dq_.get(), ref_dq_.get(), nq_, kind, tolerance(p_.dtype))) return e;
+    if (auto e = cmp_.check("dk", dk_.get(), ref_dk_.get(), nk_, kind, tolerance(p_.dtype))) return e;
+    return cmp_.check("dv", dv_.get(), ref_dv_.get(), nv_, kind, tolerance(p_.dtype));
+  }
+
+private:
+  BackwardTensors grads(const DeviceBuffer& dq, const DeviceBuffer& dk, const DeviceBuffer& dv) const {
+    BackwardTensors t = t_;
+    t.dq = contiguous(dq.get(), p_.T, p_.HQ, p_.dk), t.dk = contiguous(dk.get(), p_.T, p_.H, p_.dk);
+    t.dv = contiguous(dv.get(), p_.T, p_.H, p_.dv);
+    return t;
+  }
+  // Every family's default, and `c` for this one (null: the defaults only).
+  BackwardConfigs configs(const TileConfig* c) {
+    cur_ = defaults_;
+    if (c != nullptr) cur_[std::string(f_.name())] = *c;
+    BackwardConfigs b;
+    b.cmp_dq = &cur_.at("cmp_bwd_dq"), b.cmp_dkv = &cur_.at("cmp_bwd_dkv");
+    b.slc_dq = &cur_.at("slc_bwd_dq"), b.slc_dkv = &cur_.at("slc_bwd_dkv");
+    b.win_dq = &cur_.at("win_bwd_dq"), b.win_dkv = &cur_.at("win_bwd_dkv");
+    return b;
+  }
+  const KernelFamily& f_;
+  Problem p_;
+  Comparer cmp_;
+  DeviceBuffer q_, k_, v_, do_, gate_, o_, oc_, os_, ow_, lc_, ls_, lw_, idx_, cnt_;
+  DeviceBuffer dq_, dk_, dv_, ref_dq_, ref_dk_, ref_dv_, ws_;
+  BackwardTensors t_;
+  int64_t nq_ = 0, nk_ = 0, nv_ = 0;
+  std::map<std::string, TileConfig> defaults_, cur_;
+  std::map<TileConfig, std::vector<BackwardStage>> stages_;
+};
+
 class FaultCase final : public TuneCase {
 public:
   explicit FaultCase(const Problem& p) : p_(p), cmp_(p) {
@@ -327,9 +430,16 @@ std::optional<std::string> gate_compare(const Problem& problem, const void* cand
   return c.check("t", candidate, trusted, n, kind, tolerance, nonzero);
 }
 
+bool is_backward_family(const KernelFamily& f) {
+  const std::string_view n = f.name();
+  return n == "cmp_bwd_dq" || n == "cmp_bwd_dkv" || n == "slc_bwd_dq" || n == "slc_bwd_dkv" || n == "win_bwd_dq" ||
+         n == "win_bwd_dkv";
+}
+
 bool is_tunable(const KernelFamily& f) {
   const std::string_view n = f.name();
-  return n == "pool" || n == "cmp_fwd" || n == "select" || n == "slc_fwd" || n == "win_fwd" || n == "fault_test";
+  return n == "pool" || n == "cmp_fwd" || n == "select" || n == "slc_fwd" || n == "win_fwd" || n == "fault_test" ||
+         is_backward_family(f);
 }
 
 std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p) {
@@ -340,8 +450,10 @@ std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p
   if (n == "select") return std::make_unique<SelectCase>(p);
   if (n == "slc_fwd") return std::make_unique<SlcCase>(p);
   if (n == "fault_test") return std::make_unique<FaultCase>(p);
+  if (is_backward_family(f)) return std::make_unique<BwdCase>(f, p);
   throw UsageError(fmt::format("the tuner cannot measure family {}: tunable are pool, cmp_fwd, select, slc_fwd, "
-                               "win_fwd",
+                               "win_fwd and the backward's cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, "
+                               "win_bwd_dq, win_bwd_dkv",
                                n));
 }
 

@@ -3,7 +3,8 @@
 // correctness gate that compares the candidate's outputs with a trusted result on the same random inputs (NSA.md
 // tolerance: relative L2 error <= 1e-2 for bf16, <= 2e-3 for fp16, no NaN or Inf; selections equal).
 //
-// Trusted results: win_fwd and cmp_fwd against the simple fp32 reference kernels (win_fwd_ref, cmp_fwd_ref, which
+// Trusted results: the backward families against the whole backward with every default config (gradients dq, dk,
+// dv compared); win_fwd and cmp_fwd against the simple fp32 reference kernels (win_fwd_ref, cmp_fwd_ref, which
 // the GPU tests check against the float64 CPU reference); pool against a CPU mean pool; select and slc_fwd against
 // the family's default tile config (the configuration the GPU tests check against the float64 reference);
 // fault_test against its known pattern. Outputs are poisoned (all bits set: NaN) before the checked launch, so a
@@ -39,7 +40,9 @@ std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& family, const Probl
 std::optional<std::string> gate_compare(const Problem& problem, const void* candidate, const void* trusted, int64_t n,
                                         int kind, double tolerance, bool nonzero = true);
 
-// The families `nsajit tune` sweeps by default, in forward order: pool, cmp_fwd, select, slc_fwd, win_fwd.
+// The families `nsajit tune` can sweep: the forward's (pool, cmp_fwd, select, slc_fwd, win_fwd: the default) and
+// the backward's (cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, win_bwd_dq, win_bwd_dkv: `--families bwd`).
 bool is_tunable(const KernelFamily& family);
+bool is_backward_family(const KernelFamily& family);
 
 }  // namespace nsajit
