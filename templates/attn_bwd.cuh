@@ -462,6 +462,7 @@ __device__ __forceinline__ Work find_work(const AttnBwdParams& p, int kvh) {
     const i64 e0 = k_item * kQChunk, e1 = min(c, e0 + kQChunk);
     w.list = p.list + kvh * p.list_stride + p.list_off[kvh * nblk + g];
     w.m_begin = e0 * kG, w.m_end = e1 * kG;
+    w.dk_base = p.dk, w.dv_base = p.dv;
     const i64 slot = p.slot_off[kvh * nblk + g];
     if (slot >= 0) {
       float* part = p.partial + (kvh * p.slot_stride + slot + k_item) * static_cast<i64>(kL) * (kDK + kDV);
