@@ -7,6 +7,12 @@
 #   scripts/gpu_check.sh BUILD bench   tile sweeps of the dense kernels, the forward benchmark, torch baselines
 #   scripts/gpu_check.sh BUILD tuner   the autotuner: a planted faulting family, the fla sweep at 65536 timed,
 #                                      default vs tuned forward, kill -9 halfway then resume
+#   scripts/gpu_check.sh BUILD backward  the backward's GPU tests, its checks watched failing on planted faults
+#                                      (a zeroed gradient row, a flipped element) and compute-sanitizer memcheck and
+#                                      racecheck on small backward cases
+#   scripts/gpu_check.sh BUILD bwdbench  the backward families tuned at T = 16384 (presets fla, paper, and G = 4),
+#                                      then fwd+bwd and bwd per kernel at 16384 and 65536, and fla's Triton NSA +
+#                                      flex_attention's window beside them (needs fla's wheels in .whl)
 #   scripts/gpu_check.sh BUILD all     tests and bench
 set -uo pipefail
 build=${1:-build}
@@ -89,6 +95,53 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   "$build/nsajit" bench --preset fla --heads 16 --kv-heads 4 --seq 65536 --json "$out/bench_g4.json" 2>&1 | tee -a "$out/bench.log" || status=1
   step torch baselines
   python3 bench/baselines.py --seqs 8192,65536 --json "$out/baselines.json" 2>&1 | tail -8 | tee "$out/baselines.log" || status=1
+fi
+if [ "$what" = backward ]; then
+  step backward GPU tests
+  "$build/nsajit_gpu_tests" --duration=true -tc='backward*' 2>&1 | tee "$out/bwd_tests.log" |
+    grep -E "^\[doctest\] (test cases|assertions|Status)|ERROR|[0-9.]+ s: " || true
+  grep -q "Status: SUCCESS" "$out/bwd_tests.log" || status=1
+  for kind in row elem; do
+    step "planted fault: $kind"
+    NSAJIT_TEST_PLANT=$kind "$build/nsajit_gpu_tests" -tc='backward: B > 1*,backward: each branch*,backward: varlen*' \
+      > "$out/bwd_plant_$kind.log" 2>&1
+    summary=$(grep -E "^\[doctest\] test cases:" "$out/bwd_plant_$kind.log")
+    echo "$summary"
+    total=$(sed -E 's/.*test cases: *([0-9]+).*/\1/' <<<"$summary")
+    failed=$(sed -E 's/.*\| *([0-9]+) failed.*/\1/' <<<"$summary")
+    if [ -z "$total" ] || [ "$total" = 0 ] || [ "$failed" != "$total" ]; then
+      echo "planted $kind: $failed of $total test cases failed; every one should"; status=1
+    fi
+  done
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: the backward's small cases (every family, each branch off in turn, varlen)"
+    "$sanitizer" --tool "$tool" --error-exitcode 9 "$build/nsajit_gpu_tests" \
+      -tc='backward: each branch*,backward: varlen*,backward: a hot block*' > "$out/bwd_sanitize_$tool.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[doctest\] (test cases|Status)" "$out/bwd_sanitize_$tool.log"
+    [ "$rc" = 0 ] || { echo "compute-sanitizer $tool: exit $rc"; status=1; }
+  done
+fi
+if [ "$what" = bwdbench ]; then
+  db="$out/bwd_tuned.db"
+  step tune the backward families at T = 16384
+  for args in "--preset fla" "--preset paper" "--preset fla --heads 16 --kv-heads 4"; do
+    # shellcheck disable=SC2086
+    "$build/nsajit" tune --families bwd $args --seq 16384 --db "$db" 2>&1 | grep -v "trials  " | tail -8 |
+      tee -a "$out/bwd_tune.log" || status=1
+  done
+  step fwd+bwd and bwd per kernel, tuned
+  for args in "--preset fla" "--preset paper" "--preset fla --heads 16 --kv-heads 4"; do
+    # shellcheck disable=SC2086
+    NSAJIT_DB="$db" "$build/nsajit" bench --pass fwd+bwd $args --seq 16384,65536 2>&1 | tee -a "$out/bwd_bench.log" || status=1
+  done
+  step "fla's Triton NSA + flex_attention window, same call"
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
+      PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/fla_baseline.py --seqs 16384,65536 2>&1 |
+      tee "$out/fla_baseline.log" || status=1
+  fi
 fi
 if [ "$what" = tuner ]; then
   nsajit="$build/nsajit"

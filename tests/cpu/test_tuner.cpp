@@ -204,9 +204,14 @@ TEST_CASE("tune: pruning after the compile: spills, registers, shared memory") {
   CHECK_FALSE(nsajit::prune_after_compile(f, p, c, u, nsajit::kHopperMaxSmemOptin));
   nsajit::ResourceUsage spill = u;
   spill.spill_store_bytes = 8, spill.spill_load_bytes = 12;
-  const auto s = nsajit::prune_after_compile(f, p, c, spill, nsajit::kHopperMaxSmemOptin);
+  const nsajit::TileConfig other{{"BM", 128}, {"BN", 32}, {"QREGS", 1}};
+  REQUIRE(other != f.default_config(p));
+  const auto s = nsajit::prune_after_compile(f, p, other, spill, nsajit::kHopperMaxSmemOptin);
   REQUIRE(s);
   CHECK_CONTAINS(*s, "spills 12 B");
+  // The default is the baseline: measured even when it spills.
+  REQUIRE(c == f.default_config(p));
+  CHECK_FALSE(nsajit::prune_after_compile(f, p, c, spill, nsajit::kHopperMaxSmemOptin));
   // 128 threads x 255 registers fit (4 warps x 8192); 512 threads x 255 would not.
   nsajit::ResourceUsage many = u;
   many.registers = 255;
