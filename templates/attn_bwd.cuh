@@ -237,18 +237,23 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
 }  // namespace dq_dense
 
 // ================================================================================================================
-// dq, selected: each warp works alone on 16 rows of one position (G <= 16: that position's G heads, the other rows
-// padding; G > 16: a 16-head slice), streaming the K/V of the position's selected blocks through its own
-// double-buffered shared tiles.
+// dq, selected: each warp works alone on 16 rows. For G <= 16 they are the G heads of kP = 16 / G consecutive
+// positions (rows past kP * G are padding); for G > 16, a 16-head slice of one position. The warp walks the union
+// of its positions' block lists (merged in ascending order, each block with the mask of the positions that chose
+// it), streaming each block's K/V once through its own double-buffered shared tiles; a row attends to a block only
+// if its position chose it, and to keys s <= t.
 namespace dq_selected {
 
 constexpr int kThreads = kWarps * 32;
-constexpr int kSlices = (kG + 15) / 16;  // warps' worth of rows per position
+constexpr int kSlices = (kG + 15) / 16;        // warps' worth of rows per position (G > 16)
+constexpr int kP = kG <= 16 ? 16 / kG : 1;     // positions per warp
+constexpr int kMaxUnion = kP * 32;             // n <= 32 blocks per position
 constexpr int kSmemQ = 16 * kDK * 2;
 constexpr int kSmemDO = 16 * kDV * 2;
 constexpr int kSmemK = kBN * kDK * 2;
 constexpr int kSmemV = kBN * kDV * 2;
-constexpr int kSmemWarp = kSmemQ + kSmemDO + 2 * (kSmemK + kSmemV);
+constexpr int kSmemUnion = kMaxUnion * 8;
+constexpr int kSmemWarp = kSmemQ + kSmemDO + 2 * (kSmemK + kSmemV) + kSmemUnion;
 constexpr int kSmem = kWarps * kSmemWarp;
 static_assert(kL % kBN == 0, "a selection block must be a whole number of key tiles");
 
@@ -265,58 +270,111 @@ __device__ __forceinline__ void warp_load(u32 tile, RowPtr row_ptr, const void* 
   }
 }
 
+__device__ __forceinline__ int warp_min_i32(int v) {
+  int r;
+  asm volatile("redux.sync.min.s32 %0, %1, 0xffffffff;\n" : "=r"(r) : "r"(v));
+  return r;
+}
+
 __device__ __forceinline__ void run(const AttnBwdParams& p) {
   extern __shared__ __align__(128) char smem[];
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int b = static_cast<int>(blockIdx.z);
   const int kvh = static_cast<int>(blockIdx.y);
-  const i64 unit = static_cast<i64>(blockIdx.x) * kWarps + warp;  // (position, slice)
-  const i64 t = unit / kSlices;
+  const i64 unit = static_cast<i64>(blockIdx.x) * kWarps + warp;  // (group of kP positions, slice)
+  const i64 t0 = (unit / kSlices) * kP;
   const int g0 = static_cast<int>(unit % kSlices) * 16;
 
   i64 begin = 0, len = p.T;
   if (p.cu_seqlens != nullptr) begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
-  if (t >= len) return;  // no __syncthreads below: warps are independent
+  if (t0 >= len) return;  // no __syncthreads below: warps are independent
+  const int np = static_cast<int>(min(static_cast<i64>(kP), len - t0));  // positions of this warp
+  const i64 t_max = t0 + np - 1;
   const bool varlen = p.cu_seqlens != nullptr;
-  const i64 tok = varlen ? begin + t : b * p.T + t;
-  const elem* q = static_cast<const elem*>(p.q) + (varlen ? begin * p.q_st : b * p.q_sb) + t * p.q_st +
+  const i64 tok0 = varlen ? begin + t0 : b * p.T + t0;
+  const elem* q = static_cast<const elem*>(p.q) + (varlen ? begin * p.q_st : b * p.q_sb) + t0 * p.q_st +
                   static_cast<i64>(kvh) * kG * p.q_sh;
-  const elem* dout = static_cast<const elem*>(p.dout) + (varlen ? begin * p.do_st : b * p.do_sb) + t * p.do_st +
+  const elem* dout = static_cast<const elem*>(p.dout) + (varlen ? begin * p.do_st : b * p.do_sb) + t0 * p.do_st +
                      static_cast<i64>(kvh) * kG * p.do_sh;
   const elem* k = static_cast<const elem*>(p.k) + (varlen ? begin * p.k_st : b * p.k_sb) + kvh * p.k_sh;
   const elem* v = static_cast<const elem*>(p.v) + (varlen ? begin * p.v_st : b * p.v_sb) + kvh * p.v_sh;
-  const i64 lse_off = (varlen ? begin * p.lse_st : b * p.lse_sb) + t * p.lse_st;
-  const i64 gate_off = (varlen ? begin * p.gate_st : b * p.gate_sb) + t * p.gate_st;
-  const i32* idx = p.idx + (tok * p.H + kvh) * p.n;
-  const int cnt = p.cnt[tok * p.H + kvh];
+  const i64 lse_off = (varlen ? begin * p.lse_st : b * p.lse_sb) + t0 * p.lse_st;
+  const i64 gate_off = (varlen ? begin * p.gate_st : b * p.gate_sb) + t0 * p.gate_st;
+
+  // Row r of the warp: its position (0 .. np, or -1 for padding) and head in the group.
+  auto row_pos = [&](int r) -> int {
+    if constexpr (kG <= 16) {
+      return r / kG < np ? r / kG : -1;
+    } else {
+      return g0 + r < kG ? 0 : -1;
+    }
+  };
+  auto row_head = [&](int r) -> int { return kG <= 16 ? r % kG : g0 + r; };
 
   const u32 base = smem_addr(smem) + warp * kSmemWarp;
   const u32 sQ = base, sDO = base + kSmemQ, sK0 = sDO + kSmemDO, sV0 = sK0 + 2 * kSmemK;
+  u32* ulist = reinterpret_cast<u32*>(smem + warp * kSmemWarp + kSmemQ + kSmemDO + 2 * (kSmemK + kSmemV));
+
+  warp_load<16, kDK>(
+      sQ,
+      [&](int r) -> const void* {
+        const int i = row_pos(r);
+        return i >= 0 ? q + i * p.q_st + row_head(r) * p.q_sh : nullptr;
+      },
+      q, lane);
+  warp_load<16, kDV>(
+      sDO,
+      [&](int r) -> const void* {
+        const int i = row_pos(r);
+        return i >= 0 ? dout + i * p.do_st + row_head(r) * p.do_sh : nullptr;
+      },
+      dout, lane);
+  cp_async_commit();
+
+  // The union of the positions' block lists: lane i < np walks position i's list; each step takes the smallest
+  // current block and the mask of the positions at it (any order of a list is correct, ascending is fastest).
+  int ulen = 0;
+  {
+    const i32* idx = lane < np ? p.idx + ((tok0 + lane) * p.H + kvh) * p.n : nullptr;
+    const int cnt = lane < np ? min(p.cnt[(tok0 + lane) * p.H + kvh], p.n) : 0;
+    int cur = 0;
+    constexpr int kNone = 0x7fffffff;
+    while (true) {
+      const int val = cur < cnt ? idx[cur] : kNone;
+      const int m = warp_min_i32(val);
+      if (m == kNone) break;
+      const u32 mask = __ballot_sync(0xffffffffu, val == m);
+      if (lane == 0) ulist[2 * ulen] = static_cast<u32>(m), ulist[2 * ulen + 1] = mask;
+      cur += val == m ? 1 : 0;
+      ++ulen;
+    }
+    __syncwarp();
+  }
   constexpr int kTilesPerBlock = kL / kBN;
-  const int n_tiles = cnt * kTilesPerBlock;
+  const int n_tiles = ulen * kTilesPerBlock;
 
   auto load_kv = [&](int tile, int stage) {
-    const i64 s0 = static_cast<i64>(idx[tile / kTilesPerBlock]) * kL + (tile % kTilesPerBlock) * kBN;
+    const i64 s0 = static_cast<i64>(ulist[2 * (tile / kTilesPerBlock)]) * kL + (tile % kTilesPerBlock) * kBN;
     warp_load<kBN, kDK>(
-        sK0 + stage * kSmemK, [&](int r) -> const void* { return s0 + r <= t ? k + (s0 + r) * p.k_st : nullptr; }, k,
-        lane);
+        sK0 + stage * kSmemK, [&](int r) -> const void* { return s0 + r <= t_max ? k + (s0 + r) * p.k_st : nullptr; },
+        k, lane);
     warp_load<kBN, kDV>(
-        sV0 + stage * kSmemV, [&](int r) -> const void* { return s0 + r <= t ? v + (s0 + r) * p.v_st : nullptr; }, v,
-        lane);
+        sV0 + stage * kSmemV, [&](int r) -> const void* { return s0 + r <= t_max ? v + (s0 + r) * p.v_st : nullptr; },
+        v, lane);
   };
-  warp_load<16, kDK>(
-      sQ, [&](int r) -> const void* { return g0 + r < kG ? q + (g0 + r) * p.q_sh : nullptr; }, q, lane);
-  warp_load<16, kDV>(
-      sDO, [&](int r) -> const void* { return g0 + r < kG ? dout + (g0 + r) * p.do_sh : nullptr; }, dout, lane);
   if (n_tiles > 0) load_kv(0, 0);
   cp_async_commit();
 
   RowScalars rs[2];
+  int rpos[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int g = g0 + lane / 4 + 8 * r;
-    rs[r] = g < kG ? load_row(p, tok, lse_off, gate_off, static_cast<int>(t), kvh * kG + g) : padding_row();
+    const int row = lane / 4 + 8 * r;
+    rpos[r] = row_pos(row);
+    rs[r] = rpos[r] >= 0 ? load_row(p, tok0 + rpos[r], lse_off + rpos[r] * p.lse_st, gate_off + rpos[r] * p.gate_st,
+                                    static_cast<int>(t0 + rpos[r]), kvh * kG + row_head(row))
+                         : padding_row();
   }
   float dq[kDK / 8][4];
   zero(dq);
@@ -332,14 +390,18 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
     float s[kBN / 8][4], dp[kBN / 8][4];
     qk_tile<elem, kBN, kDK, false>(s, qf_unused, sQ, sK, 0, lane);
     qk_tile<elem, kBN, kDV, false>(dp, qf_unused, sDO, sV, 0, lane);
-    const i64 s0 = static_cast<i64>(idx[j / kTilesPerBlock]) * kL + (j % kTilesPerBlock) * kBN;
+    const i64 s0 = static_cast<i64>(ulist[2 * (j / kTilesPerBlock)]) * kL + (j % kTilesPerBlock) * kBN;
+    const u32 chose = ulist[2 * (j / kTilesPerBlock) + 1];
+    bool row_on[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) row_on[r] = rpos[r] >= 0 && ((chose >> rpos[r]) & 1u);
 #pragma unroll
     for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const RowScalars& r = rs[e / 2];
         const i64 key = s0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-        const bool ok = r.t >= 0 && key <= t;
+        const bool ok = row_on[e / 2] && key <= r.t;
         const float pr = ok ? fast_exp2(s[nt][e] * p.scale_log2 - r.lse2) : 0.f;
         s[nt][e] = pr * (r.gate * dp[nt][e] - r.delta);
       }
@@ -351,9 +413,9 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
 
   store_rows_f32<kDK>(
       dq,
-      [&](int i) -> float* {
-        const int g = g0 + i;
-        return g < kG ? p.dq + (tok * p.H * kG + kvh * kG + g) * kDK : nullptr;
+      [&](int r) -> float* {
+        const int i = row_pos(r);
+        return i >= 0 ? p.dq + ((tok0 + i) * p.H * kG + kvh * kG + row_head(r)) * kDK : nullptr;
       },
       p.scale, p.accumulate != 0, lane);
 }

@@ -79,7 +79,8 @@ public:
          "window backward, dk/dv: key-centric FA2 loop (S^T, dP^T, dV, dK), mma.sync"},
         {"compressed backward, dq: query-centric over the visible compressed keys, mma.sync",
          "compressed backward, dk_cmp/dv_cmp: key-centric over the queries that see each compressed key"},
-        {"selected backward, dq: one warp per (position, 16 heads) over its selected blocks, mma.sync",
+        {"selected backward, dq: one warp per 16 rows (16/G positions' heads, or 16 heads of one) over the union of "
+         "their selected blocks, mma.sync",
          "selected backward, dk/dv: one CTA per work item of a block's inverted index (at most QCHUNK selecting "
          "positions x G heads), partial sums reduced in item order: deterministic"}};
     return d[static_cast<int>(br_)][static_cast<int>(part_)];
@@ -97,7 +98,8 @@ public:
         {"BN", {16, 32, 64}, "keys per shared-memory tile"},
     };
     static const std::vector<ParamDecl> dq_sel = {
-        {"WARPS", {1, 2, 4, 8}, "warps per CTA; each works alone on 16 rows of one position"},
+        {"WARPS", {1, 2, 4, 8}, "warps per CTA; each works alone on 16 rows: the heads of 16/G positions (G <= 16) "
+                                "over the union of their blocks, or 16 heads of one position"},
         {"BN", {16, 32, 64}, "keys per shared-memory tile (a selection block is l'/BN tiles)"},
     };
     static const std::vector<ParamDecl> dkv_dense = {
@@ -158,7 +160,8 @@ public:
     const int64_t G = p.G();
     if (part_ == Part::dq) {
       if (br_ == Branch::selected) {
-        const int64_t units = p.T * ((G + 15) / 16);
+        const int64_t P = G <= 16 ? 16 / G : 1;  // positions per warp
+        const int64_t units = (p.T + P - 1) / P * ((G + 15) / 16);
         const int W = c.at("WARPS");
         g.grid = {static_cast<unsigned>((units + W - 1) / W), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)};
         g.block = {static_cast<unsigned>(W * 32), 1, 1};
@@ -221,7 +224,10 @@ private:
   int smem_bytes(const Problem& p, const TileConfig& c) const {
     const int row = (p.dk + p.dv) * 2;
     if (part_ == Part::dq) {
-      if (br_ == Branch::selected) return c.at("WARPS") * (16 * row + 2 * c.at("BN") * row);
+      if (br_ == Branch::selected) {
+        const int P = p.G() <= 16 ? 16 / p.G() : 1;
+        return c.at("WARPS") * (16 * row + 2 * c.at("BN") * row + P * 32 * 8);
+      }
       return c.at("BM") * row + 2 * c.at("BN") * row;
     }
     const int keys = br_ == Branch::selected ? p.lsel : 16 * c.at("WARPS");
