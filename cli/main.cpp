@@ -8,6 +8,7 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <tuple>
 
 #include "cache/cubin_cache.h"
 #include "cli/bench.h"
@@ -242,6 +243,7 @@ struct TuneFlags {
   std::string strategy = "halving";
   std::string budget;
   std::string devices = "0";
+  std::string shard;
   std::string db;
   double timeout_s = 30;
   uint64_t seed = 1;
@@ -300,6 +302,7 @@ int cmd_tune(const ProblemFlags& pf, const TuneFlags& tf) {
   o.search.strategy = parse_strategy(tf.strategy);
   if (!tf.budget.empty()) o.search.budget = parse_budget(tf.budget);
   o.search.seed = tf.seed;
+  if (!tf.shard.empty()) std::tie(o.shard_index, o.shard_count) = parse_shard(tf.shard);
   o.db_path = tf.db.empty() ? default_db_path() : std::filesystem::path(tf.db);
   o.timeout_s = tf.timeout_s;
   o.live_progress = ::isatty(2);
@@ -311,8 +314,9 @@ int cmd_tune(const ProblemFlags& pf, const TuneFlags& tf) {
   }
   o.devices = parse_devices(tf.devices);
   o.worker_exe = self_exe();
-  fmt::print("nsajit tune: strategy {}, budget {}, database {}\n", strategy_name(o.search.strategy),
-             tf.budget.empty() ? "none" : tf.budget, o.db_path.string());
+  fmt::print("nsajit tune: strategy {}, budget {}, database {}{}\n", strategy_name(o.search.strategy),
+             tf.budget.empty() ? "none" : tf.budget, o.db_path.string(),
+             o.shard_count > 1 ? fmt::format(", shard {}/{}", o.shard_index, o.shard_count) : "");
   const TuneReport r = run_tune(o);
   fmt::print("\n{:<9} {:<28} {:>6} {:>6} {:>6} {:>6}  {:<34} {:>10} {:>10} {:>8}\n", "family", "problem (T)", "space",
              "pruned", "meas.", "reused", "best config", "best ms", "default ms", "speed-up");
@@ -399,6 +403,9 @@ int run(int argc, char** argv) {
   tune->add_option("--strategy", tf.strategy, "exhaustive | random | halving (successive halving)")
       ->capture_default_str();
   tune->add_option("--budget", tf.budget, "Per family and problem: N trials, or a total time such as 3m or 90s");
+  tune->add_option("--shard", tf.shard,
+                   "I/N: this job's share of a sweep split over N machines (each family's points I, I+N, ... and "
+                   "the default); merge the databases with `nsajit db export` / `nsajit db import`");
   tune->add_option("--devices", tf.devices, "GPUs to measure on: 0,1 or all (trials are shared out)")
       ->capture_default_str();
   tune->add_option("--db", tf.db, "Tuning database (default: $NSAJIT_DB, else $XDG_DATA_HOME/nsajit/tuning.db)");

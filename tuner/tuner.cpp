@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -189,7 +190,13 @@ private:
       for (const KernelFamily* f : fams) {
         f->check_problem(p);
         Task t{f, p, problem_key(p), {}, {}};
+        const TileConfig def = f->default_config(p);
+        size_t index = 0;
         for (SpacePoint& pt : enumerate_space(*f, p, max_smem_)) {
+          const bool mine = o_.shard_count <= 1 ||
+                            static_cast<int>(index++ % static_cast<size_t>(o_.shard_count)) == o_.shard_index ||
+                            pt.config == def;
+          if (!mine) continue;
           if (pt.rejected) {
             t.rejected.push_back(pt);
             continue;
@@ -586,6 +593,21 @@ std::optional<std::string> prune_after_compile(const KernelFamily& family, const
   if (g.smem_bytes + u.static_smem_bytes > max_smem)
     return fmt::format("shared memory {} B > device limit {} B", g.smem_bytes + u.static_smem_bytes, max_smem);
   return std::nullopt;
+}
+
+std::pair<int, int> parse_shard(const std::string& s) {
+  const size_t slash = s.find('/');
+  auto number = [&](std::string_view v, int& out) {
+    const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    return ec == std::errc() && ptr == v.data() + v.size() && !v.empty();
+  };
+  int i = 0, n = 0;
+  if (slash == std::string::npos || !number(std::string_view(s).substr(0, slash), i) ||
+      !number(std::string_view(s).substr(slash + 1), n))
+    throw UsageError(fmt::format("bad --shard '{}': expected I/N, e.g. 0/4 (shard I of N, counted from 0)", s));
+  if (n < 1 || i < 0 || i >= n)
+    throw UsageError(fmt::format("bad --shard '{}': need 0 <= I < N (shard I of N, counted from 0)", s));
+  return {i, n};
 }
 
 TuneReport run_tune(const TuneOptions& options) {

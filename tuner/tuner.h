@@ -9,6 +9,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "codegen/family.h"
@@ -29,7 +30,14 @@ struct TuneOptions {
   double timeout_s = 30;               // per measurement, before a worker is declared hung and killed
   int interleave_rounds = 12;
   bool live_progress = true;           // a \r progress line (else a line every 25%)
+  // A job array's share: of each family's space (in enumerate_space order), the points whose index is
+  // shard_index modulo shard_count, plus the default config (every shard measures it: the baseline). N shards'
+  // databases merged with `nsajit db import` (the faster entry wins) hold the best entries one whole sweep finds.
+  int shard_index = 0, shard_count = 1;
 };
+
+// Parses "I/N" (0 <= I < N, N >= 1) for --shard; throws UsageError naming what is wrong.
+std::pair<int, int> parse_shard(const std::string& s);
 
 struct FamilyTuneResult {
   std::string family;

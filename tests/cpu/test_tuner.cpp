@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "codegen/family.h"
+#include "runtime/error.h"
 #include "tuner/db.h"
 #include "tuner/tuner.h"
 #include "tuner/worker.h"
@@ -528,6 +529,81 @@ TEST_CASE("tune (stand-in GPU): a config that failed only because its worker cou
   r = tune_pool(good, db, 5);
   CHECK(r.measured == 0);
   CHECK(with_op(take_log(t), "measure").empty());
+}
+
+TEST_CASE("tune (stand-in GPU): N shards, merged with db export / import, find what one whole sweep finds") {
+  // A synthetic cost per config (the stand-in's fixed times), rotated so that the best lands in each shard in
+  // turn; pool's space is THREADS = 128, 256 (the default), 512, on two problems (two best entries).
+  const std::vector<std::map<std::string, std::string>> costs = {
+      {{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}},
+      {{"THREADS=128", "ok 0.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}},
+      {{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 0.7"}, {"THREADS=512", "ok 1.0"}},
+  };
+  auto sweep = [](const std::string& worker, const fs::path& db, int index, int count) {
+    nsajit::TuneOptions o;
+    for (int64_t T : {1024, 4096}) {
+      nsajit::Problem p = nsajit::preset("fla");
+      p.T = T;
+      o.problems.push_back(p);
+    }
+    o.families = {"pool"};
+    o.search = exhaustive();
+    o.db_path = db;
+    o.worker_exe = worker;
+    o.timeout_s = 5;
+    o.interleave_rounds = 2;
+    o.live_progress = false;
+    o.shard_index = index, o.shard_count = count;
+    return nsajit::run_tune(o);
+  };
+  auto best_of = [](const fs::path& db) {
+    std::map<std::string, std::string> out;  // problem -> config
+    for (const nsajit::BestEntry& e : nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only).all_best())
+      out[e.family + " " + e.problem] = e.config;
+    return out;
+  };
+  for (size_t k = 0; k < costs.size(); ++k) {
+    CAPTURE(k);
+    TempDir t;
+    const std::string w = fake_worker(t, "w", {costs[k], 0});
+    sweep(w, t.path() / "whole.db", 0, 1);
+    const auto whole = best_of(t.path() / "whole.db");
+    REQUIRE(whole.size() == 2);
+    take_log(t);
+    for (int n : {2, 3}) {
+      CAPTURE(n);
+      const fs::path merged = t.path() / ("merged" + std::to_string(n) + ".db");
+      size_t measured = 0;
+      for (int i = 0; i < n; ++i) {
+        const fs::path db = t.path() / ("shard" + std::to_string(n) + "_" + std::to_string(i) + ".db");
+        const nsajit::TuneReport r = sweep(w, db, i, n);
+        for (const auto& res : r.results) measured += res.measured;
+        // Shard i measured its points (index i mod n) and the default, nothing else.
+        for (const std::string& line : with_op(take_log(t), "measure")) {
+          const bool default_cfg = line.find("THREADS=256") != std::string::npos;
+          const bool mine = (i == 0 % n && line.find("THREADS=128") != std::string::npos) ||
+                            (i == 1 % n && line.find("THREADS=256") != std::string::npos) ||
+                            (i == 2 % n && line.find("THREADS=512") != std::string::npos);
+          CHECK_MESSAGE((default_cfg || mine), line);
+        }
+        const std::string json =
+            nsajit::export_json(nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only).all_best());
+        nsajit::TuningDb::open(merged, nsajit::TuningDb::Mode::read_write).merge_best(nsajit::parse_export(json));
+      }
+      // Every point measured somewhere (the default in every shard).
+      CHECK(measured == 2 * (3 + static_cast<size_t>(n) - 1));
+      CHECK(best_of(merged) == whole);
+    }
+  }
+}
+
+TEST_CASE("tune: --shard takes I/N with 0 <= I < N") {
+  CHECK(nsajit::parse_shard("0/1") == std::pair{0, 1});
+  CHECK(nsajit::parse_shard("3/4") == std::pair{3, 4});
+  for (const char* bad : {"4/4", "-1/2", "1", "a/b", "1/0", "/2", "1/", "1/2/3"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(nsajit::parse_shard(bad), nsajit::UsageError);
+  }
 }
 
 TEST_CASE("tune (stand-in GPU): two devices share the trials, each measured once") {
