@@ -328,3 +328,50 @@ TEST_CASE("cli: tune refuses an unknown family name") {
   CHECK_CONTAINS(r.output, "'nope'");
   CHECK(cli.entries().empty());
 }
+
+TEST_CASE("cli fuzzed: random problem flags and values: exit 0, 1 or 2 with a message, never a crash") {
+  Cli cli;
+  uint64_t state = 1130;  // splitmix64: the same cases on every machine
+  auto next = [&state] {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  const std::vector<std::string> flags = {"--preset", "--dtype", "--batch", "--seq", "--heads", "--kv-heads",
+                                          "--group", "--dk", "--dv", "--l", "--d", "--lsel", "--n", "--w", "--scale",
+                                          "--tile", "--family", "--bogus"};
+  const std::vector<std::string> values = {"0", "1", "-1", "3", "16", "64", "96", "128", "192", "256", "4097",
+                                           "65536", "2147483648", "99999999999999999999", "abc", "1e3", "nan",
+                                           "inf", "0.5", "bf16", "fp8", "paper", "fla", "BM=64", "BM=7",
+                                           "win_fwd", "slc_bwd_dkv", "''", "1,2"};
+  // emit validates the problem and the family and writes a file (no compile); bench and tune validate, then need a
+  // GPU (exit 1 here).
+  const std::vector<std::string> commands = {"emit -o " + quoted((cli.dir() / "fuzz.cu").string()), "bench", "tune"};
+  int cases = 0, usage = 0, ok = 0, failed = 0;
+  for (int i = 0; i < 90; ++i) {
+    std::string args = commands[next() % commands.size()];
+    const int nflags = 1 + static_cast<int>(next() % 3);
+    for (int f = 0; f < nflags; ++f)
+      args += " " + flags[next() % flags.size()] + " " + values[next() % values.size()];
+    if (args.rfind("emit", 0) == 0 && args.find("--family") == std::string::npos) args += " --family win_fwd";
+    INFO(args);
+    const Run r = cli(args);
+    ++cases;
+    INFO(r.output);
+    CHECK((r.code == 0 || r.code == 1 || r.code == 2));
+    if (r.code == 2) {
+      ++usage;
+      CHECK(!r.output.empty());
+    } else if (r.code == 1) {
+      ++failed;
+      CHECK(!r.output.empty());
+    } else {
+      ++ok;
+    }
+    for (char c : r.output) CHECK_MESSAGE((c == '\n' || c == '\t' || c == '\r' || static_cast<unsigned char>(c) >= 0x20), args);
+  }
+  MESSAGE(cases << " fuzzed command lines: " << usage << " usage errors (exit 2), " << failed << " failures (exit 1), "
+                << ok << " ran");
+  CHECK(usage > cases / 3);
+}
