@@ -32,7 +32,26 @@ struct Row {
 
 }  // namespace
 
-int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path) {
+// Queries of the kind asked for, on the device.
+static DeviceBuffer queries(const Problem& p, InputKind kind) {
+  const std::vector<uint16_t> bits = query_bits(p, kind, 1);
+  DeviceBuffer q(bits.size() * 2);
+  q.upload(bits.data(), bits.size() * 2);
+  return q;
+}
+
+// The selection's overlap statistic, from the device's idx/cnt.
+static std::string overlap_line(const Problem& p, InputKind kind, const DeviceBuffer& idx, const DeviceBuffer& cnt) {
+  std::vector<int32_t> i(static_cast<size_t>(p.B * p.T * p.H * p.n)), c(static_cast<size_t>(p.B * p.T * p.H));
+  idx.download(i.data(), i.size() * 4);
+  cnt.download(c.data(), c.size() * 4);
+  const SelectionOverlap o = selection_overlap(i.data(), c.data(), p.B, p.T, p.H, p.n);
+  return fmt::format("inputs {}: neighbour overlap (Jaccard) {:.2f}, distinct blocks per 64 positions {:.1f}",
+                     input_kind_name(kind), o.jaccard, o.distinct);
+}
+
+int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path,
+                      InputKind inputs) {
   std::string why;
   if (!driver_available(&why)) {
     fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
@@ -48,7 +67,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     p.validate();
     const size_t tokens = static_cast<size_t>(p.B * p.T);
     const int64_t nc = p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0;
-    DeviceBuffer q = random_device_tensor(tokens * p.HQ * p.dk, p.dtype, 1);
+    DeviceBuffer q = queries(p, inputs);
     DeviceBuffer k = random_device_tensor(tokens * p.H * p.dk, p.dtype, 2);
     DeviceBuffer v = random_device_tensor(tokens * p.H * p.dv, p.dtype, 3);
     // Gates: random bits of a normal sample are fine for timing; keep them in (0, 1) anyway via the sign bit.
@@ -122,7 +141,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     for (const Row& r : rows) total_flops += r.flops, total_bytes += r.bytes;
     add("whole forward", [&](CUstream s) { forward(p, f, s); }, total_flops, total_bytes);
 
-    fmt::print("\n{}\n", p.describe());
+    fmt::print("\n{}\n{}\n", p.describe(), overlap_line(p, inputs, idx, cnt));
     for (const KernelFamily* fam : {&fpool, &fcmp, &fsel, &fslc, &fwin})
       if (fam != &fwin || p.w > 0) fmt::print("  {:<8} {}\n", fam->name(), resolve_config(*fam, p, p).why);
     fmt::print("{:<16} {:>10} {:>9} {:>9} {:>8} {:>8}\n", "kernel", "median ms", "TFLOP/s", "GB/s", "%matrix",
@@ -133,6 +152,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
                  gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
       json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
                                              {"T", T},
+                                             {"inputs", std::string(input_kind_name(inputs))},
                                              {"kernel", r.what},
                                              {"median_ms", r.ms},
                                              {"p20_ms", r.p20},
@@ -152,7 +172,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
 }
 
 int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path,
-                       bool with_forward) {
+                       bool with_forward, InputKind inputs) {
   std::string why;
   if (!driver_available(&why)) {
     fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
@@ -166,7 +186,7 @@ int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, co
     p.T = T;
     p.validate();
     const size_t tokens = static_cast<size_t>(p.B * p.T);
-    DeviceBuffer q = random_device_tensor(tokens * p.HQ * p.dk, p.dtype, 1);
+    DeviceBuffer q = queries(p, inputs);
     DeviceBuffer k = random_device_tensor(tokens * p.H * p.dk, p.dtype, 2);
     DeviceBuffer v = random_device_tensor(tokens * p.H * p.dv, p.dtype, 3);
     DeviceBuffer dout = random_device_tensor(tokens * p.HQ * p.dv, p.dtype, 5);
@@ -239,8 +259,8 @@ int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, co
       add("forward + backward", [&](CUstream s) { forward(p, f, s), backward(p, b, s); }, fwd_flops + bwd_flops, 0);
     }
 
-    fmt::print("\n{}  (backward workspace {:.1f} MiB; first forward + backward call {:.0f} ms on the host)\n",
-               p.describe(), bws.bytes() / 1048576.0, startup_ms);
+    fmt::print("\n{}  (backward workspace {:.1f} MiB; first forward + backward call {:.0f} ms on the host)\n{}\n",
+               p.describe(), bws.bytes() / 1048576.0, startup_ms, overlap_line(p, inputs, idx, cnt));
     for (const char* n : {"cmp_bwd_dq", "cmp_bwd_dkv", "slc_bwd_dq", "slc_bwd_dkv", "win_bwd_dq", "win_bwd_dkv"})
       fmt::print("  {:<12} {}\n", n, resolve_config(find_family(n), p, p).why);
     fmt::print("{:<24} {:>10} {:>9} {:>9} {:>8} {:>8}\n", "stage", "median ms", "TFLOP/s", "GB/s", "%matrix", "%copy");
@@ -250,6 +270,7 @@ int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, co
                  gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
       json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
                                              {"T", T},
+                                             {"inputs", std::string(input_kind_name(inputs))},
                                              {"stage", r.what},
                                              {"median_ms", r.ms},
                                              {"p20_ms", r.p20},

@@ -420,13 +420,19 @@ int run(int argc, char** argv) {
   worker->group("");
 
   std::vector<int64_t> bench_seqs = {8192, 16384, 32768, 65536};
-  std::string bench_json, bench_pass = "fwd";
+  std::string bench_json, bench_pass = "fwd", bench_inputs = "coherent";
   auto* bench = app.add_subcommand(
       "bench", "Time the NSA forward and/or backward on the GPU, per kernel and whole: median, TFLOP/s, GB/s, "
                "fraction of ceilings");
   bench->add_option("--pass", bench_pass, "fwd (the forward's kernels), bwd (the backward's), or fwd+bwd (both, "
                                           "and a training step: forward saving what the backward needs, then backward)")
       ->check(CLI::IsMember({"fwd", "bwd", "fwd+bwd"}))
+      ->capture_default_str();
+  bench->add_option("--inputs", bench_inputs,
+                    "coherent (the queries of each l'-token span share a base vector: neighbours select alike, as in "
+                    "a trained model) or random (every element N(0, 1), as fla's benchmark); the overlap of "
+                    "neighbouring selections is printed")
+      ->check(CLI::IsMember({"coherent", "random"}))
       ->capture_default_str();
   bench_pf.add_to(*bench, false);
   bench->add_option("--seq", bench_seqs, "Sequence lengths, e.g. 8192,16384,32768,65536")
@@ -464,8 +470,9 @@ int run(int argc, char** argv) {
     if (*tune) return cmd_tune(tune_pf, tf);
     if (*worker) return run_worker(worker_device);
     if (*bench) {
-      if (bench_pass == "fwd") return run_forward_bench(bench_pf.build(), bench_seqs, bench_json);
-      return run_backward_bench(bench_pf.build(), bench_seqs, bench_json, bench_pass == "fwd+bwd");
+      const InputKind kind = parse_input_kind(bench_inputs);
+      if (bench_pass == "fwd") return run_forward_bench(bench_pf.build(), bench_seqs, bench_json, kind);
+      return run_backward_bench(bench_pf.build(), bench_seqs, bench_json, bench_pass == "fwd+bwd", kind);
     }
     if (*cache) return cmd_cache(cache_action, repair);
     if (db->parsed()) return db->run();

@@ -4,6 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <thread>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "runtime/error.h"
 
 namespace nsajit {
 
@@ -102,6 +107,69 @@ DeviceBuffer random_device_tensor(size_t n, Dtype dtype, uint64_t seed) {
   DeviceBuffer buf(n * 2);
   buf.upload(host.data(), n * 2);
   return buf;
+}
+
+InputKind parse_input_kind(std::string_view s) {
+  if (s == "random") return InputKind::random;
+  if (s == "coherent") return InputKind::coherent;
+  throw UsageError(fmt::format("bad input kind '{}': expected random or coherent", s));
+}
+
+std::string_view input_kind_name(InputKind k) { return k == InputKind::random ? "random" : "coherent"; }
+
+std::vector<uint16_t> query_bits(const Problem& p, InputKind kind, uint64_t seed) {
+  const size_t row = static_cast<size_t>(p.HQ) * p.dk;
+  const size_t n = static_cast<size_t>(p.B * p.T) * row;
+  if (kind == InputKind::random) return random_normal_bits(n, p.dtype, seed);
+  const int64_t spans = (p.T + p.lsel - 1) / p.lsel;
+  const std::vector<uint16_t> noise = random_normal_bits(n, p.dtype, seed);
+  const std::vector<uint16_t> base = random_normal_bits(static_cast<size_t>(p.B * spans) * row, p.dtype, seed + 0x5eed);
+  std::vector<uint16_t> out(n);
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t t = 0; t < p.T; ++t) {
+      const size_t o = static_cast<size_t>(b * p.T + t) * row, s = static_cast<size_t>(b * spans + t / p.lsel) * row;
+      for (size_t i = 0; i < row; ++i)
+        out[o + i] = float_to_bits(bits_to_float(base[s + i], p.dtype) + 0.25f * bits_to_float(noise[o + i], p.dtype),
+                                   p.dtype);
+    }
+  return out;
+}
+
+SelectionOverlap selection_overlap(const int32_t* idx, const int32_t* cnt, int64_t B, int64_t T, int H, int n,
+                                   int span) {
+  SelectionOverlap r;
+  double jsum = 0, dsum = 0;
+  std::vector<int32_t> a, c;
+  auto set_of = [&](int64_t row, int h, std::vector<int32_t>& out) {
+    out.assign(idx + (row * H + h) * n, idx + (row * H + h) * n + std::clamp(cnt[row * H + h], 0, n));
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  };
+  std::unordered_set<int32_t> seen;
+  for (int64_t b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        set_of(b * T + t, h, a);
+        set_of(b * T + t + 1, h, c);
+        std::vector<int32_t> both;
+        std::set_intersection(a.begin(), a.end(), c.begin(), c.end(), std::back_inserter(both));
+        const size_t uni = a.size() + c.size() - both.size();
+        jsum += uni ? static_cast<double>(both.size()) / static_cast<double>(uni) : 1.0;
+        ++r.pairs;
+      }
+      for (int64_t t0 = 0; t0 < T; t0 += span) {
+        seen.clear();
+        for (int64_t t = t0; t < std::min(T, t0 + span); ++t) {
+          set_of(b * T + t, h, a);
+          seen.insert(a.begin(), a.end());
+        }
+        dsum += static_cast<double>(seen.size());
+        ++r.spans;
+      }
+    }
+  r.jaccard = r.pairs ? jsum / static_cast<double>(r.pairs) : 0;
+  r.distinct = r.spans ? dsum / static_cast<double>(r.spans) : 0;
+  return r;
 }
 
 }  // namespace nsajit

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "reference/reference.h"
 #include "tests/test_seed.h"
 #include "tuner/inputs.h"
 
@@ -81,4 +82,56 @@ TEST_CASE("test seeds: NSAJIT_TEST_SEED values, and how they move a seed") {
   bool far = true;
   for (uint64_t s = 0; s < 1000; ++s) far = far && shifted_seed(s, 1) >= 1000;
   CHECK(far);
+}
+
+TEST_CASE("inputs: the selection-overlap statistic on synthetic selections") {
+  // Two KV heads, T = 128 positions, n = 4: head 0 always selects {0, 1, 2, 3}; head 1 alternates between
+  // {0, 1, 2, 3} and {4, 5, 6, 7} (Jaccard 0 between neighbours, 8 distinct per span).
+  const int64_t T = 128;
+  const int H = 2, n = 4;
+  std::vector<int32_t> idx(static_cast<size_t>(T * H * n)), cnt(static_cast<size_t>(T * H), n);
+  for (int64_t t = 0; t < T; ++t)
+    for (int i = 0; i < n; ++i) {
+      idx[static_cast<size_t>((t * H + 0) * n + i)] = i;
+      idx[static_cast<size_t>((t * H + 1) * n + i)] = (t % 2) * 4 + i;
+    }
+  nsajit::SelectionOverlap o = nsajit::selection_overlap(idx.data(), cnt.data(), 1, T, H, n, 64);
+  CHECK(o.pairs == 2 * (T - 1));
+  CHECK(o.spans == 4);
+  CHECK(o.jaccard == doctest::Approx(0.5));    // (1 + 0) / 2
+  CHECK(o.distinct == doctest::Approx(6.0));   // (4 + 8) / 2
+  // cnt limits the set; two batch entries never pair across the boundary.
+  for (int64_t t = 0; t < T; ++t) cnt[static_cast<size_t>(t * H + 1)] = 2;  // head 1: {0,1} / {4,5}
+  o = nsajit::selection_overlap(idx.data(), cnt.data(), 2, T / 2, H, n, 64);
+  CHECK(o.pairs == 2 * 2 * (T / 2 - 1));
+  CHECK(o.jaccard == doctest::Approx(0.5));
+  CHECK(o.distinct == doctest::Approx(4.0));   // head 0: {0..3}; head 1: {0, 1, 4, 5}
+}
+
+TEST_CASE("inputs: span-coherent queries make neighbours select alike; random ones do not") {
+  nsajit::Problem p = nsajit::preset("fla");
+  p.T = 8192, p.HQ = 16, p.H = 1, p.dk = p.dv = 64, p.n = 16;
+  nsajit::ref::Config cfg;
+  cfg.T = p.T, cfg.HQ = p.HQ, cfg.H = p.H, cfg.dk = p.dk, cfg.dv = p.dv;
+  cfg.l = p.l, cfg.d = p.d, cfg.lsel = p.lsel, cfg.n = p.n, cfg.w = p.w, cfg.scale = p.softmax_scale();
+  const std::vector<uint16_t> kbits = nsajit::random_normal_bits(static_cast<size_t>(p.T * p.H * p.dk), p.dtype, 2);
+  std::vector<double> k(kbits.size());
+  for (size_t i = 0; i < k.size(); ++i) k[i] = nsajit::bits_to_float(kbits[i], p.dtype);
+  std::vector<double> kc(static_cast<size_t>(cfg.num_cmp() * p.H * p.dk));
+  nsajit::ref::mean_pool(cfg, k.data(), p.dk, kc.data());
+  double jac[2] = {0, 0}, dist[2] = {0, 0};
+  for (nsajit::InputKind kind : {nsajit::InputKind::random, nsajit::InputKind::coherent}) {
+    const std::vector<uint16_t> qbits = nsajit::query_bits(p, kind, 1);
+    std::vector<double> q(qbits.size());
+    for (size_t i = 0; i < q.size(); ++i) q[i] = nsajit::bits_to_float(qbits[i], p.dtype);
+    const nsajit::ref::Selection sel = nsajit::ref::select_blocks(cfg, q.data(), kc.data());
+    const nsajit::SelectionOverlap o = nsajit::selection_overlap(sel.idx.data(), sel.cnt.data(), 1, p.T, p.H, p.n);
+    const int k_ = kind == nsajit::InputKind::coherent;
+    jac[k_] = o.jaccard, dist[k_] = o.distinct;
+    MESSAGE(nsajit::input_kind_name(kind) << ": neighbour Jaccard " << o.jaccard << ", distinct blocks per 64 "
+                                          << "positions " << o.distinct);
+  }
+  CHECK(jac[0] < 0.4);
+  CHECK(jac[1] > 0.7);
+  CHECK(dist[1] < dist[0] / 2);
 }
