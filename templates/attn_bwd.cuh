@@ -340,7 +340,9 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
     const int cnt = lane < np ? min(p.cnt[(tok0 + lane) * p.H + kvh], p.n) : 0;
     int cur = 0;
     constexpr int kNone = 0x7fffffff;
+    const i64 last_blk = (t0 + lane) / kL;  // a block past this one, or a negative one, carries no gradient
     while (true) {
+      while (cur < cnt && (idx[cur] < 0 || idx[cur] > last_blk)) ++cur;
       const int val = cur < cnt ? idx[cur] : kNone;
       const int m = warp_min_i32(val);
       if (m == kNone) break;
