@@ -25,6 +25,7 @@ namespace nsajit {
   X(cuCtxGetCurrent)               \
   X(cuCtxGetDevice)                \
   X(cuCtxSynchronize)              \
+  X(cuPointerGetAttribute)         \
   X(cuModuleLoadData)              \
   X(cuModuleUnload)                \
   X(cuModuleGetFunction)           \
@@ -44,6 +45,7 @@ namespace nsajit {
   X(cuStreamCreate)                \
   X(cuStreamDestroy)               \
   X(cuStreamSynchronize)           \
+  X(cuStreamIsCapturing)           \
   X(cuEventCreate)                 \
   X(cuEventDestroy)                \
   X(cuEventRecord)                 \

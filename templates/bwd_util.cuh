@@ -49,7 +49,7 @@ __device__ __forceinline__ void pre(const BwdPreParams& p) {
   const i64 tok = varlen ? begin + t : b * p.T + t;
   const u32* dout = reinterpret_cast<const u32*>(static_cast<const elem*>(p.dout) +
                                                  (varlen ? begin * p.do_st : b * p.do_sb) + t * p.do_st + h * p.do_sh);
-  const i64 gate_row = (varlen ? begin * p.gate_st : b * p.gate_sb) + t * p.gate_st + h;
+  const i64 gate_row = (varlen ? begin * p.gate_st : b * p.gate_sb) + t * p.gate_st + h * p.gate_sh;
   const i64 dg_row = (varlen ? begin * p.dg_st : b * p.dg_sb) + t * p.dg_st + h;
 #pragma unroll
   for (int br = 0; br < 3; ++br) {
@@ -191,6 +191,9 @@ __device__ __forceinline__ void index_scan(const SlcIndexParams& p) {
 // step 3, one warp per (block, KV head): the block's selecting positions, ascending.
 __device__ __forceinline__ void index_fill(const SlcIndexParams& p) {
   const i64 g = blockIdx.x;
+  // nblk (the grid) is an upper bound when the host had no offsets (varlen given by max_seqlen): blocks past the
+  // batch's own have no sequence.
+  if (g >= p.seq_blk_off[p.N]) return;
   const int h = static_cast<int>(blockIdx.y);
   const int lane = static_cast<int>(threadIdx.x);
   const int b = p.blk_seq[g];
