@@ -29,8 +29,8 @@ import torch
 from . import _lib, reference
 from ._bounds import num_cmp_blocks, varlen_cmp_rows
 
-# Test hook: called as _test_hook(op_name, outputs) after each CUDA kernel (python/tests/conftest.py plants faults
-# through it to show that the GPU tests can fail). None in normal use.
+# Test hook: called as _test_hook(op_name, outputs) after each CUDA or CPU kernel (python/tests/conftest.py plants
+# faults through it to show that the numeric tests can fail). None in normal use.
 _test_hook = None
 
 _ARGS = (
@@ -341,6 +341,8 @@ def _fwd_cpu_impl(q, k, v, g_cmp, g_slc, g_win, k_cmp, v_cmp, cu_seqlens, max_se
     if g_slc is not None:
         outs[7].copy_(r.idx)
         outs[8].copy_(r.cnt)
+    if _test_hook is not None:
+        _test_hook("fwd", outs)
     return outs
 
 
@@ -376,6 +378,8 @@ def _bwd_cpu(dout, q, k, v, g_cmp, g_slc, g_win, k_cmp, v_cmp, o_cmp, o_slc, o_w
     for x, name in zip(outs, ("dq", "dk", "dv", "dg_cmp", "dg_slc", "dg_win", "dk_cmp", "dv_cmp")):
         if r[name] is not None:
             x.copy_(r[name])
+    if _test_hook is not None:
+        _test_hook("bwd", outs)
     return outs
 
 

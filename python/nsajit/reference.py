@@ -74,15 +74,20 @@ def overlap_weights(nc: int, nsel: int, l: int, d: int, lsel: int, dtype) -> tor
     return (hi - lo).clamp(min=0).to(dtype) / d
 
 
+def block_scores(p_cmp: torch.Tensor, T: int, H: int, l: int, d: int, lsel: int) -> torch.Tensor:
+    """NSA.md's selection scores [T, H, ceil(T / l')] from branch 1's probabilities p_cmp [T, HQ, Nc]."""
+    HQ, nc = p_cmp.shape[1], p_cmp.shape[2]
+    nsel = (T + lsel - 1) // lsel
+    w = overlap_weights(nc, nsel, l, d, lsel, p_cmp.dtype)
+    return (p_cmp.detach() @ w).reshape(T, H, HQ // H, nsel).sum(2)
+
+
 def select(p_cmp: torch.Tensor, T: int, H: int, l: int, d: int, lsel: int, n: int):
     """NSA.md's selection from branch 1's probabilities p_cmp [T, HQ, Nc]: idx [T, H, n] int32 (ascending, -1
     padded) and cnt [T, H] int32. Forced blocks: 0 and the two local ones; then the highest group scores, equal
     scores to the lower block index."""
-    HQ, nc = p_cmp.shape[1], p_cmp.shape[2]
-    G = HQ // H
     nsel = (T + lsel - 1) // lsel
-    w = overlap_weights(nc, nsel, l, d, lsel, p_cmp.dtype)
-    score = (p_cmp.detach() @ w).reshape(T, H, G, nsel).sum(2)  # [T, H, nsel]
+    score = block_scores(p_cmp, T, H, l, d, lsel)
     t = torch.arange(T)
     cur = t // lsel  # the query's own block
     j = torch.arange(nsel)
@@ -208,3 +213,15 @@ def backward(dout, q, k, v, g_cmp, g_slc, g_win, *, l, d, lsel, n, w, scale=None
         g = next(it)
         out["d" + name] = torch.zeros_like(x) if g is None else g
     return out
+
+
+def selection_scores(q, k_cmp, *, l, d, lsel, scale=None):
+    """The selection scores [T, H, ceil(T / l')] of one sequence (q [T, HQ, dk], k_cmp [Nc, H, dk]), for judging a
+    selection that differs from the reference's at near-ties (NSA.md "How a result is judged correct")."""
+    T, HQ, dk = q.shape
+    H = k_cmp.shape[1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(dk)
+    vis = torch.arange(k_cmp.shape[0])[None, :] * d + l - 1 <= torch.arange(T)[:, None]
+    p_cmp = attention(q, k_cmp, k_cmp[..., :1], vis, scale)[2]
+    return block_scores(p_cmp, T, H, l, d, lsel)

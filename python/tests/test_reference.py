@@ -134,3 +134,61 @@ def test_empty_key_sets_give_zero_output_and_minus_infinity():
     assert torch.all(r.lse_cmp == -math.inf) and torch.all(r.o_cmp == 0)
     assert torch.all(r.lse_win == -math.inf) and torch.all(r.o_win == 0)
     assert torch.all(r.cnt == 1) and torch.all(r.idx[..., 0] == 0) and torch.all(r.idx[..., 1:] == -1)
+
+
+def test_the_selection_check_accepts_near_ties_only():
+    """helpers.assert_selection_ok, which the GPU tests use: the reference's own selection passes, a swap of two
+    blocks with equal scores passes, a swap against a clearly better block fails."""
+    import helpers
+
+    torch.manual_seed(5)
+    T, HQ, H = 200, 4, 2
+    kw = dict(l=16, d=8, lsel=16, n=4)
+    q, k, v = torch.randn(1, T, HQ, 8), torch.randn(1, T, H, 8), torch.randn(1, T, H, 8)
+    g = [torch.rand(1, T, HQ) for _ in range(3)]
+    r = reference.forward(q, k, v, *g, w=4, **kw)
+    scores = reference.selection_scores(q[0], r.k_cmp[0], **{x: kw[x] for x in ("l", "d", "lsel")})
+    assert helpers.assert_selection_ok(r.idx[0], r.cnt[0], r.idx[0], r.cnt[0], scores) == 0
+    # A row whose last free pick is swapped for the best unchosen block: a near-tie only if their scores tie.
+    t, h = 150, 1
+    c = int(r.cnt[0, t, h])
+    chosen = r.idx[0, t, h, :c].tolist()
+    forced = {0, t // 16, t // 16 - 1}
+    free = [j for j in chosen if j not in forced]
+    unchosen = [j for j in range(t // 16 + 1) if j not in chosen]
+    worst_in = min(free, key=lambda j: scores[t, h, j])
+    best_out = max(unchosen, key=lambda j: scores[t, h, j])
+    swapped = r.idx.clone()
+    swapped[0, t, h, :c] = torch.tensor(sorted(set(chosen) - {worst_in} | {best_out}), dtype=torch.int32)
+    tied = scores.clone()
+    tied[t, h, best_out] = tied[t, h, worst_in]
+    assert helpers.assert_selection_ok(swapped[0], r.cnt[0], r.idx[0], r.cnt[0], tied) == 1
+    wrong = r.idx.clone()
+    weakest_out = min(unchosen, key=lambda j: scores[t, h, j])
+    best_in = max(free, key=lambda j: scores[t, h, j])
+    wrong[0, t, h, :c] = torch.tensor(sorted(set(chosen) - {best_in} | {weakest_out}), dtype=torch.int32)
+    assert scores[t, h, best_in] - scores[t, h, weakest_out] > 1e-3 * scores[t, h].max()  # not a near-tie
+    with pytest.raises(AssertionError, match="select other blocks"):
+        helpers.assert_selection_ok(wrong[0], r.cnt[0], r.idx[0], r.cnt[0], scores)
+    bad_cnt = r.cnt[0].clone()
+    bad_cnt[3, 0] += 1
+    with pytest.raises(AssertionError, match="cnt differs"):
+        helpers.assert_selection_ok(r.idx[0], bad_cnt, r.idx[0], r.cnt[0], scores)
+
+
+def test_the_tolerance_check_catches_one_wrong_row():
+    """helpers.assert_close_nsa: bf16-sized noise passes, one zeroed row of a large tensor fails (the whole-tensor
+    error alone would let it through)."""
+    import helpers
+
+    torch.manual_seed(6)
+    want = torch.randn(4, 1024, 8, 64)
+    noisy = want * (1 + 3e-3 * torch.randn_like(want))
+    helpers.assert_close_nsa(noisy, want, torch.bfloat16, "noisy")
+    planted = noisy.clone()
+    planted[3, -1, 0] = 0
+    assert helpers.rel_err(planted, want) < 1e-2  # the whole-tensor bound alone would pass it
+    with pytest.raises(AssertionError, match=r"row \(3, 1023, 0\) has relative error 1"):
+        helpers.assert_close_nsa(planted, want, torch.bfloat16, "planted")
+    with pytest.raises(AssertionError, match="NaN or Inf"):
+        helpers.assert_close_nsa(torch.full_like(want, float("nan")), want, torch.bfloat16, "nan")
