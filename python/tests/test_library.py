@@ -13,8 +13,6 @@ import torch
 import nsajit
 from nsajit import _bounds, _lib
 
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
 
 def test_version_and_abi(lib):
     assert nsajit.library_version() == nsajit.__version__
@@ -113,7 +111,12 @@ def test_nvrtc_is_found_and_named(lib):
 
 
 def _run(code, **env):
-    full = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    """`code` in a fresh Python, importing the same nsajit and (if loaded here) the same libnsajit.so."""
+    pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(nsajit.__file__)))
+    full = dict(os.environ, PYTHONPATH=pkg_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if _lib._loaded is not None:
+        full["NSAJIT_LIBRARY"] = _lib.path()
+    full.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
 
 
