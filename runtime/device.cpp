@@ -102,9 +102,19 @@ DeviceScope::DeviceScope(const void* device_ptr, const char* who, const char* wh
   const DriverApi& d = driver();
   CUcontext current = nullptr;
   check_cu(d.cuCtxGetCurrent_(&current), "cuCtxGetCurrent");
+  const CUdeviceptr address = static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(device_ptr));
   int ordinal = -1;
-  const CUresult r = d.cuPointerGetAttribute_(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-                                              static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(device_ptr)));
+  CUresult r = d.cuPointerGetAttribute_(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address);
+  if (r != CUDA_SUCCESS && current == nullptr) {
+    // Should the driver want a context for the query, ask again from each device's primary context in turn.
+    int count = 0;
+    check_cu(d.cuDeviceGetCount_(&count), "cuDeviceGetCount");
+    for (int i = 0; i < count && r != CUDA_SUCCESS; ++i) {
+      check_cu(d.cuCtxSetCurrent_(primary_context(i)), "cuCtxSetCurrent");
+      r = d.cuPointerGetAttribute_(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address);
+    }
+    if (r != CUDA_SUCCESS) (void)d.cuCtxSetCurrent_(nullptr);
+  }
   if (r != CUDA_SUCCESS) {
     if (current != nullptr) return;
     throw Error(fmt::format("{}: no CUDA context is current and {} is not device memory the driver knows "

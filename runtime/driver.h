@@ -50,7 +50,13 @@ namespace nsajit {
   X(cuEventDestroy)                \
   X(cuEventRecord)                 \
   X(cuEventSynchronize)            \
-  X(cuEventElapsedTime)
+  X(cuEventElapsedTime)            \
+  X(cuStreamBeginCapture)          \
+  X(cuStreamEndCapture)            \
+  X(cuGraphInstantiate)            \
+  X(cuGraphLaunch)                 \
+  X(cuGraphExecDestroy)            \
+  X(cuGraphDestroy)
 
 struct DriverApi {
 #define NSAJIT_DECLARE_FN(fn) decltype(&fn) fn##_ = nullptr;
