@@ -9,7 +9,14 @@ import torch
 
 from nsajit import reference
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These tests compute in float64 (restored afterwards: other test files keep torch's default)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def brute_force(q, k, v, gates, *, l, d, lsel, n, w, scale):
