@@ -168,10 +168,12 @@ BatchSums batch_sums(const Problem& p, const BatchLayout& batch) {
   // Upper bounds from T tokens in N sequences of at most M each. Each sum is over a function of the length that is
   // at most a convex one, f(len) <= h(len), so the sum is at most h's largest sum over lengths in [0, M] adding up to
   // T, which is at a vertex of that polytope: k = floor(T / M) sequences of M, one of r = T mod M, the rest empty.
+  // (For the mask words h(0) > 0 where f(0) = 0: the at most min(N, T) non-empty sequences count, the vertex's
+  // empty ones as h(1) each.)
   const int64_t T = p.T, N = batch.num_seqs, M = std::min(batch.max_seqlen, p.T);
   const int64_t k = T / M, r = T % M;
   const int64_t nonempty = std::min(N, T);
-  const int64_t rest = std::max<int64_t>(nonempty - k - (r > 0 ? 1 : 0), 0);  // sequences that may still be 1 token
+  const int64_t rest = std::max<int64_t>(nonempty - k - (r > 0 ? 1 : 0), 0);  // the vertex's other non-empty ones
   s.tokens = T;
   // Nc(len) = floor(max(0, len - l + d) / d).
   const auto hc = [&](int64_t len) { return std::max<int64_t>(len - p.l + p.d, 0); };
