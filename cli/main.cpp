@@ -139,7 +139,7 @@ int max_smem_for(const std::string& arch) {
 
 int cmd_devices() {
   std::string why;
-  fmt::print("NVRTC {}\n", nvrtc_version());
+  fmt::print("NVRTC {} ({})\n", nvrtc_version(), nvrtc_library());
   if (!driver_available(&why)) {
     fmt::print("no GPU: {}\n", why);
     return 1;

@@ -27,7 +27,7 @@ struct AttnFwdParams {
   int64_t v_sb, v_st, v_sh;
   int64_t o_sb, o_st, o_sh;
   int64_t lse_sb, lse_st;
-  int64_t gate_sb, gate_st;
+  int64_t gate_sb, gate_st, gate_sh;
   int64_t out_sb, out_st, out_sh;
   const int32_t* cu_seqlens;
   int64_t T;
@@ -37,7 +37,14 @@ struct AttnFwdParams {
   int32_t accumulate;
   float scale_log2;
 };
-static_assert(sizeof(AttnFwdParams) == 248, "must match templates/attn_params.cuh");
+static_assert(sizeof(AttnFwdParams) == 256, "must match templates/attn_params.cuh");
+
+BatchLayout batch_of(const AttnFwdArgs& a) {
+  BatchLayout b;
+  b.cu_seqlens = a.cu_seqlens, b.cu_seqlens_host = a.cu_seqlens_host;
+  b.num_seqs = a.num_seqs, b.max_seqlen = a.max_seqlen;
+  return b;
+}
 
 // Every check of one dense-attention call; returns B and T as the grid sees them. No driver call.
 GridShape check_attn(const KernelFamily& family, const Problem& problem, const AttnFwdArgs& a,
@@ -49,14 +56,15 @@ GridShape check_attn(const KernelFamily& family, const Problem& problem, const A
   check_view(who.c_str(), compressed ? "k_cmp" : "k", a.k, varlen);
   check_view(who.c_str(), compressed ? "v_cmp" : "v", a.v, varlen);
   if (a.o.data != nullptr) check_view(who.c_str(), "o", a.o, varlen);
-  check_gated_out(who.c_str(), a.gate, a.gate_stride_b, a.gate_stride_t, a.out, a.accumulate, varlen);
+  check_gated_out(who.c_str(), a.gate, a.gate_stride_b, a.gate_stride_t, a.gate_stride_h, a.out, a.accumulate,
+                  varlen);
   if (a.gate == nullptr && a.o.data == nullptr && a.lse == nullptr)
     throw UsageError(who + ": nothing to write: o and lse are null and no gate/out is given");
   if (a.lse != nullptr) {
     check_aligned(who.c_str(), "lse", a.lse, 4);
     check_row_strides(who.c_str(), "lse", a.lse_stride_b, a.lse_stride_t, varlen);
   }
-  const GridShape grid = check_batch(who.c_str(), problem, a.cu_seqlens, a.cu_seqlens_host, true);
+  const GridShape grid = check_batch(who.c_str(), problem, batch_of(a), true);
   if (config != nullptr) {
     check_config(who.c_str(), family, *config);
     if (auto why = family.reject(problem, *config, kHopperMaxSmemOptin))
@@ -86,7 +94,7 @@ PreparedLaunch prepare_attn(const KernelFamily& family, const Problem& problem, 
   p.v_sb = a.v.stride_b, p.v_st = a.v.stride_t, p.v_sh = a.v.stride_h;
   p.o_sb = a.o.stride_b, p.o_st = a.o.stride_t, p.o_sh = a.o.stride_h;
   p.lse_sb = a.lse_stride_b, p.lse_st = a.lse_stride_t;
-  p.gate_sb = a.gate_stride_b, p.gate_st = a.gate_stride_t;
+  p.gate_sb = a.gate_stride_b, p.gate_st = a.gate_stride_t, p.gate_sh = a.gate_stride_h == 0 ? 1 : a.gate_stride_h;
   p.out_sb = a.out.stride_b, p.out_st = a.out.stride_t, p.out_sh = a.out.stride_h;
   p.cu_seqlens = a.cu_seqlens;
   p.T = launch.T;
@@ -107,9 +115,13 @@ void check_reference(const char* who, const AttnFwdArgs& args) {
 }  // namespace
 
 void win_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config) {
+  check_win_fwd(problem, args, config);
+  const DeviceScope scope(args.q.data, "win_fwd", "q");
   prepare_win_fwd(problem, args, config).launch(stream);
 }
 void cmp_fwd(const Problem& problem, const AttnFwdArgs& args, CUstream stream, const TileConfig* config) {
+  check_cmp_fwd(problem, args, config);
+  const DeviceScope scope(args.q.data, "cmp_fwd", "q");
   prepare_cmp_fwd(problem, args, config).launch(stream);
 }
 void check_win_fwd(const Problem& problem, const AttnFwdArgs& args, const TileConfig* config) {

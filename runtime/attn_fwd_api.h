@@ -19,15 +19,19 @@ struct AttnFwdArgs {
   TensorView o;  // [B, T, HQ, dv], written; may have null data when `out` is given
   float* lse = nullptr;  // [B, T, HQ] fp32, natural log; optional
   int64_t lse_stride_b = 0, lse_stride_t = 0;
-  // Gated output (optional): out = gate * o, or out += gate * o with accumulate. gate [B, T, HQ], head contiguous.
+  // Gated output (optional): out = gate * o, or out += gate * o with accumulate. gate [B, T, HQ] with row strides
+  // and a head stride (0 means 1).
   const void* gate = nullptr;
-  int64_t gate_stride_b = 0, gate_stride_t = 0;
+  int64_t gate_stride_b = 0, gate_stride_t = 0, gate_stride_h = 1;
   TensorView out;
   bool accumulate = false;
   // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host.
   // Compressed keys of a varlen batch: each sequence's Nc(len) blocks one after another.
   const int32_t* cu_seqlens = nullptr;
   std::span<const int32_t> cu_seqlens_host;
+  // Varlen without host offsets (cu_seqlens_host empty): the number of sequences and an upper bound of the longest
+  // (runtime/validate.h BatchLayout says what the device offsets must then satisfy).
+  int64_t num_seqs = 0, max_seqlen = 0;
 };
 
 // Validate everything (throw UsageError naming the bad argument), then launch on `stream`. `config` overrides the

@@ -51,7 +51,7 @@ struct AttnBwdParams {
   int64_t v_sb, v_st, v_sh;
   int64_t do_sb, do_st, do_sh;
   int64_t lse_sb, lse_st;
-  int64_t gate_sb, gate_st;
+  int64_t gate_sb, gate_st, gate_sh;
   int64_t T;
   int64_t nblk, list_stride, slot_stride;
   int32_t H, w, l, d, n;
@@ -61,7 +61,7 @@ struct AttnBwdParams {
   float* cpart;
   int64_t nchunks, qsplit, cmp_rows;
 };
-static_assert(sizeof(AttnBwdParams) == 392, "must match templates/bwd_params.cuh");
+static_assert(sizeof(AttnBwdParams) == 400, "must match templates/bwd_params.cuh");
 
 struct BwdPreParams {
   const void* dout;
@@ -72,14 +72,14 @@ struct BwdPreParams {
   const int32_t* cu_seqlens;
   int64_t do_sb, do_st, do_sh;
   int64_t o_sb[3], o_st[3], o_sh[3];
-  int64_t gate_sb, gate_st;
+  int64_t gate_sb, gate_st, gate_sh;
   int64_t dg_sb, dg_st;
   int64_t T;
   int32_t HQ, dv;
   int32_t zero_dg_win;
   int32_t unused;
 };
-static_assert(sizeof(BwdPreParams) == 264, "must match templates/bwd_params.cuh");
+static_assert(sizeof(BwdPreParams) == 272, "must match templates/bwd_params.cuh");
 
 struct SlcIndexParams {
   const int32_t* idx;
@@ -165,19 +165,39 @@ TensorView or_default(const TensorView& t, const TensorView& fallback) { return 
 constexpr int64_t kMinQChunk = 1024;
 constexpr int64_t kMinQSplit = 2048;
 
+template <class F>
+auto in_backward(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const UsageError& e) {
+    const std::string what = e.what();
+    if (what.rfind("backward", 0) == 0) throw;
+    throw UsageError(fmt::format("backward: {}", what));
+  }
+}
+
 // What a call computes, from its arguments alone.
 struct Shape {
-  bool varlen = false, cmp = false, slc = false, win = false, pool = false;
+  bool varlen = false, bounded = false, cmp = false, slc = false, win = false, pool = false;
   bool sep_slc = false, sep_win = false, given_cmp = false;
   bool need_dk = false;
   int64_t N = 1, Tmax = 1;  // sequences (or B) and the longest
   int64_t ntok = 0, ncmp = 0, nblk = 0, mask_words = 0;
 };
 
+BatchLayout batch_of(const BackwardTensors& t) {
+  BatchLayout b;
+  b.cu_seqlens = t.cu_seqlens, b.cu_seqlens_host = t.cu_seqlens_host;
+  b.num_seqs = t.num_seqs, b.max_seqlen = t.max_seqlen;
+  return b;
+}
+
 Shape shape_of(const Problem& p, const BackwardTensors& t) {
   Shape s;
-  s.varlen = t.cu_seqlens != nullptr;
-  const GridShape grid = check_batch("backward", p, t.cu_seqlens, t.cu_seqlens_host, true);
+  const BatchLayout batch = batch_of(t);
+  s.varlen = batch.varlen();
+  s.bounded = batch.bounded();
+  const GridShape grid = check_batch("backward", p, batch, true);
   s.N = grid.B, s.Tmax = grid.T;
   s.cmp = t.g_cmp != nullptr;
   s.slc = t.g_slc != nullptr;
@@ -187,20 +207,8 @@ Shape shape_of(const Problem& p, const BackwardTensors& t) {
   s.sep_slc = t.k_slc.data != nullptr;
   s.sep_win = t.k_win.data != nullptr;
   s.need_dk = s.pool || (s.slc && !s.sep_slc) || (s.win && !s.sep_win);
-  auto each = [&](const std::function<void(int64_t)>& f) {
-    if (!s.varlen) {
-      for (int64_t b = 0; b < p.B; ++b) f(p.T);
-    } else {
-      for (size_t i = 0; i + 1 < t.cu_seqlens_host.size(); ++i) f(t.cu_seqlens_host[i + 1] - t.cu_seqlens_host[i]);
-    }
-  };
-  each([&](int64_t len) {
-    s.ntok += len;
-    s.ncmp += num_cmp(len, p);
-    const int64_t nb = cdiv(len, p.lsel);
-    s.nblk += nb;
-    s.mask_words += nb * cdiv(len, 32);
-  });
+  const BatchSums sums = in_backward([&] { return batch_sums(p, batch); });
+  s.ntok = sums.tokens, s.ncmp = sums.cmp_blocks, s.nblk = sums.sel_blocks, s.mask_words = sums.mask_words;
   return s;
 }
 
@@ -245,7 +253,11 @@ struct Workspace {
     if (s.cmp || s.given_cmp) {
       dkc = take_zeroed(mul(mul(ncmp, H), mul(dkd, 4)));
       dvc = take_zeroed(mul(mul(ncmp, H), mul(dvd, 4)));
-      cpart = take(mul(mul(static_cast<size_t>(cdiv(s.Tmax, kMinQSplit)), mul(ncmp, H)), mul(dkd + dvd, 4)));
+      // Without host offsets ncmp is an upper bound, and the rows past the batch's own are never written by the
+      // dkv kernel: zeroed, so that the reduce adds zeros there.
+      const size_t cpart_bytes =
+          mul(mul(static_cast<size_t>(cdiv(s.Tmax, kMinQSplit)), mul(ncmp, H)), mul(dkd + dvd, 4));
+      cpart = s.bounded ? take_zeroed(cpart_bytes) : take(cpart_bytes);
     }
     if (s.pool) {
       kc = take(mul(mul(ncmp, H), mul(dkd, 2)));
@@ -273,17 +285,6 @@ struct Workspace {
     total = at;
   }
 };
-
-template <class F>
-auto in_backward(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const UsageError& e) {
-    const std::string what = e.what();
-    if (what.rfind("backward", 0) == 0) throw;
-    throw UsageError(fmt::format("backward: {}", what));
-  }
-}
 
 void require_view(const char* name, const TensorView& t, bool varlen) {
   if (t.data == nullptr) throw UsageError(fmt::format("backward: {} is required here (null)", name));
@@ -377,6 +378,7 @@ Shape check_arguments(const Problem& p, const BackwardTensors& t) {
   check_aligned("backward", "g_slc", t.g_slc, 2);
   check_aligned("backward", "g_win", t.g_win, 2);
   check_row_strides("backward", "gate", t.gate_stride_b, t.gate_stride_t, v);
+  gate_head_stride("backward", "gate", t.gate_stride_h);
   check_aligned("backward", "dg_cmp", t.dg_cmp, 2);
   check_aligned("backward", "dg_slc", t.dg_slc, 2);
   check_aligned("backward", "dg_win", t.dg_win, 2);
@@ -480,6 +482,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
       group = "pool";
       PoolArgs a;
       a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
+      a.num_seqs = t.num_seqs, a.max_seqlen = t.max_seqlen;
       a.x = t.k, a.y = kc, a.dim = p.dk;
       check_mean_pool(p, a);
       add_kernel([=] { return prepare_mean_pool(p, a); });
@@ -508,6 +511,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     pp.cu_seqlens = cu;
     pp.do_sb = t.dout.stride_b, pp.do_st = t.dout.stride_t, pp.do_sh = t.dout.stride_h;
     pp.gate_sb = t.gate_stride_b, pp.gate_st = t.gate_stride_t;
+    pp.gate_sh = t.gate_stride_h == 0 ? 1 : t.gate_stride_h;
     pp.dg_sb = t.dg_stride_b, pp.dg_st = t.dg_stride_t;
     pp.T = grid.T;
     pp.HQ = p.HQ, pp.dv = p.dv;
@@ -531,6 +535,7 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
     a.do_sb = t.dout.stride_b, a.do_st = t.dout.stride_t, a.do_sh = t.dout.stride_h;
     a.lse_sb = t.lse_stride_b, a.lse_st = t.lse_stride_t;
     a.gate_sb = t.gate_stride_b, a.gate_st = t.gate_stride_t;
+    a.gate_sh = t.gate_stride_h == 0 ? 1 : t.gate_stride_h;
     a.T = grid.T;
     a.H = p.H, a.w = p.w, a.l = p.l, a.d = p.d, a.n = p.n;
     a.scale = scale, a.scale_log2 = scale_log2;
@@ -700,7 +705,14 @@ constexpr uintptr_t kScratchPlaceholder = uintptr_t{1} << 40;
 
 size_t backward_workspace_bytes(const Problem& problem, const BackwardTensors& tensors) {
   problem.validate();
+  if (tensors.g_cmp == nullptr && tensors.g_slc == nullptr && tensors.g_win == nullptr)
+    throw UsageError("backward: all three gates are null: give the gates the forward was given");
   return Workspace(problem, shape_of(problem, tensors)).total;
+}
+
+int64_t backward_cmp_rows(const Problem& problem, const BackwardTensors& tensors) {
+  problem.validate();
+  return shape_of(problem, tensors).ncmp;
 }
 
 size_t backward_workspace_bytes(const Problem& problem) {
@@ -752,9 +764,11 @@ void backward(const Problem& p, const BackwardTensors& t, CUstream stream, const
   in_backward([&] {
     (void)plan(p, t, s, t.workspace ? reinterpret_cast<uintptr_t>(t.workspace) : kScratchPlaceholder, configs, false);
   });
+  const DeviceScope scope(t.q.data, "backward", "q");
   std::optional<DeviceBuffer> owned;
   uintptr_t scratch = reinterpret_cast<uintptr_t>(t.workspace);
   if (t.workspace == nullptr) {
+    check_not_capturing(stream, "backward");
     owned.emplace(std::max<size_t>(Workspace(p, s).total, 256));
     scratch = static_cast<uintptr_t>(owned->ptr());
   }

@@ -31,10 +31,10 @@ struct BackwardTensors {
   TensorView q, k, v;
   TensorView k_slc, v_slc, k_win, v_win;  // optional separate per-branch keys/values
   TensorView k_cmp, v_cmp;                // optional caller's compressed keys; null: the mean pool of k, v
-  const void* g_cmp = nullptr;            // gates [B, T, HQ], head stride 1; a null gate: branch off
+  const void* g_cmp = nullptr;            // gates [B, T, HQ] (head stride 0 means 1); a null gate: branch off
   const void* g_slc = nullptr;
   const void* g_win = nullptr;            // ignored (branch off) when w == 0, as in the forward
-  int64_t gate_stride_b = 0, gate_stride_t = 0;
+  int64_t gate_stride_b = 0, gate_stride_t = 0, gate_stride_h = 1;
 
   // What the forward saved: o_b and lse_b of every enabled branch, idx/cnt when the selected branch is on.
   TensorView o_cmp, o_slc, o_win;
@@ -58,12 +58,18 @@ struct BackwardTensors {
   void* dg_win = nullptr;
   int64_t dg_stride_b = 0, dg_stride_t = 0;
 
-  // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host.
+  // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host,
+  // or no host offsets and num_seqs and max_seqlen (runtime/validate.h BatchLayout; the scratch is then sized by
+  // upper bounds). dk_cmp/dv_cmp (with k_cmp given) then need backward_cmp_rows() rows: the rows past the batch's
+  // own compressed blocks are written with zeros.
   const int32_t* cu_seqlens = nullptr;
   std::span<const int32_t> cu_seqlens_host;
+  int64_t num_seqs = 0, max_seqlen = 0;
 
-  // Scratch: at least backward_workspace_bytes(problem, tensors) bytes, 256-byte aligned. Without it the call
-  // allocates and frees its own and synchronizes `stream` before returning.
+  // Scratch: at least backward_workspace_bytes(problem, tensors) bytes, 256-byte aligned. With it the call neither
+  // allocates nor synchronizes (it can be captured in a CUDA graph once its kernels are loaded). Without it the call
+  // allocates and frees its own and synchronizes `stream` before returning, and is refused while `stream` is
+  // capturing.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -84,8 +90,12 @@ size_t backward_workspace_bytes(const Problem& problem, const BackwardTensors& t
 // The common case: every branch on, shared k/v, mean pool, no varlen.
 size_t backward_workspace_bytes(const Problem& problem);
 
+// The rows dk_cmp/dv_cmp get written: B Nc(T), or (varlen) the sum of Nc over the sequences, or its upper bound
+// (validate.h batch_sums) when the host has no offsets.
+int64_t backward_cmp_rows(const Problem& problem, const BackwardTensors& tensors);
+
 // Checks every argument (UsageError naming it, in the caller's names), then prepares every kernel, then launches.
-// A refused call has written nothing.
+// A refused call has written nothing. Binds a context of q's device as forward does (runtime/device.h DeviceScope).
 void backward(const Problem& problem, const BackwardTensors& tensors, CUstream stream,
               const BackwardConfigs& configs = {});
 void check_backward(const Problem& problem, const BackwardTensors& tensors);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "runtime/driver.h"
@@ -75,6 +77,73 @@ Context::~Context() {
 }
 
 void Context::synchronize() const { check_cu(driver().cuCtxSynchronize_(), "cuCtxSynchronize"); }
+
+namespace {
+
+// The primary context of device `ordinal`, retained once for the life of the process.
+CUcontext primary_context(int ordinal) {
+  static std::mutex mutex;
+  static std::map<int, CUcontext> retained;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = retained.find(ordinal);
+  if (it != retained.end()) return it->second;
+  const DriverApi& d = driver();
+  CUdevice dev = 0;
+  check_cu(d.cuDeviceGet_(&dev, ordinal), "cuDeviceGet");
+  CUcontext ctx = nullptr;
+  check_cu(d.cuDevicePrimaryCtxRetain_(&ctx, dev), "cuDevicePrimaryCtxRetain");
+  retained.emplace(ordinal, ctx);
+  return ctx;
+}
+
+}  // namespace
+
+DeviceScope::DeviceScope(const void* device_ptr, const char* who, const char* what) {
+  const DriverApi& d = driver();
+  CUcontext current = nullptr;
+  check_cu(d.cuCtxGetCurrent_(&current), "cuCtxGetCurrent");
+  const CUdeviceptr address = static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(device_ptr));
+  int ordinal = -1;
+  CUresult r = d.cuPointerGetAttribute_(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address);
+  if (r != CUDA_SUCCESS && current == nullptr) {
+    // Should the driver want a context for the query, ask again from each device's primary context in turn.
+    int count = 0;
+    check_cu(d.cuDeviceGetCount_(&count), "cuDeviceGetCount");
+    for (int i = 0; i < count && r != CUDA_SUCCESS; ++i) {
+      check_cu(d.cuCtxSetCurrent_(primary_context(i)), "cuCtxSetCurrent");
+      r = d.cuPointerGetAttribute_(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address);
+    }
+    if (r != CUDA_SUCCESS) (void)d.cuCtxSetCurrent_(nullptr);
+  }
+  if (r != CUDA_SUCCESS) {
+    if (current != nullptr) return;
+    throw Error(fmt::format("{}: no CUDA context is current and {} is not device memory the driver knows "
+                            "(cuPointerGetAttribute: {}), so its device cannot be found: pass device pointers, or "
+                            "make a context current first",
+                            who, what, cu_error_name(r)));
+  }
+  if (current != nullptr) {
+    CUdevice have = 0, want = 0;
+    check_cu(d.cuCtxGetDevice_(&have), "cuCtxGetDevice");
+    check_cu(d.cuDeviceGet_(&want, ordinal), "cuDeviceGet");
+    if (have == want) return;
+  }
+  check_cu(d.cuCtxSetCurrent_(primary_context(ordinal)), "cuCtxSetCurrent");
+  if (current != nullptr) previous_ = current, restore_ = true;
+}
+
+DeviceScope::~DeviceScope() {
+  if (restore_) (void)driver().cuCtxSetCurrent_(previous_);
+}
+
+void check_not_capturing(CUstream stream, const char* who) {
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  check_cu(driver().cuStreamIsCapturing_(stream, &status), "cuStreamIsCapturing");
+  if (status != CU_STREAM_CAPTURE_STATUS_NONE)
+    throw UsageError(fmt::format("{}: the stream is being captured into a CUDA graph, and without a workspace this "
+                                 "call would allocate and synchronize: pass a workspace",
+                                 who));
+}
 
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes > 0) {

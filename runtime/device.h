@@ -49,6 +49,32 @@ private:
   DeviceInfo info_;
 };
 
+// Makes a context of the device that `device_ptr` lives on (cuPointerGetAttribute's device ordinal) current on the
+// calling thread for the object's lifetime, so that a call works from any thread (PyTorch's autograd runs the
+// backward on a thread of its own, where no context is current):
+//   - the current context already belongs to that device: nothing changes;
+//   - no context is current: the device's primary context is made current and stays current afterwards (as cuBLAS
+//     does; nsajit retains each primary context once, for the life of the process);
+//   - another device's context is current: the device's primary context is made current, and the previous one is
+//     restored on destruction.
+// A pointer the driver does not know (not device memory) is an error when no context is current; with a current
+// context the call goes ahead in it. `who` and `what` name the call and the pointer in errors.
+class DeviceScope {
+public:
+  DeviceScope(const void* device_ptr, const char* who, const char* what);
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+private:
+  CUcontext previous_ = nullptr;
+  bool restore_ = false;
+};
+
+// Throws UsageError when `stream` is being captured into a CUDA graph: `who` would allocate and synchronize, which
+// a capture forbids (give it a workspace).
+void check_not_capturing(CUstream stream, const char* who);
+
 class DeviceBuffer {
 public:
   DeviceBuffer() = default;

@@ -25,6 +25,7 @@ namespace nsajit {
   X(cuCtxGetCurrent)               \
   X(cuCtxGetDevice)                \
   X(cuCtxSynchronize)              \
+  X(cuPointerGetAttribute)         \
   X(cuModuleLoadData)              \
   X(cuModuleUnload)                \
   X(cuModuleGetFunction)           \
@@ -44,11 +45,18 @@ namespace nsajit {
   X(cuStreamCreate)                \
   X(cuStreamDestroy)               \
   X(cuStreamSynchronize)           \
+  X(cuStreamIsCapturing)           \
   X(cuEventCreate)                 \
   X(cuEventDestroy)                \
   X(cuEventRecord)                 \
   X(cuEventSynchronize)            \
-  X(cuEventElapsedTime)
+  X(cuEventElapsedTime)            \
+  X(cuStreamBeginCapture)          \
+  X(cuStreamEndCapture)            \
+  X(cuGraphInstantiate)            \
+  X(cuGraphLaunch)                 \
+  X(cuGraphExecDestroy)            \
+  X(cuGraphDestroy)
 
 struct DriverApi {
 #define NSAJIT_DECLARE_FN(fn) decltype(&fn) fn##_ = nullptr;

@@ -37,12 +37,28 @@ size_t align256(size_t n) { return add(n, 255) / 256 * 256; }
 
 int64_t num_cmp(int64_t len, const Problem& p) { return len >= p.l ? (len - p.l) / p.d + 1 : 0; }
 
-// Compressed blocks of the whole batch (varlen: summed over the sequences). The problem is valid (B, T >= 1).
-size_t total_cmp_blocks(const Problem& p, std::span<const int32_t> cu) {
-  if (cu.empty()) return mul(static_cast<size_t>(p.B), static_cast<size_t>(num_cmp(p.T, p)));
-  size_t n = 0;
-  for (size_t i = 0; i + 1 < cu.size(); ++i) n += static_cast<size_t>(num_cmp(cu[i + 1] - cu[i], p));
-  return n;
+// Runs a branch's check or prepare step, saying that the refusal comes from inside forward.
+template <class F>
+auto in_forward(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const UsageError& e) {
+    throw UsageError(fmt::format("forward: {}", e.what()));
+  }
+}
+
+BatchLayout batch_of(const ForwardTensors& t) {
+  BatchLayout b;
+  b.cu_seqlens = t.cu_seqlens, b.cu_seqlens_host = t.cu_seqlens_host;
+  b.num_seqs = t.num_seqs, b.max_seqlen = t.max_seqlen;
+  return b;
+}
+
+// Compressed blocks of the whole batch (varlen: summed over the sequences, or their upper bound). The problem is
+// valid (B, T >= 1) and so is the batch layout.
+size_t total_cmp_blocks(const Problem& p, const BatchLayout& batch) {
+  if (!batch.varlen()) return mul(static_cast<size_t>(p.B), static_cast<size_t>(num_cmp(p.T, p)));
+  return static_cast<size_t>(in_forward([&] { return batch_sums(p, batch).cmp_blocks; }));
 }
 
 // The scratch layout: lse_cmp, idx, cnt, k_cmp, v_cmp, each 256-byte aligned.
@@ -78,16 +94,6 @@ struct Needs {
   size_t cmp_blocks = 0;
 };
 
-// Runs a branch's check or prepare step, saying that the refusal comes from inside forward.
-template <class F>
-auto in_forward(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const UsageError& e) {
-    throw UsageError(fmt::format("forward: {}", e.what()));
-  }
-}
-
 // Every check that names the caller's own arguments (k_win, g_slc, lse_stride_t, ...), before any branch is
 // looked at. No driver call.
 Needs check_arguments(const Problem& p, const ForwardTensors& t) {
@@ -97,7 +103,8 @@ Needs check_arguments(const Problem& p, const ForwardTensors& t) {
     throw UsageError("forward: all three gates are null: give at least one of g_cmp, g_slc, g_win");
   n.varlen = t.cu_seqlens != nullptr;
   // The sequence count and the offsets first: everything below may depend on them.
-  check_batch("forward", p, t.cu_seqlens, t.cu_seqlens_host, true);
+  const BatchLayout batch = batch_of(t);
+  check_batch("forward", p, batch, true);
   if ((t.idx == nullptr) != (t.cnt == nullptr)) throw UsageError("forward: give both idx and cnt, or neither");
   if ((t.k_cmp.data == nullptr) != (t.v_cmp.data == nullptr))
     throw UsageError("forward: give both k_cmp and v_cmp, or neither (then they are the mean pool of k and v)");
@@ -114,7 +121,7 @@ Needs check_arguments(const Problem& p, const ForwardTensors& t) {
     if (n.slc) find_family("slc_fwd").check_problem(p);
     if (n.win) find_family("win_fwd").check_problem(p);
   });
-  n.cmp_blocks = total_cmp_blocks(p, n.varlen ? t.cu_seqlens_host : std::span<const int32_t>{});
+  n.cmp_blocks = total_cmp_blocks(p, batch);
 
   const bool v = n.varlen;
   check_view("forward", "q", t.q, v);
@@ -140,9 +147,10 @@ Needs check_arguments(const Problem& p, const ForwardTensors& t) {
   check_aligned("forward", "g_cmp", t.g_cmp, 2);
   check_aligned("forward", "g_slc", t.g_slc, 2);
   check_aligned("forward", "g_win", t.g_win, 2);
-  if ((!v && t.gate_stride_b < 0) || t.gate_stride_t < 0)
-    throw UsageError(fmt::format("forward: gate_stride_b = {} and gate_stride_t = {} must be non-negative",
-                                 t.gate_stride_b, t.gate_stride_t));
+  if ((!v && t.gate_stride_b < 0) || t.gate_stride_t < 0 || t.gate_stride_h < 0)
+    throw UsageError(fmt::format("forward: gate_stride_b = {}, gate_stride_t = {} and gate_stride_h = {} must be "
+                                 "non-negative (gate_stride_h 0 means 1)",
+                                 t.gate_stride_b, t.gate_stride_t, t.gate_stride_h));
   check_aligned("forward", "lse_cmp", t.lse_cmp, 4);
   check_aligned("forward", "lse_slc", t.lse_slc, 4);
   check_aligned("forward", "lse_win", t.lse_win, 4);
@@ -182,6 +190,7 @@ Plan make_plan(const Problem& p, const ForwardTensors& t, const Needs& n, uintpt
     if (n.cmp_blocks > 0) {
       PoolArgs a;
       a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
+      a.num_seqs = t.num_seqs, a.max_seqlen = t.max_seqlen;
       a.x = t.k, a.y = k_cmp, a.dim = p.dk;
       plan.pool_k = a;
       a.x = t.v, a.y = v_cmp, a.dim = p.dv;
@@ -196,10 +205,12 @@ Plan make_plan(const Problem& p, const ForwardTensors& t, const Needs& n, uintpt
     a.lse = lse_cmp, a.lse_stride_b = lse_sb, a.lse_stride_t = lse_st;
     if (t.g_cmp) {
       a.gate = t.g_cmp, a.gate_stride_b = t.gate_stride_b, a.gate_stride_t = t.gate_stride_t;
+      a.gate_stride_h = t.gate_stride_h;
       a.out = t.o, a.accumulate = false;
       written = true;
     }
     a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
+    a.num_seqs = t.num_seqs, a.max_seqlen = t.max_seqlen;
     plan.cmp = a;
   }
   if (n.selection) {
@@ -208,6 +219,7 @@ Plan make_plan(const Problem& p, const ForwardTensors& t, const Needs& n, uintpt
     a.lse_cmp = lse_cmp, a.lse_stride_b = lse_sb, a.lse_stride_t = lse_st;
     a.idx = idx, a.cnt = cnt;
     a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
+    a.num_seqs = t.num_seqs, a.max_seqlen = t.max_seqlen;
     plan.select = a;
   }
   if (n.slc) {
@@ -217,10 +229,12 @@ Plan make_plan(const Problem& p, const ForwardTensors& t, const Needs& n, uintpt
     a.idx = idx, a.cnt = cnt;
     if (t.g_slc) {
       a.gate = t.g_slc, a.gate_stride_b = t.gate_stride_b, a.gate_stride_t = t.gate_stride_t;
+      a.gate_stride_h = t.gate_stride_h;
       a.out = t.o, a.accumulate = written;
       written = true;
     }
     a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
+    a.num_seqs = t.num_seqs, a.max_seqlen = t.max_seqlen;
     plan.slc = a;
   }
   if (n.win) {
@@ -229,9 +243,11 @@ Plan make_plan(const Problem& p, const ForwardTensors& t, const Needs& n, uintpt
     a.lse = t.lse_win, a.lse_stride_b = t.lse_stride_b, a.lse_stride_t = t.lse_stride_t;
     if (t.g_win) {
       a.gate = t.g_win, a.gate_stride_b = t.gate_stride_b, a.gate_stride_t = t.gate_stride_t;
+      a.gate_stride_h = t.gate_stride_h;
       a.out = t.o, a.accumulate = written;
     }
     a.cu_seqlens = t.cu_seqlens, a.cu_seqlens_host = t.cu_seqlens_host;
+    a.num_seqs = t.num_seqs, a.max_seqlen = t.max_seqlen;
     plan.win = a;
   }
   return plan;
@@ -263,7 +279,7 @@ Needs check_all(const Problem& p, const ForwardTensors& t) {
 size_t forward_workspace_bytes(const Problem& problem) {
   problem.validate();
   check_batch("forward", problem, nullptr, {}, true);
-  return Workspace(problem, total_cmp_blocks(problem, {})).total;
+  return Workspace(problem, total_cmp_blocks(problem, BatchLayout{})).total;
 }
 
 void check_forward(const Problem& p, const ForwardTensors& t) { check_all(p, t); }
@@ -271,11 +287,13 @@ void check_forward(const Problem& p, const ForwardTensors& t) { check_all(p, t);
 void forward(const Problem& p, const ForwardTensors& t, CUstream stream) {
   // 1. Every check of every branch: a refusal has touched nothing.
   const Needs n = check_all(p, t);
-  // 2. The scratch, every tile config and every kernel: a failure here (no GPU, a compile error, a config that does
-  //    not fit) has launched nothing either.
+  // 2. The context, the scratch, every tile config and every kernel: a failure here (no GPU, a compile error, a
+  //    config that does not fit) has launched nothing either.
+  const DeviceScope scope(t.q.data, "forward", "q");
   std::optional<DeviceBuffer> owned;
   uintptr_t scratch = reinterpret_cast<uintptr_t>(t.workspace);
   if (t.workspace == nullptr) {
+    check_not_capturing(stream, "forward");
     owned.emplace(Workspace(p, n.cmp_blocks).total);
     scratch = static_cast<uintptr_t>(owned->ptr());
   }

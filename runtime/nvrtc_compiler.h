@@ -21,8 +21,11 @@ struct CompileResult {
   double seconds = 0.0;
 };
 
-// "13.0" for the NVRTC this binary loaded.
+// "13.0" for the NVRTC this binary loaded (dlopen'ed on first use: see nvrtc_compiler.cpp for where it is looked
+// for); throws nsajit::Error saying where it looked when none is found.
 std::string nvrtc_version();
+// The file of the NVRTC loaded, as the dynamic loader names it.
+std::string nvrtc_library();
 
 // The option set for an arch such as "sm_90a" or "sm_86". Throws nsajit::UsageError for an arch NVRTC does not
 // target as a real GPU (nsajit emits CUBIN, never PTX).

@@ -38,7 +38,10 @@ Problem check_pool(const KernelFamily& family, const Problem& problem, const Poo
   const bool varlen = a.cu_seqlens != nullptr;
   check_view("pool", "x", a.x, varlen);
   check_view("pool", "y", a.y, varlen);
-  const GridShape grid = check_batch("pool", problem, a.cu_seqlens, a.cu_seqlens_host, false);
+  BatchLayout batch;
+  batch.cu_seqlens = a.cu_seqlens, batch.cu_seqlens_host = a.cu_seqlens_host;
+  batch.num_seqs = a.num_seqs, batch.max_seqlen = a.max_seqlen;
+  const GridShape grid = check_batch("pool", problem, batch, false);
   Problem launch = problem;
   launch.dk = a.dim;  // the family pools one tensor of this dim per launch
   launch.B = grid.B, launch.T = grid.T;
@@ -71,6 +74,8 @@ PreparedLaunch prepare_mean_pool(const Problem& problem, const PoolArgs& a, cons
 }
 
 void mean_pool(const Problem& problem, const PoolArgs& a, CUstream stream, const TileConfig* config) {
+  check_mean_pool(problem, a, config);
+  const DeviceScope scope(a.x.data, "pool", "x");
   prepare_mean_pool(problem, a, config).launch(stream);
 }
 

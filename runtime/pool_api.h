@@ -19,6 +19,9 @@ struct PoolArgs {
   int dim = 0;   // problem.dk for k, problem.dv for v
   const int32_t* cu_seqlens = nullptr;  // varlen (B == 1): device offsets, and the same on the host
   std::span<const int32_t> cu_seqlens_host;
+  // Varlen without host offsets (cu_seqlens_host empty): the number of sequences and an upper bound of the longest
+  // (runtime/validate.h BatchLayout says what the device offsets must then satisfy).
+  int64_t num_seqs = 0, max_seqlen = 0;
 };
 
 // Validates everything (throws UsageError naming the bad argument), then launches on `stream`.

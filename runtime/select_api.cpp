@@ -48,7 +48,10 @@ Problem check_select(const KernelFamily& family, const Problem& problem, const S
   check_row_strides("select", "lse_cmp", a.lse_stride_b, a.lse_stride_t, varlen);
   check_output("idx", a.idx);
   check_output("cnt", a.cnt);
-  const GridShape grid = check_batch("select", problem, a.cu_seqlens, a.cu_seqlens_host, true);
+  BatchLayout batch;
+  batch.cu_seqlens = a.cu_seqlens, batch.cu_seqlens_host = a.cu_seqlens_host;
+  batch.num_seqs = a.num_seqs, batch.max_seqlen = a.max_seqlen;
+  const GridShape grid = check_batch("select", problem, batch, true);
   Problem launch = problem;
   launch.B = grid.B, launch.T = grid.T;
   if (config != nullptr) {
@@ -107,6 +110,8 @@ PreparedLaunch prepare_select_blocks(const Problem& problem, const SelectArgs& a
 }
 
 void select_blocks(const Problem& problem, const SelectArgs& a, CUstream stream, const TileConfig* config) {
+  check_select_blocks(problem, a, config);
+  const DeviceScope scope(a.q.data, "select", "q");
   prepare_select_blocks(problem, a, config).launch(stream);
 }
 

@@ -27,6 +27,9 @@ struct SelectArgs {
   // rows are the packed tokens, block indices relative to the sequence start.
   const int32_t* cu_seqlens = nullptr;
   std::span<const int32_t> cu_seqlens_host;
+  // Varlen without host offsets (cu_seqlens_host empty): the number of sequences and an upper bound of the longest
+  // (runtime/validate.h BatchLayout says what the device offsets must then satisfy).
+  int64_t num_seqs = 0, max_seqlen = 0;
 };
 
 // Validates everything (throws UsageError naming the bad argument), then launches on `stream`. `config` overrides

@@ -30,7 +30,7 @@ struct SlcFwdParams {
   int64_t o_sb, o_st, o_sh;
   int64_t out_sb, out_st, out_sh;
   int64_t lse_sb, lse_st;
-  int64_t gate_sb, gate_st;
+  int64_t gate_sb, gate_st, gate_sh;
   const int32_t* cu_seqlens;
   int64_t T;
   int32_t H;
@@ -38,7 +38,7 @@ struct SlcFwdParams {
   int32_t accumulate;
   float scale_log2;
 };
-static_assert(sizeof(SlcFwdParams) == 256, "must match templates/slc_fwd.cuh");
+static_assert(sizeof(SlcFwdParams) == 264, "must match templates/slc_fwd.cuh");
 
 // Every check; returns the problem the grid sees (B and T: the sequences and the longest). No driver call.
 Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
@@ -47,7 +47,7 @@ Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcF
   check_view("slc_fwd", "q", a.q, varlen);
   check_view("slc_fwd", "k", a.k, varlen);
   check_view("slc_fwd", "v", a.v, varlen);
-  check_gated_out("slc_fwd", a.gate, a.gate_stride_b, a.gate_stride_t, a.out, a.accumulate, varlen);
+  check_gated_out("slc_fwd", a.gate, a.gate_stride_b, a.gate_stride_t, a.gate_stride_h, a.out, a.accumulate, varlen);
   if (a.o_slc.data != nullptr)
     check_view("slc_fwd", "o_slc", a.o_slc, varlen);
   else if (a.gate == nullptr && a.lse == nullptr)
@@ -60,7 +60,10 @@ Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcF
   if (a.cnt == nullptr) throw UsageError("slc_fwd: cnt is a null pointer");
   check_aligned("slc_fwd", "idx", a.idx, 4);
   check_aligned("slc_fwd", "cnt", a.cnt, 4);
-  const GridShape grid = check_batch("slc_fwd", problem, a.cu_seqlens, a.cu_seqlens_host, true);
+  BatchLayout batch;
+  batch.cu_seqlens = a.cu_seqlens, batch.cu_seqlens_host = a.cu_seqlens_host;
+  batch.num_seqs = a.num_seqs, batch.max_seqlen = a.max_seqlen;
+  const GridShape grid = check_batch("slc_fwd", problem, batch, true);
   Problem launch = problem;
   launch.B = grid.B, launch.T = grid.T;
   if (config != nullptr) {
@@ -98,7 +101,7 @@ PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& a, cons
   p.o_sb = a.o_slc.stride_b, p.o_st = a.o_slc.stride_t, p.o_sh = a.o_slc.stride_h;
   p.out_sb = a.out.stride_b, p.out_st = a.out.stride_t, p.out_sh = a.out.stride_h;
   p.lse_sb = a.lse_stride_b, p.lse_st = a.lse_stride_t;
-  p.gate_sb = a.gate_stride_b, p.gate_st = a.gate_stride_t;
+  p.gate_sb = a.gate_stride_b, p.gate_st = a.gate_stride_t, p.gate_sh = a.gate_stride_h == 0 ? 1 : a.gate_stride_h;
   p.cu_seqlens = a.cu_seqlens;
   p.T = problem.T;  // the per-sequence length of the batch layout; varlen reads lengths from cu_seqlens
   p.H = problem.H;
@@ -110,6 +113,8 @@ PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& a, cons
 }
 
 void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const TileConfig* config) {
+  check_slc_fwd(problem, a, config);
+  const DeviceScope scope(a.q.data, "slc_fwd", "q");
   prepare_slc_fwd(problem, a, config).launch(stream);
 }
 

@@ -23,15 +23,19 @@ struct SlcFwdArgs {
   // cnt [B, T, H] valid entries. Both contiguous int32 (varlen: rows of the packed T).
   const int32_t* idx = nullptr;
   const int32_t* cnt = nullptr;
-  // Gated epilogue: with gate [B, T, HQ] (input dtype, head stride 1) and out [B, T, HQ, dv] both given,
-  // out = gate * o_slc, or out += gate * o_slc when `accumulate` is set (fp32 sum, one rounding).
+  // Gated epilogue: with gate [B, T, HQ] (input dtype; row strides and a head stride, 0 meaning 1) and out
+  // [B, T, HQ, dv] both given, out = gate * o_slc, or out += gate * o_slc when `accumulate` is set (fp32 sum, one
+  // rounding).
   const void* gate = nullptr;
-  int64_t gate_stride_b = 0, gate_stride_t = 0;
+  int64_t gate_stride_b = 0, gate_stride_t = 0, gate_stride_h = 1;
   TensorView out;
   bool accumulate = false;
   // Varlen: problem.B == 1, T = total tokens; cu_seqlens [N + 1] on the device and the same values on the host.
   const int32_t* cu_seqlens = nullptr;
   std::span<const int32_t> cu_seqlens_host;
+  // Varlen without host offsets (cu_seqlens_host empty): the number of sequences and an upper bound of the longest
+  // (runtime/validate.h BatchLayout says what the device offsets must then satisfy).
+  int64_t num_seqs = 0, max_seqlen = 0;
 };
 
 // Validates everything (throws UsageError naming the bad argument), then launches on `stream`. `config`

@@ -79,7 +79,7 @@ __device__ __forceinline__ RowScalars load_row(const AttnBwdParams& p, i64 tok, 
   const float lse = p.lse[lse_off + h];
   r.lse2 = lse == neg_inf() ? __int_as_float(0x7f800000) : lse * kLog2e;
   r.delta = p.delta[tok * (static_cast<i64>(p.H) * kG) + h];
-  r.gate = to_float(static_cast<const elem*>(p.gate)[gate_off + h]);
+  r.gate = to_float(static_cast<const elem*>(p.gate)[gate_off + h * p.gate_sh]);
   r.t = t;
   return r;
 }

@@ -171,7 +171,7 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
             pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
     }
     if (gate != nullptr) {
-      const float g = to_float(gate[gate_off + t * p.gate_st + h]);
+      const float g = to_float(gate[gate_off + t * p.gate_st + h * p.gate_sh]);
       elem* orow = out + out_off + t * p.out_st + h * p.out_sh;
 #pragma unroll
       for (int dn = 0; dn < kDV / 8; ++dn) {

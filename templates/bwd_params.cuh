@@ -1,5 +1,6 @@
 // The parameter blocks of the backward kernels (attn_bwd.cuh, bwd_util.cuh). Each is mirrored byte for byte by
-// runtime/backward.cpp. Strides are in elements; the last dim is contiguous; gates, lse and dg have head stride 1.
+// runtime/backward.cpp. Strides are in elements; the last dim is contiguous; lse and dg have head stride 1, gates
+// the head stride gate_sh.
 #ifndef NSA_BWD_PARAMS_CUH
 #define NSA_BWD_PARAMS_CUH
 #ifndef NSAJIT_GENERATED
@@ -38,7 +39,7 @@ struct AttnBwdParams {
   i64 v_sb, v_st, v_sh;
   i64 do_sb, do_st, do_sh;
   i64 lse_sb, lse_st;
-  i64 gate_sb, gate_st;
+  i64 gate_sb, gate_st, gate_sh;
   i64 T;  // sequence length (varlen: the longest)
   i64 nblk, list_stride, slot_stride;
   i32 H, w, l, d, n;
@@ -71,7 +72,7 @@ struct BwdPreParams {
   const i32* cu_seqlens;
   i64 do_sb, do_st, do_sh;
   i64 o_sb[3], o_st[3], o_sh[3];
-  i64 gate_sb, gate_st;
+  i64 gate_sb, gate_st, gate_sh;
   i64 dg_sb, dg_st;
   i64 T;
   i32 HQ, dv;

@@ -50,7 +50,7 @@ __device__ __forceinline__ void pre(const BwdPreParams& p) {
   const uint4* dout = reinterpret_cast<const uint4*>(static_cast<const elem*>(p.dout) +
                                                      (varlen ? begin * p.do_st : b * p.do_sb) + t * p.do_st +
                                                      h * p.do_sh);
-  const i64 gate_row = (varlen ? begin * p.gate_st : b * p.gate_sb) + t * p.gate_st + h;
+  const i64 gate_row = (varlen ? begin * p.gate_st : b * p.gate_sb) + t * p.gate_st + h * p.gate_sh;
   const i64 dg_row = (varlen ? begin * p.dg_st : b * p.dg_sb) + t * p.dg_st + h;
   // do is read once (16-byte chunks, one per lane for dv <= 256) for the three dot products.
   float dot[3] = {0.f, 0.f, 0.f};
@@ -201,6 +201,9 @@ __device__ __forceinline__ void index_scan(const SlcIndexParams& p) {
 // step 3, one warp per (block, KV head): the block's selecting positions, ascending.
 __device__ __forceinline__ void index_fill(const SlcIndexParams& p) {
   const i64 g = blockIdx.x;
+  // nblk (the grid) is an upper bound when the host had no offsets (varlen given by max_seqlen): blocks past the
+  // batch's own have no sequence.
+  if (g >= p.seq_blk_off[p.N]) return;
   const int h = static_cast<int>(blockIdx.y);
   const int lane = static_cast<int>(threadIdx.x);
   const int b = p.blk_seq[g];

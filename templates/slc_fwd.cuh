@@ -32,7 +32,7 @@ struct SlcFwdParams {
   float* lse;        // [B, T, HQ] natural log; null: not written
   const i32* idx;    // [B, T, H, n] contiguous: selected block indices, ascending, -1 padded
   const i32* cnt;    // [B, T, H] contiguous: valid entries of idx
-  const void* gate;  // [B, T, HQ], head stride 1; null: no gated output
+  const void* gate;  // [B, T, HQ] with strides gate_sb, gate_st, gate_sh; null: no gated output
   void* out;         // [B, T, HQ, dv]: out = gate * o_slc, or out += gate * o_slc; used iff gate is non-null
   i64 q_sb, q_st, q_sh;
   i64 k_sb, k_st, k_sh;
@@ -40,7 +40,7 @@ struct SlcFwdParams {
   i64 o_sb, o_st, o_sh;
   i64 out_sb, out_st, out_sh;
   i64 lse_sb, lse_st;     // lse head stride is 1
-  i64 gate_sb, gate_st;   // gate head stride is 1
+  i64 gate_sb, gate_st, gate_sh;
   const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
   i64 T;                  // sequence length (varlen: the longest one)
   i32 H;                  // KV heads
@@ -331,7 +331,8 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
             pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
     }
     if (p.gate != nullptr) {
-      const float g = to_float<elem>(static_cast<const elem*>(p.gate)[seq_offset(p.gate_sb, p.gate_st) + t * p.gate_st + head]) * inv;
+      const i64 g_at = seq_offset(p.gate_sb, p.gate_st) + t * p.gate_st + head * p.gate_sh;
+      const float g = to_float<elem>(static_cast<const elem*>(p.gate)[g_at]) * inv;
       elem* xrow = static_cast<elem*>(p.out) + seq_offset(p.out_sb, p.out_st) + t * p.out_st + head * p.out_sh;
 #pragma unroll
       for (int dn = 0; dn < kDV / 8; ++dn) {

@@ -39,6 +39,7 @@ struct CArgs {
   nsajit_attn_args win{}, cmp{};
   nsajit_select_args sel{};
   nsajit_slc_args slc{};
+  nsajit_backward_tensors bwd{};
   nsajit_tensor pool_x{}, pool_y{};
   int pool_dim = 0;
   const int32_t* pool_cu = nullptr;
@@ -97,6 +98,20 @@ std::unique_ptr<CArgs> make_args(bool varlen) {
   l.cu_seqlens = cu, l.cu_seqlens_host = cu_host, l.num_seqs = num_seqs;
   a->pool_x = k, a->pool_y = k_cmp, a->pool_dim = p.dk;
   a->pool_cu = cu, a->pool_cu_host = cu_host, a->pool_num_seqs = num_seqs;
+  nsajit_backward_tensors& b = a->bwd;  // every branch, the mean pool, gate gradients
+  b.q = q, b.k = k, b.v = v;
+  b.g_cmp = f.g_cmp, b.g_slc = f.g_slc, b.g_win = f.g_win;
+  b.gate_stride_b = row_b, b.gate_stride_t = row_t;
+  b.o_cmp = f.o_cmp, b.o_slc = f.o_slc, b.o_win = f.o_win;
+  b.lse_cmp = f.lse_cmp, b.lse_slc = f.lse_slc, b.lse_win = f.lse_win;
+  b.lse_stride_b = row_b, b.lse_stride_t = row_t;
+  b.idx = idx, b.cnt = cnt;
+  b.dout = tensor(0x450000, T, p.HQ, p.dv);
+  b.dq = tensor(0x900000, T, p.HQ, p.dk), b.dk = tensor(0x910000, T, p.H, p.dk), b.dv = tensor(0x920000, T, p.H, p.dv);
+  b.dg_cmp = const_cast<void*>(at(0xa00000)), b.dg_slc = const_cast<void*>(at(0xa10000));
+  b.dg_win = const_cast<void*>(at(0xa20000));
+  b.dg_stride_b = row_b, b.dg_stride_t = row_t;
+  b.cu_seqlens = cu, b.cu_seqlens_host = cu_host, b.num_seqs = num_seqs;
   return a;
 }
 
@@ -105,6 +120,7 @@ struct Varlen {
   const int32_t** cu;
   const int32_t** host;
   int64_t* num_seqs;
+  int64_t* max_seqlen = nullptr;  // null: the entry point takes none (mean_pool)
 };
 
 struct Entry {
@@ -125,7 +141,7 @@ std::function<void(uintptr_t)> setter(T*& field) {
 }
 
 std::vector<int64_t*> attn_int64s(nsajit_attn_args& x) {
-  return {&x.lse_stride_b, &x.lse_stride_t, &x.gate_stride_b, &x.gate_stride_t};
+  return {&x.lse_stride_b, &x.lse_stride_t, &x.gate_stride_b, &x.gate_stride_t, &x.gate_stride_h};
 }
 
 const std::vector<Entry>& entries() {
@@ -144,10 +160,10 @@ const std::vector<Entry>& entries() {
        },
        [](CArgs& a) -> std::vector<int64_t*> {
          auto& f = a.f;
-         return {&f.gate_stride_b, &f.gate_stride_t, &f.lse_stride_b, &f.lse_stride_t};
+         return {&f.gate_stride_b, &f.gate_stride_t, &f.gate_stride_h, &f.lse_stride_b, &f.lse_stride_t};
        },
        [](CArgs&) -> std::vector<int*> { return {}; },
-       [](CArgs& a) { return Varlen{&a.f.cu_seqlens, &a.f.cu_seqlens_host, &a.f.num_seqs}; }},
+       [](CArgs& a) { return Varlen{&a.f.cu_seqlens, &a.f.cu_seqlens_host, &a.f.num_seqs, &a.f.max_seqlen}; }},
       {"nsajit_win_fwd", [](CArgs& a) { return nsajit_win_fwd(&a.p, &a.win, nullptr); },
        [](CArgs& a) { return nsajit_win_fwd(&a.p, nullptr, nullptr); }, "args",
        [](CArgs& a) -> std::vector<nsajit_tensor*> { return {&a.win.q, &a.win.k, &a.win.v, &a.win.o, &a.win.out}; },
@@ -155,7 +171,7 @@ const std::vector<Entry>& entries() {
          return {setter(a.win.lse), setter(a.win.gate)};
        },
        [](CArgs& a) { return attn_int64s(a.win); }, [](CArgs& a) -> std::vector<int*> { return {&a.win.accumulate}; },
-       [](CArgs& a) { return Varlen{&a.win.cu_seqlens, &a.win.cu_seqlens_host, &a.win.num_seqs}; }},
+       [](CArgs& a) { return Varlen{&a.win.cu_seqlens, &a.win.cu_seqlens_host, &a.win.num_seqs, &a.win.max_seqlen}; }},
       {"nsajit_cmp_fwd", [](CArgs& a) { return nsajit_cmp_fwd(&a.p, &a.cmp, nullptr); },
        [](CArgs& a) { return nsajit_cmp_fwd(&a.p, nullptr, nullptr); }, "args",
        [](CArgs& a) -> std::vector<nsajit_tensor*> { return {&a.cmp.q, &a.cmp.k, &a.cmp.v, &a.cmp.o, &a.cmp.out}; },
@@ -163,7 +179,7 @@ const std::vector<Entry>& entries() {
          return {setter(a.cmp.lse), setter(a.cmp.gate)};
        },
        [](CArgs& a) { return attn_int64s(a.cmp); }, [](CArgs& a) -> std::vector<int*> { return {&a.cmp.accumulate}; },
-       [](CArgs& a) { return Varlen{&a.cmp.cu_seqlens, &a.cmp.cu_seqlens_host, &a.cmp.num_seqs}; }},
+       [](CArgs& a) { return Varlen{&a.cmp.cu_seqlens, &a.cmp.cu_seqlens_host, &a.cmp.num_seqs, &a.cmp.max_seqlen}; }},
       {"nsajit_select", [](CArgs& a) { return nsajit_select(&a.p, &a.sel, nullptr); },
        [](CArgs& a) { return nsajit_select(&a.p, nullptr, nullptr); }, "args",
        [](CArgs& a) -> std::vector<nsajit_tensor*> { return {&a.sel.q, &a.sel.k_cmp}; },
@@ -172,7 +188,7 @@ const std::vector<Entry>& entries() {
        },
        [](CArgs& a) -> std::vector<int64_t*> { return {&a.sel.lse_stride_b, &a.sel.lse_stride_t}; },
        [](CArgs&) -> std::vector<int*> { return {}; },
-       [](CArgs& a) { return Varlen{&a.sel.cu_seqlens, &a.sel.cu_seqlens_host, &a.sel.num_seqs}; }},
+       [](CArgs& a) { return Varlen{&a.sel.cu_seqlens, &a.sel.cu_seqlens_host, &a.sel.num_seqs, &a.sel.max_seqlen}; }},
       {"nsajit_slc_fwd", [](CArgs& a) { return nsajit_slc_fwd(&a.p, &a.slc, nullptr); },
        [](CArgs& a) { return nsajit_slc_fwd(&a.p, nullptr, nullptr); }, "args",
        [](CArgs& a) -> std::vector<nsajit_tensor*> {
@@ -182,10 +198,11 @@ const std::vector<Entry>& entries() {
          return {setter(a.slc.lse), setter(a.slc.idx), setter(a.slc.cnt), setter(a.slc.gate)};
        },
        [](CArgs& a) -> std::vector<int64_t*> {
-         return {&a.slc.lse_stride_b, &a.slc.lse_stride_t, &a.slc.gate_stride_b, &a.slc.gate_stride_t};
+         return {&a.slc.lse_stride_b, &a.slc.lse_stride_t, &a.slc.gate_stride_b, &a.slc.gate_stride_t,
+                 &a.slc.gate_stride_h};
        },
        [](CArgs& a) -> std::vector<int*> { return {&a.slc.accumulate}; },
-       [](CArgs& a) { return Varlen{&a.slc.cu_seqlens, &a.slc.cu_seqlens_host, &a.slc.num_seqs}; }},
+       [](CArgs& a) { return Varlen{&a.slc.cu_seqlens, &a.slc.cu_seqlens_host, &a.slc.num_seqs, &a.slc.max_seqlen}; }},
       {"nsajit_mean_pool",
        [](CArgs& a) {
          return nsajit_mean_pool(&a.p, a.pool_x, a.pool_y, a.pool_dim, a.pool_cu, a.pool_cu_host, a.pool_num_seqs,
@@ -196,6 +213,27 @@ const std::vector<Entry>& entries() {
        [](CArgs&) -> std::vector<int64_t*> { return {}; },
        [](CArgs& a) -> std::vector<int*> { return {&a.pool_dim}; },
        [](CArgs& a) { return Varlen{&a.pool_cu, &a.pool_cu_host, &a.pool_num_seqs}; }},
+      {"nsajit_backward", [](CArgs& a) { return nsajit_backward(&a.p, &a.bwd, nullptr); },
+       [](CArgs& a) { return nsajit_backward(&a.p, nullptr, nullptr); }, "tensors",
+       [](CArgs& a) -> std::vector<nsajit_tensor*> {
+         auto& b = a.bwd;
+         return {&b.q,     &b.k,     &b.v,      &b.k_slc,  &b.v_slc,  &b.k_win, &b.v_win, &b.k_cmp, &b.v_cmp,
+                 &b.o_cmp, &b.o_slc, &b.o_win,  &b.dout,   &b.dq,     &b.dk,    &b.dv,    &b.dk_slc, &b.dv_slc,
+                 &b.dk_win, &b.dv_win, &b.dk_cmp, &b.dv_cmp};
+       },
+       [](CArgs& a) -> std::vector<std::function<void(uintptr_t)>> {
+         auto& b = a.bwd;
+         return {setter(b.g_cmp),   setter(b.g_slc),  setter(b.g_win),  setter(b.lse_cmp), setter(b.lse_slc),
+                 setter(b.lse_win), setter(b.idx),    setter(b.cnt),    setter(b.dg_cmp),  setter(b.dg_slc),
+                 setter(b.dg_win),  setter(b.workspace)};
+       },
+       [](CArgs& a) -> std::vector<int64_t*> {
+         auto& b = a.bwd;
+         return {&b.gate_stride_b, &b.gate_stride_t, &b.gate_stride_h, &b.lse_stride_b,
+                 &b.lse_stride_t,  &b.dg_stride_b,   &b.dg_stride_t};
+       },
+       [](CArgs&) -> std::vector<int*> { return {}; },
+       [](CArgs& a) { return Varlen{&a.bwd.cu_seqlens, &a.bwd.cu_seqlens_host, &a.bwd.num_seqs, &a.bwd.max_seqlen}; }},
   };
   return all;
 }
@@ -207,6 +245,7 @@ int call_null_problem(const Entry& e, CArgs& a) {
   if (e.name == "nsajit_cmp_fwd") return nsajit_cmp_fwd(nullptr, &a.cmp, nullptr);
   if (e.name == "nsajit_select") return nsajit_select(nullptr, &a.sel, nullptr);
   if (e.name == "nsajit_slc_fwd") return nsajit_slc_fwd(nullptr, &a.slc, nullptr);
+  if (e.name == "nsajit_backward") return nsajit_backward(nullptr, &a.bwd, nullptr);
   return nsajit_mean_pool(nullptr, a.pool_x, a.pool_y, a.pool_dim, a.pool_cu, a.pool_cu_host, a.pool_num_seqs,
                           nullptr);
 }
@@ -280,10 +319,10 @@ TEST_CASE("C ABI: null name, out, problem, args and bytes pointers are usage err
       ++cases;
     }
   }
-  CHECK(cases == 11);
+  CHECK(cases == 13);
 }
 
-// One table over the six launching entry points: each row edits a valid call and names the expected code and
+// One table over the seven launching entry points: each row edits a valid call and names the expected code and
 // message part (per entry point where they differ).
 TEST_CASE("C ABI: every launching entry point refuses bad varlen offsets, negative strides and bad shapes") {
   struct Row {
@@ -326,7 +365,7 @@ TEST_CASE("C ABI: every launching entry point refuses bad varlen offsets, negati
        [](const Entry& e, CArgs& a) {
          for (int64_t* s : e.int64s(a)) {
            if (s == &a.f.lse_stride_t || s == &a.win.lse_stride_t || s == &a.cmp.lse_stride_t ||
-               s == &a.sel.lse_stride_t || s == &a.slc.lse_stride_t)
+               s == &a.sel.lse_stride_t || s == &a.slc.lse_stride_t || s == &a.bwd.lse_stride_t)
              *s = -16;
          }
        },
@@ -354,7 +393,7 @@ TEST_CASE("C ABI: every launching entry point refuses bad varlen offsets, negati
       ++cases;
     }
   MESSAGE(cases << " refusals checked");
-  CHECK(cases == 6 * static_cast<int>(rows.size()) - 1);
+  CHECK(cases == 7 * static_cast<int>(rows.size()) - 1);
 }
 
 TEST_CASE("C ABI: a valid call gets past every check and fails only for want of a GPU (NSAJIT_ERROR)") {
@@ -562,6 +601,13 @@ TEST_CASE("C ABI: randomized bad inputs (fixed seed) are refused with a message,
        }},
       {"offset value", [&](const Entry&, CArgs& a) {
          a.offsets[pick(5)] = any_int();
+         return true;
+       }},
+      {"max_seqlen (host offsets kept or dropped)", [&](const Entry& e, CArgs& a) {
+         const Varlen v = e.varlen(a);
+         if (v.max_seqlen == nullptr) return false;
+         *v.max_seqlen = any_int64();
+         if (pick(2)) *v.host = nullptr;
          return true;
        }},
   };

@@ -113,7 +113,7 @@ const std::vector<ForwardCase>& late_refusals() {
        },
        "forward: lse_stride_b = 4096 and lse_stride_t = -1 must be non-negative"},
       {"negative gate stride", [](Problem&, ForwardTensors& f) { f.gate_stride_b = -4096; },
-       "forward: gate_stride_b = -4096 and gate_stride_t = 16 must be non-negative"},
+       "forward: gate_stride_b = -4096, gate_stride_t = 16 and gate_stride_h = 1 must be non-negative"},
       {"g_win misaligned", [](Problem&, ForwardTensors& f) { f.g_win = fake(0x520001); },
        "forward: g_win is not 2-byte aligned"},
       {"idx misaligned",

@@ -275,14 +275,14 @@ struct AttnFwdParams {
   const void* v;  // window: [B, T, H, dv]; compressed: [B, Nc, H, dv]
   void* o;        // [B, T, HQ, dv], may be null when `out` is given
   float* lse;     // [B, T, HQ], may be null
-  const void* gate;  // [B, T, HQ] (head contiguous), may be null: then `out` is not written
+  const void* gate;  // [B, T, HQ] with strides gate_sb, gate_st, gate_sh; may be null: then `out` is not written
   void* out;         // [B, T, HQ, dv]: out = gate * o, or out += gate * o when accumulate
   i64 q_sb, q_st, q_sh;
   i64 k_sb, k_st, k_sh;
   i64 v_sb, v_st, v_sh;
   i64 o_sb, o_st, o_sh;
   i64 lse_sb, lse_st;  // lse head stride is 1
-  i64 gate_sb, gate_st;
+  i64 gate_sb, gate_st, gate_sh;
   i64 out_sb, out_st, out_sh;
   const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
   i64 T;                  // sequence length (varlen: the longest one)
@@ -500,7 +500,7 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
             pack2<elem>(acc[dn][2 * r] * inv, acc[dn][2 * r + 1] * inv);
     }
     if (gate != nullptr) {
-      const float g = to_float(gate[gate_off + t * p.gate_st + h]);
+      const float g = to_float(gate[gate_off + t * p.gate_st + h * p.gate_sh]);
       elem* orow = out + out_off + t * p.out_st + h * p.out_sh;
 #pragma unroll
       for (int dn = 0; dn < kDV / 8; ++dn) {
