@@ -170,6 +170,10 @@ BatchSums batch_sums(const Problem& p, const BatchLayout& batch) {
   // T, which is at a vertex of that polytope: k = floor(T / M) sequences of M, one of r = T mod M, the rest empty.
   // (For the mask words h(0) > 0 where f(0) = 0: the at most min(N, T) non-empty sequences count, the vertex's
   // empty ones as h(1) each.)
+  if (batch.max_seqlen < 1 || batch.num_seqs < 1)
+    throw UsageError(fmt::format("varlen: max_seqlen = {} and num_seqs = {} must be >= 1 when the host offsets are "
+                                 "not given",
+                                 batch.max_seqlen, batch.num_seqs));
   const int64_t T = p.T, N = batch.num_seqs, M = std::min(batch.max_seqlen, p.T);
   const int64_t k = T / M, r = T % M;
   const int64_t nonempty = std::min(N, T);

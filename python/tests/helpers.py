@@ -1,6 +1,8 @@
 """Checks shared by the GPU tests (and tested on the CPU in test_reference.py): NSA.md's tolerances and its rule for
 a selection that differs from the reference's."""
 
+import contextlib
+
 import torch
 
 from nsajit import reference
@@ -12,6 +14,18 @@ TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+@contextlib.contextmanager
+def unplanted():
+    """Runs a reference computation that goes through nsajit's own CPU kernel (a float64 layer) without the planted
+    fault (NSAJIT_TEST_PLANT), which is meant for the result under test only: planted on both sides it would cancel."""
+    from nsajit import ops
+    hook, ops._test_hook = ops._test_hook, None
+    try:
+        yield
+    finally:
+        ops._test_hook = hook
 
 
 def assert_close_nsa(got: torch.Tensor, want: torch.Tensor, dtype, name: str, factor: float = 1.0,

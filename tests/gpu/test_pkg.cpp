@@ -54,6 +54,9 @@ struct Case {
     tokens = p.B * p.T;
     if (cu.empty()) {
       rows_exact = rows_bound = p.B * ncmp(p.T, p);
+    } else if (max_seqlen == 0) {  // only ever given the host offsets
+      for (size_t i = 0; i + 1 < cu.size(); ++i) rows_exact += ncmp(cu[i + 1] - cu[i], p);
+      rows_bound = rows_exact;
     } else {
       for (size_t i = 0; i + 1 < cu.size(); ++i) rows_exact += ncmp(cu[i + 1] - cu[i], p);
       BatchLayout b;
