@@ -113,6 +113,8 @@ DeviceScope::DeviceScope(const void* device_ptr, const char* who, const char* wh
       check_cu(d.cuCtxSetCurrent_(primary_context(i)), "cuCtxSetCurrent");
       r = d.cuPointerGetAttribute_(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address);
     }
+    // Memory the query does not know (some virtual-memory mappings): with one GPU there is one answer.
+    if (r != CUDA_SUCCESS && count == 1) ordinal = 0, r = CUDA_SUCCESS;
     if (r != CUDA_SUCCESS) (void)d.cuCtxSetCurrent_(nullptr);
   }
   if (r != CUDA_SUCCESS) {

@@ -57,8 +57,9 @@ private:
 //     does; nsajit retains each primary context once, for the life of the process);
 //   - another device's context is current: the device's primary context is made current, and the previous one is
 //     restored on destruction.
-// A pointer the driver does not know (not device memory) is an error when no context is current; with a current
-// context the call goes ahead in it. `who` and `what` name the call and the pointer in errors.
+// A pointer the driver cannot place: with a current context the call goes ahead in it; with none, on a machine with
+// one GPU that GPU's primary context is made current, with several it is an error. `who` and `what` name the call
+// and the pointer in errors.
 class DeviceScope {
 public:
   DeviceScope(const void* device_ptr, const char* who, const char* what);
