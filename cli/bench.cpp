@@ -30,6 +30,36 @@ struct Row {
   double ms = 0, p20 = 0, p80 = 0, flops = 0, bytes = 0;
 };
 
+// The table of timed rows (the first column `label`, `width` wide), each also added to `json` under `label`.
+void print_rows(const std::vector<Row>& rows, const char* label, int width, const Problem& p, int64_t T,
+                InputKind inputs, llvm::json::Array& json) {
+  fmt::print("{:<{}} {:>10} {:>9} {:>9} {:>8} {:>8}\n", label, width, "median ms", "TFLOP/s", "GB/s", "%matrix",
+             "%copy");
+  for (const Row& r : rows) {
+    const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
+    fmt::print("{:<{}} {:>10.3f} {:>9.1f} {:>9.0f} {:>7.1f}% {:>7.1f}%   p20 {:.3f} p80 {:.3f}\n", r.what, width, r.ms,
+               tf, gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
+    json.push_back(llvm::json::Object{{"problem", p.describe()},
+                                      {"T", T},
+                                      {"inputs", std::string(input_kind_name(inputs))},
+                                      {label, r.what},
+                                      {"median_ms", r.ms},
+                                      {"p20_ms", r.p20},
+                                      {"p80_ms", r.p80},
+                                      {"tflops", tf},
+                                      {"gbs", gb}});
+  }
+}
+
+void write_json(const std::string& path, const Context& ctx, llvm::json::Array rows) {
+  if (path.empty()) return;
+  std::error_code ec;
+  llvm::raw_fd_ostream os(path, ec);
+  if (ec) throw Error(fmt::format("cannot write {}: {}", path, ec.message()));
+  os << llvm::formatv("{0:2}", llvm::json::Value(llvm::json::Object{{"device", ctx.info().fingerprint()},
+                                                                    {"rows", std::move(rows)}}));
+}
+
 }  // namespace
 
 // Queries of the kind asked for, on the device.
@@ -144,30 +174,9 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     fmt::print("\n{}\n{}\n", p.describe(), overlap_line(p, inputs, idx, cnt));
     for (const KernelFamily* fam : {&fpool, &fcmp, &fsel, &fslc, &fwin})
       if (fam != &fwin || p.w > 0) fmt::print("  {:<8} {}\n", fam->name(), resolve_config(*fam, p, p).why);
-    fmt::print("{:<16} {:>10} {:>9} {:>9} {:>8} {:>8}\n", "kernel", "median ms", "TFLOP/s", "GB/s", "%matrix",
-               "%copy");
-    for (const Row& r : rows) {
-      const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
-      fmt::print("{:<16} {:>10.3f} {:>9.1f} {:>9.0f} {:>7.1f}% {:>7.1f}%   p20 {:.3f} p80 {:.3f}\n", r.what, r.ms, tf,
-                 gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
-      json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
-                                             {"T", T},
-                                             {"inputs", std::string(input_kind_name(inputs))},
-                                             {"kernel", r.what},
-                                             {"median_ms", r.ms},
-                                             {"p20_ms", r.p20},
-                                             {"p80_ms", r.p80},
-                                             {"tflops", tf},
-                                             {"gbs", gb}});
-    }
+    print_rows(rows, "kernel", 16, p, T, inputs, json_rows);
   }
-  if (!json_path.empty()) {
-    std::error_code ec;
-    llvm::raw_fd_ostream os(json_path, ec);
-    if (ec) throw Error(fmt::format("cannot write {}: {}", json_path, ec.message()));
-    os << llvm::formatv("{0:2}", llvm::json::Value(llvm::json::Object{{"device", ctx.info().fingerprint()},
-                                                                      {"rows", std::move(json_rows)}}));
-  }
+  write_json(json_path, ctx, std::move(json_rows));
   return 0;
 }
 
@@ -263,29 +272,9 @@ int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, co
                p.describe(), bws.bytes() / 1048576.0, startup_ms, overlap_line(p, inputs, idx, cnt));
     for (const char* n : {"cmp_bwd_dq", "cmp_bwd_dkv", "slc_bwd_dq", "slc_bwd_dkv", "win_bwd_dq", "win_bwd_dkv"})
       fmt::print("  {:<12} {}\n", n, resolve_config(find_family(n), p, p).why);
-    fmt::print("{:<24} {:>10} {:>9} {:>9} {:>8} {:>8}\n", "stage", "median ms", "TFLOP/s", "GB/s", "%matrix", "%copy");
-    for (const Row& r : rows) {
-      const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
-      fmt::print("{:<24} {:>10.3f} {:>9.1f} {:>9.0f} {:>7.1f}% {:>7.1f}%   p20 {:.3f} p80 {:.3f}\n", r.what, r.ms, tf,
-                 gb, 100 * tf / kH200MatrixTflops, 100 * gb / kH200CopyGBs, r.p20, r.p80);
-      json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
-                                             {"T", T},
-                                             {"inputs", std::string(input_kind_name(inputs))},
-                                             {"stage", r.what},
-                                             {"median_ms", r.ms},
-                                             {"p20_ms", r.p20},
-                                             {"p80_ms", r.p80},
-                                             {"tflops", tf},
-                                             {"gbs", gb}});
-    }
+    print_rows(rows, "stage", 24, p, T, inputs, json_rows);
   }
-  if (!json_path.empty()) {
-    std::error_code ec;
-    llvm::raw_fd_ostream os(json_path, ec);
-    if (ec) throw Error(fmt::format("cannot write {}: {}", json_path, ec.message()));
-    os << llvm::formatv("{0:2}", llvm::json::Value(llvm::json::Object{{"device", ctx.info().fingerprint()},
-                                                                      {"rows", std::move(json_rows)}}));
-  }
+  write_json(json_path, ctx, std::move(json_rows));
   return 0;
 }
 
