@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Set-up on a fresh Debian 12 machine with the CUDA 13.0 toolkit: install the packages nsajit builds with, then
-# build it in Release under ./build. Idempotent.
+# build it in Release under ./build (the nsajit command, the tests and libnsajit.so), then install the Python package
+# into ./.venv (NSAJIT_SETUP_PYTHON=0 skips that step: the tuning sweep needs none of it). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libsqlite3-dev doctest-dev llvm-19-dev)
+python=${NSAJIT_SETUP_PYTHON:-1}
+[ "$python" = 0 ] || packages+=(python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -18,3 +21,12 @@ if [ ! -e "${CUDA_HOME:-${CUDA_PATH:-/usr/local/cuda}}/include/nvrtc.h" ]; then
 fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSAJIT_WERROR=ON >/dev/null
 cmake --build build
+if [ "$python" != 0 ]; then
+  # The Python package: PyPI's torch at the version the H200 has, pytest, and nsajit installed with the
+  # libnsajit.so just built (no second compile). Activate with `. .venv/bin/activate`; `import nsajit` then works.
+  [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.11.0 pytest "scikit-build-core>=0.10"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps ./python \
+    -C cmake.define.NSAJIT_PREBUILT_LIBRARY="$PWD/build/libnsajit.so" -C build-dir=build/python-wheel
+  .venv/bin/python -c 'import nsajit; print(f"setup: the Python package nsajit {nsajit.__version__} in .venv ({nsajit.library_path()})")'
+fi
