@@ -25,8 +25,9 @@ if [ "$python" != 0 ]; then
   # The Python package: PyPI's torch at the version the H200 has, pytest, and nsajit installed with the
   # libnsajit.so just built (no second compile). Activate with `. .venv/bin/activate`; `import nsajit` then works.
   [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.11.0 pytest "scikit-build-core>=0.10"
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.11.0 numpy pytest "scikit-build-core>=0.10"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps ./python \
-    -C cmake.define.NSAJIT_PREBUILT_LIBRARY="$PWD/build/libnsajit.so" -C build-dir=build/python-wheel
-  .venv/bin/python -c 'import nsajit; print(f"setup: the Python package nsajit {nsajit.__version__} in .venv ({nsajit.library_path()})")'
+    --config-settings=cmake.define.NSAJIT_PREBUILT_LIBRARY="$PWD/build/libnsajit.so" \
+    --config-settings=build-dir="$PWD/build/python-wheel"
+  .venv/bin/python -c 'import nsajit; print(f"setup: nsajit {nsajit.__version__} in .venv: {nsajit.library_path()}")'
 fi

@@ -11,6 +11,14 @@ else
 fi
 echo "== Release tests"
 build/nsajit_tests
+if [ -x .venv/bin/python ]; then
+  # The package as in this tree (PYTHONPATH) over this build's library; the GPU tests skip themselves here.
+  echo "== Python package: CPU tests (the GPU ones run on the H200: scripts/python_gpu_check.sh)"
+  NSAJIT_LIBRARY=$PWD/build/libnsajit.so PYTHONPATH=$PWD/python .venv/bin/python -m pytest python/tests -q \
+    -p no:cacheprovider
+else
+  echo "== Python package: not tested (no .venv: scripts/setup.sh makes it unless NSAJIT_SETUP_PYTHON=0)"
+fi
 echo "== ASan + UBSan build and tests"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNSAJIT_SANITIZE=ON -DNSAJIT_WERROR=ON >/dev/null
 cmake --build build-san --target nsajit_tests nsajit
@@ -18,4 +26,4 @@ cmake --build build-san --target nsajit_tests nsajit
 # double CI time without checking any more host code.
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-san/nsajit_tests \
   -tce="compile: every win_fwd config*,compile: the default config of every*"
-echo "== CPU tests passed (Release and ASan + UBSan). GPU tests: not run by this script."
+echo "== CPU tests passed (Release, the Python package, ASan + UBSan). GPU tests: not run by this script."

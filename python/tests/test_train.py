@@ -1,7 +1,8 @@
 """End-to-end training with the NSA layer (examples/train_retrieval.py) on the GPU: the loss must fall well below
 what a model that cannot retrieve reaches (ln 16 = 2.77 nats: a uniform guess over the values; after 400 steps it
 must be under 0.75 of that), so the forward and every gradient that retrieval depends on (through the compressed
-and selected branches; the facts are outside the window) have to be right. Not a timing test: the wall time beside SDPA is logged by running the example itself.
+and selected branches; the facts are outside the window) have to be right. Not a timing test: the wall time beside
+SDPA is logged by running the example itself.
 """
 import importlib.util
 import math
