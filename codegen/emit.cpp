@@ -45,7 +45,8 @@ std::string generate_standalone(const KernelSpec& spec) {
       "inline constexpr bool kIsBf16 = {};\ninline constexpr long long kB = {}, kT = {};\n"
       "inline constexpr int kHQ = {}, kH = {}, kDK = {}, kDV = {}, kW = {}, kL = {}, kD = {}, kLSel = {}, kN = {};\n"
       "inline constexpr double kScale = {:.17g};\n"
-      "inline constexpr unsigned kGridX = {}, kGridY = {}, kGridZ = {}, kThreads = {};\ninline constexpr int kSmemBytes = {};\n"
+      "inline constexpr unsigned kGridX = {}, kGridY = {}, kGridZ = {}, kThreads = {};\n"
+      "inline constexpr int kSmemBytes = {};\n"
       "}}  // namespace harness_spec\n}}  // namespace nsa\n{}#define kEntry {}\n\n",
       f.name(), p.dtype == Dtype::bf16 ? "true" : "false", p.B, p.T, p.HQ, p.H, p.dk, p.dv, p.w, p.l, p.d, p.lsel, p.n,
       p.softmax_scale(), g.grid.x, g.grid.y, g.grid.z, g.block.x, g.smem_bytes, tile_macros(spec.config),

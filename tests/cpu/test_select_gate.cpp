@@ -16,9 +16,9 @@
 
 namespace {
 
-// Position t = 640 (l' = 64: blocks 0 .. 9), n = 5: forced 0, 8, 9, then the two best of 1 .. 7, blocks 3 and 5.
+// Position t = 600 (l' = 64: blocks 0 .. 9), n = 5: forced 0, 8, 9, then the two best of 1 .. 7, blocks 3 and 5.
 // Block 6 scores 0.0004 below block 5 (within 1e-3 of the top score 1.0); block 4 is 0.2 below.
-constexpr int64_t kT = 640;
+constexpr int64_t kT = 600;
 constexpr int kLSel = 64, kN = 5;
 const std::vector<double> kScores = {1.0, 0.1, 0.2, 0.6, 0.3, 0.5, 0.4996, 0.05, 0.7, 0.9};
 const std::vector<int32_t> kTrusted = {0, 3, 5, 8, 9};
@@ -69,7 +69,7 @@ TEST_CASE("select gate: structural faults are rejected with the reason") {
 TEST_CASE("select gate: judge_selection over whole selections finds the differing rows and sums the swaps") {
   nsajit::Problem p;
   p.B = 1, p.T = kT + 1, p.HQ = 2, p.H = 2, p.dk = 64, p.dv = 64, p.l = 64, p.d = 64, p.lsel = kLSel, p.n = kN;
-  // Two KV heads of the last position (t = 640); every other row is a copy of the trusted one.
+  // Two KV heads of the last position (t = 600); every other row is a copy of the trusted one.
   const int64_t rows = p.T * p.H;
   std::vector<int32_t> ref_idx(static_cast<size_t>(rows * kN), -1), ref_cnt(static_cast<size_t>(rows), 0);
   for (int64_t r = 0; r < rows; ++r) {
@@ -109,7 +109,7 @@ TEST_CASE("select gate: judge_selection over whole selections finds the differin
     const nsajit::SelectionVerdict v =
         nsajit::judge_selection(p, diff, idx.data(), cnt.data(), ref_idx.data(), ref_cnt.data(), scores);
     REQUIRE(v.wrong);
-    CHECK_CONTAINS(*v.wrong, "b=0 t=640 kv_head=1: chose block 4");
+    CHECK_CONTAINS(*v.wrong, "b=0 t=600 kv_head=1: chose block 4");
   }
   SUBCASE("more differing rows than the gate scores are a wrong result") {
     std::vector<int64_t> many(static_cast<size_t>(nsajit::kMaxScoredSelectionRows + 1), last0);
@@ -143,7 +143,8 @@ TEST_CASE("select gate: the float64 block scores are the CPU reference's (overla
   const int G = c.G();
   for (int64_t t : {int64_t{0}, int64_t{31}, int64_t{64}, int64_t{355}, int64_t{699}})
     for (int kvh = 0; kvh < c.H; ++kvh) {
-      CAPTURE(t), CAPTURE(kvh);
+      CAPTURE(t);
+      CAPTURE(kvh);
       std::vector<float> k(static_cast<size_t>(nc * c.dk));
       for (int64_t i = 0; i < nc; ++i)
         std::copy_n(&kc[static_cast<size_t>((i * c.H + kvh) * c.dk)], c.dk, &k[static_cast<size_t>(i * c.dk)]);
