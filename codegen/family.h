@@ -33,11 +33,16 @@ public:
   virtual ~KernelFamily() = default;
   virtual std::string_view name() const = 0;
   virtual std::string_view description() const = 0;
-  // The template file (embedded), the support headers it needs after common.cuh, and the harness used by
-  // `nsajit emit`.
+  // The template file (embedded) and the support headers it needs after common.cuh.
   virtual std::string_view template_path() const = 0;
   virtual std::vector<std::string_view> support_files() const { return {}; }
+  // The family's standalone program for `nsajit emit`: a harness (embedded; it follows the kernel source, the
+  // harness constants and templates/harness_common.cuh, and defines `main`) that launches the kernel on random
+  // inputs, checks what it can against a simple reference inside the file and prints PASS/FAIL; and the host
+  // headers it needs first. Every family declares one: emit refuses a family whose path is empty, and the CPU
+  // test "emit: every family" fails for it.
   virtual std::string_view harness_path() const = 0;
+  virtual std::vector<std::string_view> harness_support_files() const { return {}; }
   std::string entry_name() const { return "nsa_" + std::string(name()); }
   virtual const std::vector<ParamDecl>& params() const = 0;
 

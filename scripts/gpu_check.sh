@@ -2,8 +2,9 @@
 # Whole checks on the GPU machine, logs under $OUT (or ./gpu-logs).
 #   scripts/gpu_check.sh BUILD tests   devices, GPU tests (TESTS="doctest filter flags" runs a part of them), the
 #                                      checks watched failing on planted faults, compute-sanitizer memcheck and
-#                                      racecheck on a small case of every family, emitted standalone programs
-#                                      built with nvcc and run (PARTS="gpu plant sanitize emit" picks steps)
+#                                      racecheck on a small case of every family, every family's emitted
+#                                      standalone program (two problems each) built with nvcc and run, PASS
+#                                      required (PARTS="gpu plant sanitize emit" picks steps)
 #   scripts/gpu_check.sh BUILD bench   tile sweeps of the dense kernels, the forward benchmark, torch baselines
 #   scripts/gpu_check.sh BUILD tuner   the autotuner: a planted faulting family, the fla sweep at 65536 timed,
 #                                      default vs tuned forward, kill -9 halfway then resume
@@ -71,15 +72,34 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   fi
 
   if [[ " $parts " == *" emit "* ]]; then
-  step emit, nvcc, run
-  for spec in "win_fwd --preset fla --seq 8192" "cmp_fwd --preset paper --dtype fp16 --group 4 --seq 3000"; do
+  step "emit, nvcc, run: every family of nsajit families on two problems; each program must print PASS"
+  emit_dir=$(mktemp -d)
+  : > "$out/emit_run.log"
+  # One line per program: NAME then the problem flags.
+  "$build/nsajit" families | grep -v '^ ' | while read -r fam; do
+    echo "${fam}_fla --family $fam --preset fla --seq 4096"
+    echo "${fam}_paper_fp16_g4 --family $fam --preset paper --dtype fp16 --group 4 --seq 3000"
+  done > "$emit_dir/jobs"
+  while read -r name flags; do
     # shellcheck disable=SC2086
-    if "$build/nsajit" emit --family $spec -o /tmp/emitted.cu && nvcc -std=c++17 -O2 -arch=sm_90a /tmp/emitted.cu -o /tmp/emitted; then
-      /tmp/emitted 2>&1 | tee -a "$out/emit_run.log" || status=1
-    else
-      echo "emit or nvcc failed for: $spec"; status=1
+    "$build/nsajit" emit $flags -o "$emit_dir/$name.cu" 2> "$emit_dir/$name.emit.log" || echo "emit failed: $name $flags"
+  done < "$emit_dir/jobs"
+  cut -d' ' -f1 "$emit_dir/jobs" | xargs -P "$(nproc)" -I NAME sh -c \
+    "nvcc -std=c++17 -O2 -arch=sm_90a '$emit_dir/NAME.cu' -o '$emit_dir/NAME' > '$emit_dir/NAME.nvcc.log' 2>&1"
+  while read -r name flags; do
+    if [ ! -x "$emit_dir/$name" ]; then
+      echo "FAIL $name ($flags): emit or nvcc failed:"; cat "$emit_dir/$name.emit.log" "$emit_dir/$name.nvcc.log" 2>/dev/null | tail -20
+      status=1; continue
     fi
-  done
+    timeout 300 "$emit_dir/$name" > "$emit_dir/$name.log" 2>&1
+    rc=$?
+    { echo "--- $name ($flags): exit $rc"; cat "$emit_dir/$name.log"; } >> "$out/emit_run.log"
+    if [ "$rc" = 0 ] && [ "$(tail -1 "$emit_dir/$name.log")" = PASS ]; then
+      echo "PASS $name: $(grep -E '^(checked|relative|MODE)' "$emit_dir/$name.log" | head -1 | cut -c1-150)"
+    else
+      echo "FAIL $name ($flags): exit $rc"; tail -5 "$emit_dir/$name.log"; status=1
+    fi
+  done < "$emit_dir/jobs"
   fi
 fi
 

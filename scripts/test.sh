@@ -22,8 +22,8 @@ fi
 echo "== ASan + UBSan build and tests"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNSAJIT_SANITIZE=ON -DNSAJIT_WERROR=ON >/dev/null
 cmake --build build-san --target nsajit_tests nsajit
-# The NVRTC compile sweeps run once, in the Release pass: NVRTC itself is not instrumented, and the sweeps would
-# double CI time without checking any more host code.
+# The NVRTC compile sweeps and the nvcc builds of the emitted programs run once, in the Release pass: NVRTC and
+# nvcc are not instrumented, and they would double CI time without checking any more host code.
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-san/nsajit_tests \
-  -tce="compile: every win_fwd config*,compile: the default config of every*"
+  -tce="compile: every win_fwd config*,compile: the default config of every*,emit: nvcc builds*"
 echo "== CPU tests passed (Release, the Python package, ASan + UBSan). GPU tests: not run by this script."

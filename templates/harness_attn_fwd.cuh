@@ -1,4 +1,5 @@
-// Standalone check of one generated dense-attention kernel (win_fwd or cmp_fwd): random inputs, poisoned outputs,
+// Standalone check of one generated dense-attention kernel (win_fwd, cmp_fwd and their simple fp32 reference
+// kernels win_fwd_ref, cmp_fwd_ref): random inputs, poisoned outputs,
 // a float64 CPU reference on sampled rows (all rows when small), NSA.md's tolerance, and a median time over
 // repeated launches.
 #ifndef NSA_HARNESS_ATTN_FWD_CUH
@@ -12,9 +13,7 @@ int main(int argc, char** argv) {
   constexpr bool kWindow = nsa::spec::kMask == nsa::kMaskWindow;
   // Keys per sequence: every token (window) or the compressed blocks.
   const long long kKeys = kWindow ? kT : (kT >= kL ? (kT - kL) / kD + 1 : 0);
-  std::printf("nsajit standalone %s: %s B=%lld T=%lld HQ=%d H=%d dk=%d dv=%d w=%d l=%d d=%d, seed %llu\n",
-              kWindow ? "win_fwd" : "cmp_fwd", kBf16 ? "bf16" : "fp16", kB, kT, kHQ, kH, kDK, kDV, kW, kL, kD,
-              static_cast<unsigned long long>(seed));
+  harness::print_problem(seed);
 
   harness::Rng rng(seed);
   std::vector<uint16_t> hq, hk, hv;
@@ -100,30 +99,15 @@ int main(int argc, char** argv) {
       unwritten += !(std::isinf(lse[static_cast<size_t>(row)]) && lse[static_cast<size_t>(row)] < 0);  // -inf
   }
 
-  cudaEvent_t start, stop;
-  HARNESS_CHECK(cudaEventCreate(&start));
-  HARNESS_CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
-  for (int i = 0; i < 23; ++i) {
-    HARNESS_CHECK(cudaEventRecord(start));
-    kEntry<<<grid, block, kSmemBytes>>>(p);
-    HARNESS_CHECK(cudaEventRecord(stop));
-    HARNESS_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    HARNESS_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    if (i >= 3) times.push_back(ms);  // the first launches warm up
-  }
-  std::sort(times.begin(), times.end());
+  const float ms = harness::median_ms([&] { kEntry<<<grid, block, kSmemBytes>>>(p); });
 
   const double tol = kBf16 ? 1e-2 : 2e-3;
   const bool pass = unwritten == 0 && err_o.bad == 0 && err_lse.bad == 0 && err_o.rel() <= tol &&
                     err_lse.rel() <= tol;
   std::printf("checked %lld rows: rel error o %.3e, lse %.3e (tolerance %.0e); unwritten or non-finite %lld\n",
               (rows + step - 1) / step, err_o.rel(), err_lse.rel(), tol, unwritten + err_o.bad + err_lse.bad);
-  std::printf("median time %.3f ms over %zu launches\n", times[times.size() / 2], times.size());
-  std::printf("%s\n", pass ? "PASS" : "FAIL");
   cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
-  return pass ? 0 : 1;
+  return harness::report(pass, ms);
 }
 
 #endif  // NSA_HARNESS_ATTN_FWD_CUH

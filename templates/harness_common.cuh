@@ -116,6 +116,97 @@ struct ErrorNorm {
   double rel() const { return ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2); }
 };
 
+// Random gates in (0, 1), as the caller's sigmoid would give them.
+template <bool kBf16>
+void random_gate(Rng& rng, size_t n, std::vector<uint16_t>& bits, std::vector<float>& values) {
+  bits.resize(n);
+  values.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    bits[i] = to_bits<kBf16>(static_cast<float>(0.05 + 0.9 * rng.uniform()));
+    values[i] = from_bits<kBf16>(bits[i]);
+  }
+}
+
+// Device copies; the programs are short-lived, so nothing is freed before exit.
+template <class T>
+T* upload(const std::vector<T>& host) {
+  void* d = nullptr;
+  HARNESS_CHECK(cudaMalloc(&d, std::max<size_t>(host.size(), 1) * sizeof(T)));
+  if (!host.empty()) HARNESS_CHECK(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return static_cast<T*>(d);
+}
+// n elements, every byte set to `fill` (0xff: NaN in bf16, fp16 and fp32, so an unwritten output fails).
+template <class T>
+T* device_array(size_t n, int fill) {
+  void* d = nullptr;
+  HARNESS_CHECK(cudaMalloc(&d, std::max<size_t>(n, 1) * sizeof(T)));
+  HARNESS_CHECK(cudaMemset(d, fill, std::max<size_t>(n, 1) * sizeof(T)));
+  return static_cast<T*>(d);
+}
+template <class T>
+std::vector<T> download(const T* d, size_t n) {
+  std::vector<T> h(n);
+  if (n > 0) HARNESS_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+// The first line every program prints: what was generated and on which problem.
+inline void print_problem(uint64_t seed) {
+  using namespace nsa::harness_spec;
+  std::printf("nsajit standalone %s: %s B=%lld T=%lld HQ=%d H=%d dk=%d dv=%d w=%d l=%d d=%d l'=%d n=%d, seed %llu\n",
+              kFamily, kIsBf16 ? "bf16" : "fp16", kB, kT, kHQ, kH, kDK, kDV, kW, kL, kD, kLSel, kN,
+              static_cast<unsigned long long>(seed));
+}
+
+// Launches the generated kernel once with dynamic shared memory `smem` (opted in when above 48 KB).
+template <class P>
+void launch_entry(dim3 grid, dim3 block, int smem, const P& params) {
+  if (smem > 0) HARNESS_CHECK(cudaFuncSetAttribute(kEntry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kEntry<<<grid, block, smem>>>(params);
+  HARNESS_CHECK(cudaGetLastError());
+}
+
+// The median time of `launch()` over 20 launches after 3 warm-up launches, in milliseconds. `launch` must leave
+// the outputs it is timed on as they were (or the program must not read them afterwards).
+template <class F>
+float median_ms(F launch) {
+  cudaEvent_t start, stop;
+  HARNESS_CHECK(cudaEventCreate(&start));
+  HARNESS_CHECK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int i = 0; i < 23; ++i) {
+    HARNESS_CHECK(cudaEventRecord(start));
+    launch();
+    HARNESS_CHECK(cudaEventRecord(stop));
+    HARNESS_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    HARNESS_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (i >= 3) times.push_back(ms);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Prints the time and PASS or FAIL; the program's exit code.
+inline int report(bool pass, float ms) {
+  std::printf("median time %.3f ms over 20 launches\n", ms);
+  std::printf("%s\n", pass ? "PASS" : "FAIL");
+  return pass ? 0 : 1;
+}
+
+// NSA.md's tolerance for the dtype.
+constexpr double tolerance() { return nsa::harness_spec::kIsBf16 ? 1e-2 : 2e-3; }
+
+// Query rows (or keys) to check: all of them when few, else `most` spread evenly, the last one included.
+inline std::vector<long long> sample(long long count, long long most) {
+  std::vector<long long> out;
+  if (count <= 0) return out;
+  const long long step = std::max(1LL, count / most);
+  for (long long i = 0; i < count; i += step) out.push_back(i);
+  if (out.back() != count - 1) out.push_back(count - 1);
+  return out;
+}
+
 }  // namespace harness
 
 #endif  // NSA_HARNESS_COMMON_CUH

@@ -18,6 +18,7 @@
 #include "runtime/select_api.h"
 #include "runtime/slc_fwd_api.h"
 #include "tuner/inputs.h"
+#include "tuner/select_gate.h"
 
 namespace nsajit {
 namespace {
@@ -228,6 +229,8 @@ public:
     const TileConfig def = find_family("select").default_config(p);
     select_blocks(p, ref, nullptr, &def);
     s_.idx = static_cast<int32_t*>(idx_.get()), s_.cnt = static_cast<int32_t*>(cnt_.get());
+    gate_.emplace(p, q_.get(), k_cmp_.get(), static_cast<const float*>(lse_.get()),
+                       static_cast<const int32_t*>(ref_idx_.get()), static_cast<const int32_t*>(ref_cnt_.get()));
   }
   void launch(const TileConfig& c, CUstream s) override { select_blocks(p_, s_, s, &c); }
   // Hands over the trusted selection (idx, cnt): real inputs for slc_fwd.
@@ -237,18 +240,35 @@ public:
     cnt = std::move(ref_cnt_);
   }
   std::optional<std::string> check(const TileConfig& c) override {
+    note_.clear();
     idx_.fill_bytes(0xff), cnt_.fill_bytes(0xff);
     launch(c, nullptr);
     const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.H;
-    if (auto e = cmp_.check("idx", idx_.get(), ref_idx_.get(), rows * p_.n, kI32, 0)) return e;
-    return cmp_.check("cnt", cnt_.get(), ref_cnt_.get(), rows, kI32, 0);
+    if (auto e = cmp_.check("cnt", cnt_.get(), ref_cnt_.get(), rows, kI32, 0)) return e;
+    const Comparer::Diff d = cmp_.run(idx_.get(), ref_idx_.get(), rows * p_.n, kI32);
+    if (d.ref_bad)
+      return fmt::format("idx: the trusted result holds {} unwritten values (the trusted computation is broken, not "
+                         "necessarily this candidate)",
+                         d.ref_bad);
+    if (d.mismatches == 0) return std::nullopt;
+    // Some entries differ: near-tie swaps are correct (NSA.md), anything else is not.
+    const SelectionVerdict v = gate_->judge(static_cast<const int32_t*>(idx_.get()),
+                                           static_cast<const int32_t*>(cnt_.get()), d.mismatches);
+    if (v.wrong)
+      return fmt::format("idx: {} of {} entries differ from the trusted result, not by near ties only: {}",
+                         d.mismatches, rows * p_.n, *v.wrong);
+    note_ = describe_near_ties(v);
+    return std::nullopt;
   }
+  std::string note() const override { return note_; }
 
 private:
   Problem p_;
   Comparer cmp_;
   DeviceBuffer q_, k_cmp_, v_cmp_, lse_, idx_, ref_idx_, cnt_, ref_cnt_;
   SelectArgs s_;
+  std::optional<SelectGate> gate_;  // over the inputs above and the trusted selection
+  std::string note_;
 };
 
 // Selected attention on a real selection (the default select on random q and k_cmp); trusted: the default config.

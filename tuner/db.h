@@ -51,7 +51,8 @@ struct Trial {
   std::string source_hash;
   int stage = 0;          // 0: brief measurement, 1: full, 2: interleaved final (higher is more precise)
   Outcome outcome = Outcome::ok;
-  std::string detail;     // pruned / error reason; empty for ok
+  std::string detail;     // pruned / error reason; for ok what the gate accepted short of equality (select's
+                          // near-tie swaps), else empty
   double median_ms = 0, p20_ms = 0, p80_ms = 0;
   int reps = 0;
   int registers = -1, spill_bytes = 0, smem_bytes = 0;

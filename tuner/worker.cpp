@@ -77,13 +77,14 @@ public:
       const TileConfig cfg = parse_config(cfg_text);
       if (!checked_.count(cfg_text)) {
         if (auto wrong = c.check(cfg)) return json::Object{{"outcome", "wrong_result"}, {"detail", *wrong}};
-        checked_.insert(cfg_text);
+        checked_[cfg_text] = c.note();
       }
       const int reps = static_cast<int>(req.getInteger("reps").value_or(20));
       const double warmup = req.getNumber("warmup_ms").value_or(50.0);
       const TimingStats t = time_gpu([&](CUstream s) { c.launch(cfg, s); }, reps, warmup);
+      // detail: what the gate accepted short of equality (select's near-tie swaps), else empty.
       return json::Object{{"outcome", "ok"}, {"median", t.median_ms}, {"p20", t.p20_ms}, {"p80", t.p80_ms},
-                          {"reps", t.reps}};
+                          {"reps", t.reps},  {"detail", checked_[cfg_text]}};
     }
     if (op == "interleave") {
       const json::Array* list = req.getArray("configs");
@@ -95,7 +96,7 @@ public:
         if (!checked_.count(s->str())) {
           if (auto wrong = c.check(parse_config(*s)))
             return json::Object{{"outcome", "wrong_result"}, {"detail", fmt::format("[{}] {}", s->str(), *wrong)}};
-          checked_.insert(s->str());
+          checked_[s->str()] = c.note();
         }
         cfgs.push_back(parse_config(*s));
       }
@@ -104,8 +105,11 @@ public:
       const int rounds = static_cast<int>(req.getInteger("rounds").value_or(10));
       const auto stats = time_interleaved(launches, rounds);
       json::Array results;
-      for (const TimingStats& t : stats)
-        results.push_back(json::Object{{"median", t.median_ms}, {"p20", t.p20_ms}, {"p80", t.p80_ms}, {"reps", t.reps}});
+      for (size_t k = 0; k < stats.size(); ++k) {
+        const TimingStats& t = stats[k];
+        results.push_back(json::Object{{"median", t.median_ms}, {"p20", t.p20_ms}, {"p80", t.p80_ms}, {"reps", t.reps},
+                                       {"detail", checked_[(*list)[k].getAsString()->str()]}});
+      }
       return json::Object{{"outcome", "ok"}, {"results", std::move(results)}};
     }
     throw UsageError(fmt::format("unknown worker op '{}'", op));
@@ -125,7 +129,7 @@ private:
   Context ctx_;
   std::string case_key_;
   std::unique_ptr<TuneCase> case_;
-  std::set<std::string> checked_;
+  std::map<std::string, std::string> checked_;  // configs that passed the gate -> what it accepted (note())
 };
 
 }  // namespace

@@ -8,10 +8,11 @@
 //   {"op":"hello"} -> {"device":model fingerprint,"name":..,"driver":int,"nvrtc":..,"max_smem":int,"arch":..}
 //   {"op":"prepare","family":..,"problem":..} -> {"seconds":..}   builds inputs and the trusted result
 //   {"op":"measure","family":..,"problem":..,"config":..,"reps":int,"warmup_ms":..}
-//       -> {"outcome":"ok","median":..,"p20":..,"p80":..,"reps":..} or {"outcome":"wrong_result","detail":..}
-//          (the first measurement of a config in a worker runs the correctness gate first)
+//       -> {"outcome":"ok","median":..,"p20":..,"p80":..,"reps":..,"detail":..} or
+//          {"outcome":"wrong_result","detail":..} (the first measurement of a config in a worker runs the correctness
+//          gate first; an ok detail says what the gate accepted short of equality, e.g. select's near-tie swaps)
 //   {"op":"interleave","family":..,"problem":..,"configs":[..],"rounds":int}
-//       -> {"outcome":"ok","results":[{"median":..,"p20":..,"p80":..,"reps":..}, ...]}
+//       -> {"outcome":"ok","results":[{"median":..,"p20":..,"p80":..,"reps":..,"detail":..}, ...]}
 // Any reply may instead be {"outcome":"launch_error","detail":..,"fatal":true}: the worker exits after sending it.
 #include <sys/types.h>
 

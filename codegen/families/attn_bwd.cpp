@@ -89,7 +89,8 @@ public:
   std::vector<std::string_view> support_files() const override {
     return {"templates/attn_params.cuh", "templates/bwd_params.cuh"};
   }
-  std::string_view harness_path() const override { return {}; }
+  std::string_view harness_path() const override { return "templates/harness_attn_bwd.cuh"; }
+  std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
   std::string_view params_type() const override { return "nsa::AttnBwdParams"; }
 
   const std::vector<ParamDecl>& params() const override {
@@ -247,12 +248,18 @@ public:
         description_(std::move(description)),
         params_type_(std::move(params_type)),
         body_(std::move(body)),
+        harness_("templates/harness_" + name_ + ".cuh"),
         selection_(selection) {}
   std::string_view name() const override { return name_; }
   std::string_view description() const override { return description_; }
   std::string_view template_path() const override { return "templates/bwd_util.cuh"; }
   std::vector<std::string_view> support_files() const override { return {"templates/bwd_params.cuh"}; }
-  std::string_view harness_path() const override { return {}; }
+  // templates/harness_<name>.cuh: each helper's standalone program.
+  std::string_view harness_path() const override { return harness_; }
+  std::vector<std::string_view> harness_support_files() const override {
+    if (name_.rfind("slc_", 0) == 0) return {"templates/harness_selection.h"};  // the selection's index
+    return {};
+  }
   std::string_view params_type() const override { return params_type_; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> none;
@@ -283,7 +290,7 @@ public:
   double min_bytes(const Problem&) const override { return 0; }
 
 private:
-  std::string name_, description_, params_type_, body_;
+  std::string name_, description_, params_type_, body_, harness_;
   bool selection_;
 };
 

@@ -16,7 +16,7 @@ public:
     return "tuner correctness gate: relative L2 difference of two tensors and non-finite count, on the GPU";
   }
   std::string_view template_path() const override { return "templates/compare.cuh"; }
-  std::string_view harness_path() const override { return {}; }
+  std::string_view harness_path() const override { return "templates/harness_compare.cuh"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> none;
     return none;
@@ -46,7 +46,7 @@ public:
     return "TEST ONLY: MODE 0 correct, 1 writes out of bounds, 2 hangs, 3 wrong result (out[i] = 3 i + 1)";
   }
   std::string_view template_path() const override { return "templates/fault_test.cuh"; }
-  std::string_view harness_path() const override { return {}; }
+  std::string_view harness_path() const override { return "templates/harness_fault_test.cuh"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> decls = {
         {"MODE", {0, 1, 2, 3}, "0 correct, 1 out-of-bounds write, 2 hang, 3 wrong value"},

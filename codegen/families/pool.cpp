@@ -15,7 +15,7 @@ public:
   }
   std::string_view template_path() const override { return "templates/pool.cuh"; }
   std::vector<std::string_view> support_files() const override { return {"templates/attn_params.cuh"}; }
-  std::string_view harness_path() const override { return {}; }  // no standalone harness yet
+  std::string_view harness_path() const override { return "templates/harness_pool.cuh"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> decls = {{"THREADS", {128, 256, 512}, "threads per CTA"}};
     return decls;

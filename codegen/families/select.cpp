@@ -78,7 +78,8 @@ public:
            "the tile rows, kept in shared memory; forced blocks and a warp top-n; idx ascending, -1 padded, and cnt";
   }
   std::string_view template_path() const override { return "templates/select.cuh"; }
-  std::string_view harness_path() const override { return {}; }  // no standalone harness yet
+  std::string_view harness_path() const override { return "templates/harness_select.cuh"; }
+  std::vector<std::string_view> harness_support_files() const override { return {"templates/selection_rule.h"}; }
   std::string_view params_type() const override { return "nsa::SelectParams"; }
 
   const std::vector<ParamDecl>& params() const override {

@@ -38,8 +38,8 @@ public:
            "the tile rows, their block lists merged so each K/V block is loaded once per CTA";
   }
   std::string_view template_path() const override { return "templates/slc_fwd.cuh"; }
-  // No standalone harness (yet): `nsajit emit` cannot build a checking program for this family.
-  std::string_view harness_path() const override { return {}; }
+  std::string_view harness_path() const override { return "templates/harness_slc_fwd.cuh"; }
+  std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
   std::string_view params_type() const override { return "nsa::SlcFwdParams"; }
 
   const std::vector<ParamDecl>& params() const override {
