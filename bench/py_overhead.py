@@ -34,12 +34,12 @@ def per_call_us(fn, calls, sync_each):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--json")
     a = ap.parse_args()
     dev, dt = "cuda", torch.bfloat16
     B, T, HQ, H, D = 1, a.seq, 16, 1, 64
-    cfg = dict(l=32, d=16, lsel=64, n=4, w=64)
+    cfg = dict(l=32, d=16, lsel=64, n=8, w=64)
     g = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(B, T, HQ, D, device=dev, dtype=dt, generator=g)
     k = torch.randn(B, T, H, D, device=dev, dtype=dt, generator=g)

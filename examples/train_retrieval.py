@@ -8,7 +8,9 @@ carries (no loss elsewhere). Facts lie at least `w + Q` tokens before every quer
 them: the model must find them through the compressed and selected branches. Knowing the task without retrieving
 gives ln(V) = 2.77 nats (a uniform guess over the values); a model that retrieves drives the loss towards 0.
 
-Model: token embedding, `layers` x [LayerNorm, attention, residual, LayerNorm, MLP, residual], LayerNorm, a linear
+Model: a factored input embedding (each token's own, plus a key embedding shared by a fact and the queries of its
+key, plus a value embedding shared by the facts of that value: what an upstream encoder would give, so that the
+work is the retrieval, not learning 256 unrelated fact tokens), `layers` x [LayerNorm, attention, residual, LayerNorm, MLP, residual], LayerNorm, a linear
 head. Attention is nsajit.nn.NativeSparseAttention (mean-pool compressor) or the same projections around
 F.scaled_dot_product_attention(is_causal=True). bf16 autocast over fp32 parameters, AdamW.
 
@@ -85,6 +87,8 @@ class Model(nn.Module):
                  head_dim: int = 64, window: int = 128, topn: int = 16):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, dim)
+        self.key_embed = nn.Embedding(KEYS + 1, dim)  # KEYS: no key
+        self.value_embed = nn.Embedding(VALUES + 1, dim)  # VALUES: no value
 
         def attention():
             if attn == "sdpa":
@@ -97,7 +101,11 @@ class Model(nn.Module):
         self.head = nn.Linear(dim, VALUES)
 
     def forward(self, tokens):
-        x = self.embed(tokens)
+        fact = tokens < QUERY0
+        query = (tokens >= QUERY0) & (tokens < FILLER0)
+        key = torch.where(fact, tokens // VALUES, torch.where(query, tokens - QUERY0, KEYS))
+        value = torch.where(fact, tokens % VALUES, VALUES)
+        x = self.embed(tokens) + self.key_embed(key) + self.value_embed(value)
         for b in self.blocks:
             x = b(x)
         return self.head(self.norm(x))
