@@ -76,8 +76,10 @@ static std::string overlap_line(const Problem& p, InputKind kind, const DeviceBu
   idx.download(i.data(), i.size() * 4);
   cnt.download(c.data(), c.size() * 4);
   const SelectionOverlap o = selection_overlap(i.data(), c.data(), p.B, p.T, p.H, p.n);
-  return fmt::format("inputs {}: neighbour overlap (Jaccard) {:.2f}, distinct blocks per 64 positions {:.1f}",
-                     input_kind_name(kind), o.jaccard, o.distinct);
+  const PlanShares shares = plan_shares(overlap_plan(i.data(), c.data(), p.B * p.T, p.H, p.n));
+  return fmt::format("inputs {}: neighbour overlap (Jaccard) {:.2f}, distinct blocks per 64 positions {:.1f}; "
+                     "{:.0f}% of the (64-position span, KV head) entries in the high-overlap bucket",
+                     input_kind_name(kind), o.jaccard, o.distinct, 100 * shares.high);
 }
 
 int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path,
@@ -107,7 +109,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     gate.upload(gbits.data(), gbits.size() * 2);
     DeviceBuffer o(tokens * p.HQ * p.dv * 2), k_cmp(std::max<int64_t>(nc, 1) * p.H * p.dk * 2),
         v_cmp(std::max<int64_t>(nc, 1) * p.H * p.dv * 2), lse(tokens * p.HQ * 4), idx(tokens * p.H * p.n * 4),
-        cnt(tokens * p.H * 4), ws(forward_workspace_bytes(p));
+        cnt(tokens * p.H * 4), ws(forward_workspace_bytes(p)), plan(slc_plan_bytes(p));
 
     ForwardTensors f;
     f.q = contiguous(q.get(), p.T, p.HQ, p.dk), f.k = contiguous(k.get(), p.T, p.H, p.dk);
@@ -147,6 +149,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     slc.q = f.q, slc.k = f.k, slc.v = f.v, slc.idx = keep.idx, slc.cnt = keep.cnt;
     slc.gate = gate.get(), slc.gate_stride_b = f.gate_stride_b, slc.gate_stride_t = f.gate_stride_t, slc.out = f.o;
     slc.accumulate = true;
+    slc.plan = static_cast<uint8_t*>(plan.get()), slc.plan_bytes = plan.bytes();  // the forward's overlap dispatch
     AttnFwdArgs win;
     win.q = f.q, win.k = f.k, win.v = f.v;
     win.gate = gate.get(), win.gate_stride_b = f.gate_stride_b, win.gate_stride_t = f.gate_stride_t, win.out = f.o;
@@ -172,8 +175,14 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     add("whole forward", [&](CUstream s) { forward(p, f, s); }, total_flops, total_bytes);
 
     fmt::print("\n{}\n{}\n", p.describe(), overlap_line(p, inputs, idx, cnt));
-    for (const KernelFamily* fam : {&fpool, &fcmp, &fsel, &fslc, &fwin})
-      if (fam != &fwin || p.w > 0) fmt::print("  {:<8} {}\n", fam->name(), resolve_config(*fam, p, p).why);
+    for (const KernelFamily* fam : {&fpool, &fcmp, &fsel, &fslc, &fwin}) {
+      if (fam == &fwin && p.w == 0) continue;
+      if (fam->overlap_dependent())
+        for (OverlapBucket b : kAllOverlapBuckets)
+          fmt::print("  {:<8} {}\n", fam->name(), resolve_config(*fam, p, p, b).why);
+      else
+        fmt::print("  {:<8} {}\n", fam->name(), resolve_config(*fam, p, p).why);
+    }
     print_rows(rows, "kernel", 16, p, T, inputs, json_rows);
   }
   write_json(json_path, ctx, std::move(json_rows));

@@ -82,6 +82,23 @@ std::string arch_of(const std::string& device, const Current& c) {
 }
 
 std::string key_str(const std::string& shape, int64_t t_bucket) { return ProblemKey{shape, t_bucket}.str(); }
+// A best entry's key: the problem key, and the overlap bucket of a data-dependent family.
+std::string key_str(const BestEntry& e) {
+  return key_str(e.shape, e.t_bucket) + (e.overlap.empty() ? "" : fmt::format(" overlap={}", e.overlap));
+}
+
+// A line of stored text made safe for a terminal: control bytes (a damaged file's text may hold any) as \xNN.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f)
+      out += fmt::format("\\x{:02x}", u);
+    else
+      out += c;
+  }
+  return out;
+}
 
 std::string when(int64_t unix_seconds) {
   const std::time_t t = static_cast<std::time_t>(unix_seconds);
@@ -189,18 +206,19 @@ private:
     int64_t stale = 0;
     for (const BestEntry& e : best) {
       std::string line = fmt::format("  {:<10} {:<10} {}  [{}]  {:.4f} ms", short_device(e.toolkit.device), e.family,
-                                     key_str(e.shape, e.t_bucket), e.config, e.median_ms);
+                                     key_str(e), e.config, e.median_ms);
       if (e.default_ms > 0 && e.median_ms > 0)
         line += fmt::format("  default {:.4f} ms  speed-up {:.2f}x", e.default_ms, e.default_ms / e.median_ms);
       else
         line += "  default unknown";
+      line += fmt::format("  ({} inputs)", e.inputs);
       const Judgement j = judge(e);
       if (!j.stale.empty()) {
         ++stale;
         line += fmt::format("  STALE: {}", fmt::join(j.stale, ", "));
       }
       if (j.unknown) line += fmt::format("  (cannot check the source: {})", *j.unknown);
-      fmt::print("{}\n", line);
+      fmt::print("{}\n", printable(line));
     }
     fmt::print("{}\n", outcome_counts(db));
     if (stale) fmt::print("{} stale best entries: `nsajit db prune --stale` removes them\n", stale);
@@ -229,9 +247,11 @@ private:
       std::string result = t.outcome == Outcome::ok ? fmt::format("median {:.4f} ms (p20 {:.4f}, p80 {:.4f}, {} reps)",
                                                                   t.median_ms, t.p20_ms, t.p80_ms, t.reps)
                                                     : t.detail;
-      fmt::print("#{} {} {} {} [{}] stage {} {}: {}  regs {} spill {} B smem {} B  {}\n", t.id,
-                 short_device(t.toolkit.device), t.family, key_str(t.shape, t.t_bucket), t.config, t.stage,
-                 outcome_name(t.outcome), result, t.registers, t.spill_bytes, t.smem_bytes, when(t.created));
+      fmt::print("{}\n", printable(fmt::format("#{} {} {} {} [{}] {} inputs stage {} {}: {}  regs {} spill {} B smem {} B  {}",
+                                             t.id, short_device(t.toolkit.device), t.family,
+                                             key_str(t.shape, t.t_bucket), t.config, t.inputs, t.stage,
+                                             outcome_name(t.outcome), result, t.registers, t.spill_bytes,
+                                             t.smem_bytes, when(t.created))));
     }
     fmt::print("{} of {} matching trials shown ({})\n", trials.size(), matching, db.path().string());
     return 0;
@@ -303,13 +323,13 @@ private:
       const Judgement j = judge(e);
       if (!j.stale.empty()) {
         ++stale;
-        fmt::print("stale: {} {} {} [{}]: {}\n", short_device(e.toolkit.device), e.family, key_str(e.shape, e.t_bucket),
-                   e.config, fmt::join(j.stale, ", "));
+        fmt::print("{}\n", printable(fmt::format("stale: {} {} {} [{}]: {}", short_device(e.toolkit.device), e.family,
+                                                 key_str(e), e.config, fmt::join(j.stale, ", "))));
       }
       if (j.unknown) {
         ++unknown;
-        fmt::print("cannot check: {} {} {}: {}\n", short_device(e.toolkit.device), e.family,
-                   key_str(e.shape, e.t_bucket), *j.unknown);
+        fmt::print("{}\n", printable(fmt::format("cannot check: {} {} {}: {}", short_device(e.toolkit.device), e.family,
+                                                 key_str(e), *j.unknown)));
       }
     }
     const int64_t stale_trials = db->count_stale_trials(cur.toolkit);
@@ -365,15 +385,16 @@ private:
     const std::string scope = prune_family_.empty() ? "" : fmt::format(" of family {}", prune_family_);
     if (!prune_yes_) {
       for (const BestEntry& e : best)
-        fmt::print("  would remove best {} {} {} [{}]\n", short_device(e.toolkit.device), e.family,
-                   key_str(e.shape, e.t_bucket), e.config);
+        fmt::print("{}\n", printable(fmt::format("  would remove best {} {} {} [{}]", short_device(e.toolkit.device),
+                                                 e.family, key_str(e), e.config)));
       fmt::print("dry run: would remove {}{} from {} (now: {}); run again with --yes to remove them\n", what, scope,
                  db.path().string(), describe_current(cur));
       return 0;
     }
     const int64_t removed_trials = db.remove_trials(trial_ids);
     int64_t removed_best = 0;
-    for (const BestEntry& e : best) removed_best += db.remove_best(e.toolkit.device, e.family, e.shape, e.t_bucket);
+    for (const BestEntry& e : best)
+      removed_best += db.remove_best(e.toolkit.device, e.family, e.shape, e.t_bucket, e.overlap);
     fmt::print("removed {} trials and {} best entries{} from {} (selected: {})\n", removed_trials, removed_best, scope,
                db.path().string(), what);
     return 0;

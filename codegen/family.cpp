@@ -14,6 +14,7 @@ namespace nsajit {
 const KernelFamily& win_fwd_family();
 const KernelFamily& win_fwd_ref_family();
 const KernelFamily& slc_fwd_family();
+const KernelFamily& slc_plan_family();
 const KernelFamily& cmp_fwd_family();
 const KernelFamily& cmp_fwd_ref_family();
 const KernelFamily& pool_family();
@@ -43,9 +44,9 @@ const std::vector<const KernelFamily*>& families() {
   // The forward families in the order the forward runs them, then the simple reference kernels and the tuner's
   // compare kernel; the test-only family only with NSAJIT_TEST_FAMILIES=1.
   static const std::vector<const KernelFamily*> all = [] {
-    std::vector<const KernelFamily*> v = {&pool_family(),        &cmp_fwd_family(),     &select_family(),
-                                          &slc_fwd_family(),     &win_fwd_family(),     &win_fwd_ref_family(),
-                                          &cmp_fwd_ref_family(), &compare_family()};
+    std::vector<const KernelFamily*> v = {&pool_family(),        &cmp_fwd_family(),  &select_family(),
+                                          &slc_plan_family(),    &slc_fwd_family(),  &win_fwd_family(),
+                                          &win_fwd_ref_family(), &cmp_fwd_ref_family(), &compare_family()};
     // The backward families in the order the backward runs them.
     for (const KernelFamily* f :
          {&bwd_pre_family(), &cmp_bwd_dq_family(), &cmp_bwd_dkv_family(), &cmp_bwd_reduce_family(), &slc_bwd_index_family(),

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "codegen/overlap.h"
 #include "codegen/problem.h"
 #include "runtime/device.h"
 
@@ -52,6 +53,12 @@ public:
   // `max_smem` is the device's opt-in shared memory per block.
   virtual std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const = 0;
   virtual TileConfig default_config(const Problem& p) const = 0;
+  // Data-dependent families (slc_fwd): the fastest config depends on how much neighbouring positions' selections
+  // overlap (codegen/overlap.h), so the tuning database keys their results by overlap bucket too, and the runtime
+  // runs the config of each bucket on the positions in that bucket. Each bucket has its own default;
+  // default_config() is the high-overlap one.
+  virtual bool overlap_dependent() const { return false; }
+  virtual TileConfig bucket_default_config(const Problem& p, OverlapBucket) const { return default_config(p); }
   virtual LaunchGeometry geometry(const Problem& p, const TileConfig& c) const = 0;
   // `constexpr` declarations (inside namespace nsa::spec) that specialize the template.
   virtual std::string preamble(const Problem& p, const TileConfig& c) const = 0;

@@ -61,9 +61,9 @@ size_t total_cmp_blocks(const Problem& p, const BatchLayout& batch) {
   return static_cast<size_t>(in_forward([&] { return batch_sums(p, batch).cmp_blocks; }));
 }
 
-// The scratch layout: lse_cmp, idx, cnt, k_cmp, v_cmp, each 256-byte aligned.
+// The scratch layout: lse_cmp, idx, cnt, k_cmp, v_cmp, slc_fwd's overlap plan, each 256-byte aligned.
 struct Workspace {
-  size_t lse = 0, idx = 0, cnt = 0, k_cmp = 0, v_cmp = 0, total = 0;
+  size_t lse = 0, idx = 0, cnt = 0, k_cmp = 0, v_cmp = 0, plan = 0, total = 0;
   Workspace(const Problem& p, size_t cmp_blocks) {
     const size_t rows = mul(static_cast<size_t>(p.B), static_cast<size_t>(p.T));
     const size_t H = static_cast<size_t>(p.H);
@@ -72,7 +72,8 @@ struct Workspace {
     cnt = add(idx, align256(mul(mul(mul(rows, H), static_cast<size_t>(p.n)), 4)));
     k_cmp = add(cnt, align256(mul(mul(rows, H), 4)));
     v_cmp = add(k_cmp, align256(mul(mul(mul(cmp_blocks, H), static_cast<size_t>(p.dk)), 2)));
-    total = add(v_cmp, align256(mul(mul(mul(cmp_blocks, H), static_cast<size_t>(p.dv)), 2)));
+    plan = add(v_cmp, align256(mul(mul(mul(cmp_blocks, H), static_cast<size_t>(p.dv)), 2)));
+    total = add(plan, align256(mul(static_cast<size_t>(overlap_spans(static_cast<int64_t>(rows))), H)));
   }
 };
 
@@ -227,6 +228,7 @@ Plan make_plan(const Problem& p, const ForwardTensors& t, const Needs& n, uintpt
     a.q = t.q, a.k = or_default(t.k_slc, t.k), a.v = or_default(t.v_slc, t.v), a.o_slc = t.o_slc;
     a.lse = t.lse_slc, a.lse_stride_b = t.lse_stride_b, a.lse_stride_t = t.lse_stride_t;
     a.idx = idx, a.cnt = cnt;
+    a.plan = static_cast<uint8_t*>(at(ws.plan)), a.plan_bytes = ws.total - ws.plan;
     if (t.g_slc) {
       a.gate = t.g_slc, a.gate_stride_b = t.gate_stride_b, a.gate_stride_t = t.gate_stride_t;
       a.gate_stride_h = t.gate_stride_h;
@@ -304,7 +306,8 @@ void forward(const Problem& p, const ForwardTensors& t, CUstream stream) {
     if (plan.pool_v) launches.push_back(prepare_mean_pool(p, *plan.pool_v));
     if (plan.cmp) launches.push_back(prepare_cmp_fwd(p, *plan.cmp));
     if (plan.select) launches.push_back(prepare_select_blocks(p, *plan.select));
-    if (plan.slc) launches.push_back(prepare_slc_fwd(p, *plan.slc));
+    if (plan.slc)
+      for (PreparedLaunch& l : prepare_slc_fwd(p, *plan.slc)) launches.push_back(l);
     if (plan.win) launches.push_back(prepare_win_fwd(p, *plan.win));
   });
   // 3. The launches. Our own scratch is freed only once the stream is done with it, whatever happens.

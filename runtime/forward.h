@@ -42,7 +42,8 @@ struct ForwardTensors {
   std::span<const int32_t> cu_seqlens_host;
   int64_t num_seqs = 0, max_seqlen = 0;
 
-  // Scratch for what the caller did not ask for (lse_cmp, idx/cnt, pooled k_cmp/v_cmp): at least
+  // Scratch for what the caller did not ask for (lse_cmp, idx/cnt, pooled k_cmp/v_cmp) and for slc_fwd's overlap
+  // plan (runtime/slc_fwd_api.h: the variant of each overlap bucket runs on its own spans): at least
   // forward_workspace_bytes(problem) bytes, 256-byte aligned (enough for any varlen layout of T tokens too). With
   // it the call neither allocates nor synchronizes (so it can be captured in a CUDA graph, once its kernels are
   // loaded). Without it the call allocates and frees its own and synchronizes `stream` before returning, and is

@@ -37,8 +37,25 @@ struct SlcFwdParams {
   int32_t n;
   int32_t accumulate;
   float scale_log2;
+  const uint8_t* plan;
+  int32_t plan_span;
+  int32_t plan_bucket;
 };
-static_assert(sizeof(SlcFwdParams) == 264, "must match templates/slc_fwd.cuh");
+static_assert(sizeof(SlcFwdParams) == 280, "must match templates/slc_fwd.cuh");
+
+// Byte for byte the SlcPlanParams of templates/slc_plan.cuh.
+struct SlcPlanParams {
+  const int32_t* idx;
+  const int32_t* cnt;
+  uint8_t* plan;
+  int64_t rows;
+  int32_t H;
+  int32_t n;
+  int32_t span;
+  int32_t max_distinct;
+};
+static_assert(sizeof(SlcPlanParams) == 48, "must match templates/slc_plan.cuh");
+static_assert(kOverlapSpan >= 1 && kOverlapSpan <= 64, "slc_plan walks at most 64 positions per span");
 
 // Every check; returns the problem the grid sees (B and T: the sequences and the longest). No driver call.
 Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
@@ -60,6 +77,9 @@ Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcF
   if (a.cnt == nullptr) throw UsageError("slc_fwd: cnt is a null pointer");
   check_aligned("slc_fwd", "idx", a.idx, 4);
   check_aligned("slc_fwd", "cnt", a.cnt, 4);
+  if (a.plan != nullptr && a.plan_bytes < slc_plan_bytes(problem))
+    throw UsageError(fmt::format("slc_fwd: plan of {} bytes is too small: this problem needs {} (slc_plan_bytes)",
+                                 a.plan_bytes, slc_plan_bytes(problem)));
   BatchLayout batch;
   batch.cu_seqlens = a.cu_seqlens, batch.cu_seqlens_host = a.cu_seqlens_host;
   batch.num_seqs = a.num_seqs, batch.max_seqlen = a.max_seqlen;
@@ -76,14 +96,21 @@ Problem check_slc(const KernelFamily& family, const Problem& problem, const SlcF
 
 }  // namespace
 
+size_t slc_plan_bytes(const Problem& problem) {
+  problem.validate();
+  return static_cast<size_t>(overlap_spans(problem.B * problem.T)) * static_cast<size_t>(problem.H);
+}
+
 void check_slc_fwd(const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
   check_slc(find_family("slc_fwd"), problem, a, config);
 }
 
-PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
-  const KernelFamily& family = find_family("slc_fwd");
-  const Problem launch = check_slc(family, problem, a, config);
-  KernelSpec spec{&family, problem, config ? *config : resolve_config(family, problem, launch).config, "sm_90a"};
+namespace {
+
+// One variant: `config` on the positions of overlap bucket `bucket` (null: on every position).
+PreparedLaunch prepare_variant(const KernelFamily& family, const Problem& problem, const Problem& launch,
+                               const SlcFwdArgs& a, const TileConfig& config, const OverlapBucket* bucket) {
+  KernelSpec spec{&family, problem, config, "sm_90a"};
   if (auto why = family.reject(problem, spec.config, kHopperMaxSmemOptin))
     throw UsageError(fmt::format("slc_fwd: tile config [{}] is not valid: {}", describe(spec.config), *why));
   PreparedLaunch r;
@@ -108,14 +135,69 @@ PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& a, cons
   p.n = problem.n;
   p.accumulate = a.accumulate ? 1 : 0;
   p.scale_log2 = static_cast<float>(problem.softmax_scale() * 1.4426950408889634);
+  if (bucket != nullptr) {
+    p.plan = a.plan;
+    p.plan_span = kOverlapSpan;
+    p.plan_bucket = static_cast<int32_t>(*bucket);
+  }
   r.set_params(p);
   return r;
+}
+
+// The overlap plan of the selection, into a.plan.
+PreparedLaunch prepare_plan(const Problem& problem, const SlcFwdArgs& a) {
+  const KernelFamily& family = find_family("slc_plan");
+  const KernelSpec spec{&family, problem, {}, "sm_90a"};
+  PreparedLaunch r;
+  r.kernel = &runtime_kernel(spec);
+  r.geometry = family.geometry(problem, spec.config);  // the B * T packed rows of the caller's problem
+  SlcPlanParams p{};
+  p.idx = a.idx, p.cnt = a.cnt, p.plan = a.plan;
+  p.rows = problem.B * problem.T;
+  p.H = problem.H, p.n = problem.n;
+  p.span = kOverlapSpan;
+  p.max_distinct = high_overlap_max_distinct(problem.n);
+  r.set_params(p);
+  return r;
+}
+
+}  // namespace
+
+std::vector<PreparedLaunch> prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& a, const TileConfig* config) {
+  const KernelFamily& family = find_family("slc_fwd");
+  const Problem launch = check_slc(family, problem, a, config);
+  if (config != nullptr) return {prepare_variant(family, problem, launch, a, *config, nullptr)};
+  const TileConfig& high = resolve_config(family, problem, launch, OverlapBucket::high).config;
+  const TileConfig& low = resolve_config(family, problem, launch, OverlapBucket::low).config;
+  if (a.plan == nullptr || low == high) return {prepare_variant(family, problem, launch, a, high, nullptr)};
+  std::vector<PreparedLaunch> out;
+  out.push_back(prepare_plan(problem, a));
+  for (OverlapBucket b : kAllOverlapBuckets)
+    out.push_back(prepare_variant(family, problem, launch, a, b == OverlapBucket::high ? high : low, &b));
+  return out;
+}
+
+void slc_overlap_plan(const Problem& problem, const int32_t* idx, const int32_t* cnt, uint8_t* plan,
+                      size_t plan_bytes, CUstream stream) {
+  find_family("slc_fwd").check_problem(problem);
+  if (idx == nullptr) throw UsageError("slc_overlap_plan: idx is a null pointer");
+  if (cnt == nullptr) throw UsageError("slc_overlap_plan: cnt is a null pointer");
+  if (plan == nullptr) throw UsageError("slc_overlap_plan: plan is a null pointer");
+  check_aligned("slc_overlap_plan", "idx", idx, 4);
+  check_aligned("slc_overlap_plan", "cnt", cnt, 4);
+  if (plan_bytes < slc_plan_bytes(problem))
+    throw UsageError(fmt::format("slc_overlap_plan: plan of {} bytes is too small: this problem needs {}",
+                                 plan_bytes, slc_plan_bytes(problem)));
+  const DeviceScope scope(idx, "slc_overlap_plan", "idx");
+  SlcFwdArgs a;
+  a.idx = idx, a.cnt = cnt, a.plan = plan, a.plan_bytes = plan_bytes;
+  prepare_plan(problem, a).launch(stream);
 }
 
 void slc_fwd(const Problem& problem, const SlcFwdArgs& a, CUstream stream, const TileConfig* config) {
   check_slc_fwd(problem, a, config);
   const DeviceScope scope(a.q.data, "slc_fwd", "q");
-  prepare_slc_fwd(problem, a, config).launch(stream);
+  for (const PreparedLaunch& l : prepare_slc_fwd(problem, a, config)) l.launch(stream);
 }
 
 }  // namespace nsajit

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
@@ -36,14 +37,32 @@ struct SlcFwdArgs {
   // Varlen without host offsets (cu_seqlens_host empty): the number of sequences and an upper bound of the longest
   // (runtime/validate.h BatchLayout says what the device offsets must then satisfy).
   int64_t num_seqs = 0, max_seqlen = 0;
+  // Overlap dispatch (codegen/overlap.h): scratch of at least slc_plan_bytes(problem) bytes on the device. With it
+  // (and no config given), the call computes the selection's overlap plan on the device (kernel slc_plan) and runs
+  // the tuned (or default) config of each overlap bucket on the positions of that bucket's spans, each position by
+  // exactly one of them: one launch only when both buckets resolve to the same config. Nothing is copied to the
+  // host, so a captured CUDA graph follows a selection that changes between replays. Without it, one config for
+  // every position: the high-overlap bucket's. With a config, that config for every position (the plan is unused).
+  uint8_t* plan = nullptr;
+  size_t plan_bytes = 0;
 };
 
+// The plan's size: one byte per (span of kOverlapSpan packed positions, KV head) of the B * T positions.
+size_t slc_plan_bytes(const Problem& problem);
+// The plan alone (what the dispatch runs first): plan[span * H + h] = 1 when the span's positions select at most
+// high_overlap_max_distinct(n) distinct blocks for KV head h (high overlap), else 0; idx [B * T, H, n] and cnt
+// [B * T, H] contiguous, as for slc_fwd. Throws UsageError naming a bad argument; launches on `stream`.
+void slc_overlap_plan(const Problem& problem, const int32_t* idx, const int32_t* cnt, uint8_t* plan,
+                      size_t plan_bytes, CUstream stream);
+
 // Validates everything (throws UsageError naming the bad argument), then launches on `stream`. `config`
-// overrides the family's default tile config.
+// overrides the tuned or default tile config (of every overlap bucket).
 // A refused call launches nothing and writes nothing.
 void slc_fwd(const Problem& problem, const SlcFwdArgs& args, CUstream stream, const TileConfig* config = nullptr);
-// The checks alone, with no driver call; and everything but the launch (see attn_fwd_api.h).
+// The checks alone, with no driver call; and everything but the launches (see attn_fwd_api.h), in order: the plan
+// and the variant of each bucket, or the one variant.
 void check_slc_fwd(const Problem& problem, const SlcFwdArgs& args, const TileConfig* config = nullptr);
-PreparedLaunch prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& args, const TileConfig* config = nullptr);
+std::vector<PreparedLaunch> prepare_slc_fwd(const Problem& problem, const SlcFwdArgs& args,
+                                            const TileConfig* config = nullptr);
 
 }  // namespace nsajit

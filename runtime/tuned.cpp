@@ -138,57 +138,65 @@ BucketChoice choose_bucket(const std::vector<BestEntry>& entries, int64_t t_buck
 }
 
 ResolvedConfig resolve_from(const TunedDb& h, const KernelFamily& f, const Problem& problem, const Problem& launch,
-                            const LookupTarget& target) {
+                            const LookupTarget& target, OverlapBucket bucket) {
   ResolvedConfig r;
-  r.config = f.default_config(launch);
+  const bool by_overlap = f.overlap_dependent();
+  r.config = by_overlap ? f.bucket_default_config(launch, bucket) : f.default_config(launch);
   const std::string def = describe(r.config);
+  // "the high-overlap bucket's default [...]" for a data-dependent family.
+  const std::string which = by_overlap ? fmt::format(" ({}-overlap bucket)", overlap_bucket_name(bucket)) : "";
   if (!h.db) {
-    r.why = fmt::format("default [{}]: {}", def, h.unavailable);
+    r.why = fmt::format("default [{}]{}: {}", def, which, h.unavailable);
     return r;
   }
   const ProblemKey key = problem_key(problem);
+  const std::string overlap = by_overlap ? std::string(overlap_bucket_name(bucket)) : "";
   std::vector<BestEntry> entries;
   try {
     entries = h.db->best_for_shape(target.toolkit.device, f.name(), key.shape);
   } catch (const std::exception& e) {
-    r.why = fmt::format("default [{}]: reading {} failed: {}", def, h.db->path().string(), e.what());
+    r.why = fmt::format("default [{}]{}: reading {} failed: {}", def, which, h.db->path().string(), e.what());
     return r;
   }
+  std::erase_if(entries, [&](const BestEntry& e) { return e.overlap != overlap; });
   if (entries.empty()) {
-    r.why = fmt::format("default [{}]: no tuned entry for this GPU model and problem in {}", def, h.db->path().string());
+    r.why = fmt::format("default [{}]{}: no tuned entry for this GPU model and problem{} in {}", def, which,
+                        by_overlap ? fmt::format(" and the {}-overlap bucket", overlap) : "", h.db->path().string());
     return r;
   }
   const BucketChoice c = choose_bucket(entries, key.t_bucket, [&](const BestEntry& e, TileConfig& cfg) {
     return unusable_entry(f, e, target, launch, cfg);
   });
   if (!c.index) {
-    r.why = fmt::format("default [{}]: no usable tuned entry{}", def, c.skipped);
+    r.why = fmt::format("default [{}]{}: no usable tuned entry{}", def, which, c.skipped);
     return r;
   }
   const BestEntry& e = entries[*c.index];
   r.config = c.config;
   r.tuned = true;
-  r.why = fmt::format("tuned [{}] from {} ({} bucket T<={}, {:.4f} ms{}){}", e.config, h.db->path().string(),
-                      e.t_bucket == key.t_bucket ? "exact" : "nearest", e.t_bucket, e.median_ms,
-                      e.default_ms > 0 ? fmt::format(", default [{}] {:.4f} ms", def, e.default_ms) : "", c.skipped);
+  r.why = fmt::format("tuned [{}]{} from {} ({} bucket T<={}, {} inputs, {:.4f} ms{}){}", e.config, which,
+                      h.db->path().string(), e.t_bucket == key.t_bucket ? "exact" : "nearest", e.t_bucket, e.inputs,
+                      e.median_ms, e.default_ms > 0 ? fmt::format(", default [{}] {:.4f} ms", def, e.default_ms) : "",
+                      c.skipped);
   return r;
 }
 
 namespace {
 
-ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Problem& launch) {
+ResolvedConfig resolve(const KernelFamily& f, const Problem& problem, const Problem& launch, OverlapBucket bucket) {
   const TunedDb& h = database();
-  if (!h.db) return resolve_from(h, f, problem, launch, LookupTarget{});
+  if (!h.db) return resolve_from(h, f, problem, launch, LookupTarget{}, bucket);
   const DeviceInfo& dev = current_device();
   LookupTarget target;
   target.toolkit = Toolkit{dev.model_fingerprint(), dev.driver_version, dev.nvrtc_version};
   if (dev.max_smem_optin > 0) target.max_smem = dev.max_smem_optin;
-  return resolve_from(h, f, problem, launch, target);
+  return resolve_from(h, f, problem, launch, target, bucket);
 }
 
 }  // namespace
 
-const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& problem, const Problem& launch) {
+const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& problem, const Problem& launch,
+                                     OverlapBucket bucket) {
   // The reference and helper kernels have nothing to tune: no lookup, no key, on every launch.
   static const ResolvedConfig untunable{{}, false, "no tunable parameters"};
   if (f.params().empty()) return untunable;
@@ -196,12 +204,12 @@ const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& probl
   static std::map<std::string, std::unique_ptr<ResolvedConfig>> cache;
   CUdevice dev = 0;
   check_cu(driver().cuCtxGetDevice_(&dev), "cuCtxGetDevice");
-  const std::string key =
-      fmt::format("{}|{}|{}|dev{}", f.name(), problem.describe(), launch.describe(), static_cast<int>(dev));
+  const std::string key = fmt::format("{}|{}|{}|dev{}|{}", f.name(), problem.describe(), launch.describe(),
+                                      static_cast<int>(dev), f.overlap_dependent() ? overlap_bucket_name(bucket) : "");
   std::lock_guard<std::mutex> lock(m);
   auto& slot = cache[key];
   if (!slot) {
-    slot = std::make_unique<ResolvedConfig>(resolve(f, problem, launch));
+    slot = std::make_unique<ResolvedConfig>(resolve(f, problem, launch, bucket));
     const std::string line = fmt::format("{} for {}: {}", f.name(), problem.describe(), slot->why);
     // Stale tuning results are never used silently: that is said even without NSAJIT_LOG.
     if (slot->why.find("stale:") != std::string::npos && !log_info_enabled())

@@ -1,7 +1,8 @@
 #pragma once
 // Which tile config a call uses when its caller gives none: the tuning database's best for the current GPU model
 // and the problem (the exact sequence-length bucket, else the nearest bucket), else the family's documented
-// default. Results measured with another driver or NVRTC, or for a source that has changed since, are stale:
+// default. A data-dependent family (KernelFamily::overlap_dependent()) is looked up per overlap bucket: the entries
+// tuned for that bucket only, else that bucket's default. Results measured with another driver or NVRTC, or for a source that has changed since, are stale:
 // skipped and said so. NSAJIT_LOG=info prints each decision once, with its reason; NSAJIT_DB picks the database
 // (default: default_db_path()), NSAJIT_DB=off uses the defaults only.
 #include <cstdint>
@@ -24,9 +25,11 @@ struct ResolvedConfig {
 };
 
 // `problem` is the caller's problem (the key); `launch` the problem the kernel is built for (the same, except
-// where an API specializes it, e.g. pool's head dim), used to check the config is valid there. Needs a current
-// CUDA context. Thread-safe; cached per process.
-const ResolvedConfig& resolve_config(const KernelFamily& family, const Problem& problem, const Problem& launch);
+// where an API specializes it, e.g. pool's head dim), used to check the config is valid there; `bucket` the overlap
+// bucket (ignored by families that are not data-dependent). Needs a current CUDA context. Thread-safe; cached per
+// process.
+const ResolvedConfig& resolve_config(const KernelFamily& family, const Problem& problem, const Problem& launch,
+                                     OverlapBucket bucket = OverlapBucket::high);
 
 // True when NSAJIT_LOG asks for info (or debug) messages.
 bool log_info_enabled();
@@ -69,6 +72,7 @@ BucketChoice choose_bucket(const std::vector<BestEntry>& entries, int64_t t_buck
 
 // The whole decision for one call, given the database: what resolve_config() computes once and caches.
 ResolvedConfig resolve_from(const TunedDb& db, const KernelFamily& family, const Problem& problem,
-                            const Problem& launch, const LookupTarget& target);
+                            const Problem& launch, const LookupTarget& target,
+                            OverlapBucket bucket = OverlapBucket::high);
 
 }  // namespace nsajit

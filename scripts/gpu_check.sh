@@ -14,6 +14,11 @@
 #   scripts/gpu_check.sh BUILD bwdbench  the backward families tuned at T = 16384 (presets fla, paper, and G = 4),
 #                                      then fwd+bwd and bwd per kernel at 16384 and 65536, and fla's Triton NSA +
 #                                      flex_attention's window beside them (needs fla's wheels in .whl)
+#   scripts/gpu_check.sh BUILD overlap slc_fwd's overlap dispatch (issue 12): its GPU tests and their planted faults,
+#                                      every forward family tuned at T = 65536 (fla) on coherent queries, slc_fwd
+#                                      again on random ones, into one database, then the forward on both kinds
+#                                      with that database and with none, and fla's Triton selected branch on
+#                                      nsajit's own selection (bench/fla_selected.py; fla's wheels in .whl)
 #   scripts/gpu_check.sh BUILD all     tests and bench
 set -uo pipefail
 build=${1:-build}
@@ -161,6 +166,54 @@ if [ "$what" = bwdbench ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
       PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/fla_baseline.py --seqs 16384,65536 2>&1 |
       tee "$out/fla_baseline.log" || status=1
+  fi
+fi
+if [ "$what" = overlap ]; then
+  overlap_tests='slc_plan*,slc_fwd: overlap dispatch*'
+  step "overlap dispatch: GPU tests ($overlap_tests)"
+  "$build/nsajit_gpu_tests" --duration=true -tc="$overlap_tests" 2>&1 | tee "$out/overlap_tests.log" |
+    grep -E "^\[doctest\] (test cases|assertions|Status)|ERROR|high-overlap|[0-9.]+ s: " || true
+  grep -q "Status: SUCCESS" "$out/overlap_tests.log" || status=1
+  # Every one of these checks must fail on a planted fault (tests/gpu/check.h): row zeroes an output row and flips a
+  # plan entry; lse shifts an lse value (the plan tests have no lse: not run for it).
+  for kind in row lse; do
+    cases=$overlap_tests
+    [ "$kind" = lse ] && cases='slc_plan: a forward captured*,slc_fwd: overlap dispatch*'
+    step "planted fault: $kind ($cases)"
+    NSAJIT_TEST_PLANT=$kind "$build/nsajit_gpu_tests" -tc="$cases" > "$out/overlap_plant_$kind.log" 2>&1
+    summary=$(grep -E "^\[doctest\] test cases:" "$out/overlap_plant_$kind.log")
+    echo "$summary"
+    total=$(sed -E 's/.*test cases: *([0-9]+).*/\1/' <<<"$summary")
+    failed=$(sed -E 's/.*\| *([0-9]+) failed.*/\1/' <<<"$summary")
+    if [ -z "$total" ] || [ "$total" = 0 ] || [ "$failed" != "$total" ]; then
+      echo "planted $kind: $failed of $total test cases failed; every one should"; status=1
+    fi
+  done
+
+  db="$out/overlap.db"
+  rm -f "$db" "$db-wal" "$db-shm"
+  # Every forward family on coherent inputs (the default kind), then slc_fwd again on random ones: slc_fwd gets a
+  # config per overlap bucket, the data-independent families keep the coherent run's.
+  for args in "--inputs coherent" "--families slc_fwd --inputs random"; do
+    step "tune, fla, T = 65536: $args"
+    # shellcheck disable=SC2086
+    "$build/nsajit" tune $args --preset fla --seq 65536 --db "$db" 2>&1 |
+      grep -v "trials  " | tee -a "$out/overlap_tune.log" || status=1
+  done
+  "$build/nsajit" db list --db "$db" 2>&1 | tee -a "$out/overlap_tune.log" || status=1
+  for inputs in coherent random; do
+    step "forward, fla, T = 65536, $inputs inputs: tuned (both buckets), then defaults"
+    NSAJIT_DB="$db" "$build/nsajit" bench --preset fla --seq 65536 --inputs "$inputs" \
+      --json "$out/overlap_bench_${inputs}_tuned.json" 2>&1 | tee -a "$out/overlap_bench.log" || status=1
+    NSAJIT_DB=off "$build/nsajit" bench --preset fla --seq 65536 --inputs "$inputs" \
+      --json "$out/overlap_bench_${inputs}_default.json" 2>&1 | tee -a "$out/overlap_bench.log" || status=1
+  done
+  if [ -d .whl ] && [ -f "$build/libnsajit.so" ]; then
+    step "fla's Triton selected branch on nsajit's own selection (same q, k, v, idx, cnt), both input kinds"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
+      NSAJIT_DB="$db" NSAJIT_LIBRARY="$(cd "$build" && pwd)/libnsajit.so" PYTHONPATH="python:/tmp/site" \
+      PYTHONUNBUFFERED=1 python3 bench/fla_selected.py --seq 65536 2>&1 | tee "$out/overlap_fla_selected.log" ||
+      status=1
   fi
 fi
 if [ "$what" = tuner ]; then

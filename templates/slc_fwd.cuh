@@ -10,6 +10,11 @@
 // cp.async-pipelined shared-memory tiles for all rows; a warp skips a tile that none of its positions selected, and
 // each row is masked to its own position's blocks and to s <= t. The MMA fragment layouts and the base-2 online
 // softmax are those of attn_fwd.cuh.
+//
+// With an overlap plan (templates/slc_plan.cuh), several variants share one selection: each serves only the
+// positions whose span (plan_span consecutive rows of the packed positions) is in its bucket (plan_bucket), and
+// treats the others as absent (no list, no Q, nothing written), so every output row is written by exactly one
+// variant. A CTA none of whose positions is its own returns at once.
 #ifndef NSA_SLC_FWD_CUH
 #define NSA_SLC_FWD_CUH
 #ifndef NSAJIT_GENERATED
@@ -47,6 +52,9 @@ struct SlcFwdParams {
   i32 n;                  // entries per idx row
   i32 accumulate;         // nonzero: out += gate * o_slc
   float scale_log2;       // softmax scale * log2(e)
+  const u8* plan;         // [ceil(rows / plan_span), H] overlap buckets, or null: every position is this variant's
+  i32 plan_span;          // positions per plan entry (> 0 when plan is given)
+  i32 plan_bucket;        // the bucket this variant serves
 };
 
 namespace slc_fwd {
@@ -150,6 +158,23 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   if (static_cast<i64>(blockIdx.x) * kP >= len) return;
   const int t0 = static_cast<int>(blockIdx.x) * kP;  // first query position of this CTA
 
+  // The CTA's live positions: those before the end of the sequence and, with a plan, in a span of this variant's
+  // bucket (the loop visits each span the CTA's positions fall in: one or two for the runtime's 64-position spans).
+  u32 live = len - t0 >= kP ? (kP == 32 ? 0xffffffffu : (1u << kP) - 1u) : (1u << (len - t0)) - 1u;
+  if (p.plan != nullptr) {
+    u32 mine = 0;
+    const i64 row0 = tok0 + t0;  // the packed row of position t0
+    for (int q = 0; q < kP;) {
+      const i64 span = (row0 + q) / p.plan_span;
+      const int end = static_cast<int>(min(static_cast<i64>(kP), (span + 1) * p.plan_span - row0));
+      const u32 bits = (end >= 32 ? 0xffffffffu : (1u << end) - 1u) & ~((1u << q) - 1u);
+      if ((live & bits) != 0 && p.plan[span * p.H + kvh] == p.plan_bucket) mine |= bits;
+      q = end;
+    }
+    live &= mine;
+  }
+  if (live == 0) return;
+
   const elem* q = static_cast<const elem*>(p.q) + seq_offset(p.q_sb, p.q_st) + static_cast<i64>(kvh) * kG * p.q_sh;
 
   const u32 sQ = smem_addr(smem);
@@ -161,12 +186,13 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   i32* s_block = reinterpret_cast<i32*>(smem + kSmemQ + kStages * (kSmemK + kSmemV));  // merged blocks, ascending
   u32* s_mask = reinterpret_cast<u32*>(s_block + kP * kMaxN);  // per merged block: bit p = position p selected it
   i32* s_count = reinterpret_cast<i32*>(s_mask + kP * kMaxN);  // number of merged blocks
+  u32* s_live = reinterpret_cast<u32*>(s_count + 1);            // bit p: position p is this CTA's to compute
 
   load_tile_async<kThreads, kBM, kDK>(
       sQ,
       [&](int r) -> const void* {
         const int pos = row_position(r / 16, r % 16);
-        return pos >= 0 && t0 + pos < len
+        return pos >= 0 && ((live >> pos) & 1u) != 0
                    ? q + static_cast<i64>(t0 + pos) * p.q_st + row_head(r / 16, r % 16) * p.q_sh
                    : nullptr;
       },
@@ -177,10 +203,12 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   const i32* idx = p.idx + ((tok0 + t0) * p.H + kvh) * static_cast<i64>(n);
   for (int e = static_cast<int>(threadIdx.x); e < kP * n; e += kThreads) {
     const int pos = e / n;
-    s_lists[e] = t0 + pos < len ? idx[static_cast<i64>(pos) * p.H * n + (e - pos * n)] : -1;
+    s_lists[e] = ((live >> pos) & 1u) != 0 ? idx[static_cast<i64>(pos) * p.H * n + (e - pos * n)] : -1;
   }
   int count = 0;
-  if (warp == 0 && lane < kP && t0 + lane < len) count = min(max(p.cnt[(tok0 + t0 + lane) * p.H + kvh], 0), n);
+  if (warp == 0 && lane < kP && ((live >> lane) & 1u) != 0)
+    count = min(max(p.cnt[(tok0 + t0 + lane) * p.H + kvh], 0), n);
+  if (threadIdx.x == 0) *s_live = live;
   __syncthreads();
 
   // Merge (warp 0, lane p = position p): repeatedly take the smallest head of the lists, record which positions
@@ -219,16 +247,16 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   __syncthreads();
   const int n_steps = *s_count * kTilesPerBlock;
 
-  // The warp's positions: their bits (those before the end) and their query range. Cheap functions of t0 and len,
-  // recomputed where used rather than held in registers across the main loop (which runs at the register cap).
+  // The warp's positions: their live bits and their query range. Cheap functions of t0 and the live bits (in
+  // shared memory), recomputed where used rather than held in registers across the main loop (which runs at the
+  // register cap).
   const int w_first = kSmallGroup ? warp * kPosPerWarp : warp / kWarpsPerPos;
   const int w_count = kSmallGroup ? kPosPerWarp : 1;
   const bool warp_has_rows = kSmallGroup || (warp % kWarpsPerPos) * 16 < kG;
   auto warp_bits = [&]() -> u32 {
-    const int live = min(len - t0 - w_first, w_count);  // positions of the warp before the end (>= 1 if any)
-    return warp_has_rows && live > 0 ? ((live >= 32 ? 0xffffffffu : (1u << live) - 1u) << w_first) : 0u;
+    return warp_has_rows ? *s_live & (((w_count >= 32 ? 0xffffffffu : (1u << w_count) - 1u)) << w_first) : 0u;
   };
-  const int t_hi_cta = min(t0 + kP - 1, len - 1);
+  const int t_hi_cta = t0 + 31 - __clz(live);  // the CTA's last live position
   // Merged blocks start at or before some query of the CTA, so tile starts are < len (32-bit).
   auto tile_start = [&](int step) -> int {
     return s_block[step / kTilesPerBlock] * kL + (step % kTilesPerBlock) * kBN;
@@ -292,9 +320,10 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           // This thread's rows lane/4 and lane/4 + 8 of the warp's 16.
+          // Only live positions have lists, so a set bit means a live position that selected this block.
           const int pos = row_position(warp, lane / 4 + 8 * r);
-          const bool live = pos >= 0 && t0 + pos < len && ((block_bits >> pos) & 1u) != 0;
-          hi[r] = live ? min(t0 + pos - s0, kBN) : -1;
+          const bool selected = pos >= 0 && ((block_bits >> pos) & 1u) != 0;
+          hi[r] = selected ? min(t0 + pos - s0, kBN) : -1;
         }
 #pragma unroll
         for (int nt = 0; nt < kBN / 8; ++nt) {
@@ -319,7 +348,7 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
     const float total = warp_quad_sum(row_sum[r]);
     const int i = lane / 4 + 8 * r;  // the row within the warp
     const int pos = row_position(warp, i);
-    if (pos < 0 || t0 + pos >= len) continue;
+    if (pos < 0 || ((*s_live >> pos) & 1u) == 0) continue;
     const i64 t = t0 + pos;
     const i64 head = static_cast<i64>(kvh) * kG + row_head(warp, i);
     const float inv = total > 0.f ? 1.f / total : 0.f;

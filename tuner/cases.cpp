@@ -101,15 +101,23 @@ private:
 };
 
 size_t tokens(const Problem& p) { return static_cast<size_t>(p.B * p.T); }
+
+// The queries [B, T, HQ, dk] of the given kind (seed: which sample), on the device.
+DeviceBuffer query_tensor(const Problem& p, InputKind kind, uint64_t seed) {
+  const std::vector<uint16_t> bits = query_bits(p, kind, seed);
+  DeviceBuffer q(bits.size() * 2);
+  q.upload(bits.data(), bits.size() * 2);
+  return q;
+}
 int64_t num_cmp(const Problem& p) { return p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0; }
 size_t esize() { return 2; }
 
 // Window and compressed attention against the fp32 reference kernels.
 class AttnCase final : public TuneCase {
 public:
-  AttnCase(const Problem& p, bool compressed) : p_(p), compressed_(compressed), cmp_(p) {
+  AttnCase(const Problem& p, bool compressed, InputKind inputs) : p_(p), compressed_(compressed), cmp_(p) {
     const size_t kv_rows = compressed ? static_cast<size_t>(std::max<int64_t>(num_cmp(p), 1)) * p.B : tokens(p);
-    q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 11);
+    q_ = query_tensor(p, inputs, 11);
     k_ = random_device_tensor(kv_rows * p.H * p.dk, p.dtype, 12);
     v_ = random_device_tensor(kv_rows * p.H * p.dv, p.dtype, 13);
     o_ = DeviceBuffer(tokens(p) * p.HQ * p.dv * esize()), ref_o_ = DeviceBuffer(o_.bytes());
@@ -203,12 +211,12 @@ private:
   PoolArgs a_;
 };
 
-// Block selection: q and k_cmp random, lse from cmp_fwd; the trusted selection is the default config's.
+// Block selection: q of the input kind, k_cmp random, lse from cmp_fwd; the trusted selection is the default config's.
 class SelectCase final : public TuneCase {
 public:
-  explicit SelectCase(const Problem& p) : p_(p), cmp_(p) {
+  SelectCase(const Problem& p, InputKind inputs) : p_(p), cmp_(p) {
     const int64_t nc = std::max<int64_t>(num_cmp(p), 1);
-    q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 31);
+    q_ = query_tensor(p, inputs, 31);
     k_cmp_ = random_device_tensor(nc * p.B * p.H * p.dk, p.dtype, 32);
     v_cmp_ = random_device_tensor(nc * p.B * p.H * p.dv, p.dtype, 33);
     lse_ = DeviceBuffer(tokens(p) * p.HQ * 4);
@@ -271,14 +279,23 @@ private:
   std::string note_;
 };
 
-// Selected attention on a real selection (the default select on random q and k_cmp); trusted: the default config.
+// Selected attention on a real selection (the default select on q of the input kind and random k_cmp): the overlap
+// of neighbouring positions' selections follows the queries' kind. Trusted: the default config (one config for every
+// position: the case measures one variant on the whole selection).
 class SlcCase final : public TuneCase {
 public:
-  explicit SlcCase(const Problem& p) : p_(p), cmp_(p) {
-    q_ = random_device_tensor(tokens(p) * p.HQ * p.dk, p.dtype, 41);
+  SlcCase(const Problem& p, InputKind inputs) : p_(p), cmp_(p) {
+    q_ = query_tensor(p, inputs, 41);
     k_ = random_device_tensor(tokens(p) * p.H * p.dk, p.dtype, 42);
     v_ = random_device_tensor(tokens(p) * p.H * p.dv, p.dtype, 43);
-    SelectCase(p).take_selection(idx_, cnt_);  // the default select's output on its own random q and k_cmp
+    SelectCase(p, inputs).take_selection(idx_, cnt_);  // the default select's output on its own q and k_cmp
+    {
+      const int64_t rows = static_cast<int64_t>(tokens(p));
+      std::vector<int32_t> idx(static_cast<size_t>(rows * p.H * p.n)), cnt(static_cast<size_t>(rows * p.H));
+      idx_.download(idx.data(), idx.size() * 4);
+      cnt_.download(cnt.data(), cnt.size() * 4);
+      shares_ = plan_shares(overlap_plan(idx.data(), cnt.data(), rows, p.H, p.n));
+    }
     o_ = DeviceBuffer(tokens(p) * p.HQ * p.dv * 2), ref_o_ = DeviceBuffer(o_.bytes());
     lse_ = DeviceBuffer(tokens(p) * p.HQ * 4), ref_lse_ = DeviceBuffer(lse_.bytes());
     a_.q = contiguous(q_.get(), p.T, p.HQ, p.dk), a_.k = contiguous(k_.get(), p.T, p.H, p.dk);
@@ -290,6 +307,7 @@ public:
     slc_fwd(p, args(ref_o_, ref_lse_), nullptr, &def);
   }
   void launch(const TileConfig& c, CUstream s) override { slc_fwd(p_, args(o_, lse_), s, &c); }
+  std::optional<PlanShares> overlap_shares() const override { return shares_; }
   std::optional<std::string> check(const TileConfig& c) override {
     o_.fill_bytes(0xff), lse_.fill_bytes(0xff);
     launch(c, nullptr);
@@ -310,6 +328,7 @@ private:
   Comparer cmp_;
   DeviceBuffer q_, k_, v_, idx_, cnt_, o_, ref_o_, lse_, ref_lse_;
   SlcFwdArgs a_;
+  PlanShares shares_;
 };
 
 // A backward family on the gradients of a real forward (random q, k, v, do, gates in (0, 1), every branch on):
@@ -320,9 +339,9 @@ private:
 // does not.
 class BwdCase final : public TuneCase {
 public:
-  BwdCase(const KernelFamily& family, const Problem& p) : f_(family), p_(p), cmp_(p) {
+  BwdCase(const KernelFamily& family, const Problem& p, InputKind inputs) : f_(family), p_(p), cmp_(p) {
     const size_t tok = tokens(p), ln = tok * p.HQ * 4, on = tok * p.HQ * p.dv * 2;
-    q_ = random_device_tensor(tok * p.HQ * p.dk, p.dtype, 51);
+    q_ = query_tensor(p, inputs, 51);
     k_ = random_device_tensor(tok * p.H * p.dk, p.dtype, 52);
     v_ = random_device_tensor(tok * p.H * p.dv, p.dtype, 53);
     do_ = random_device_tensor(tok * p.HQ * p.dv, p.dtype, 54);
@@ -462,15 +481,15 @@ bool is_tunable(const KernelFamily& f) {
          is_backward_family(f);
 }
 
-std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p) {
+std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p, InputKind inputs) {
   const std::string_view n = f.name();
-  if (n == "win_fwd") return std::make_unique<AttnCase>(p, false);
-  if (n == "cmp_fwd") return std::make_unique<AttnCase>(p, true);
+  if (n == "win_fwd") return std::make_unique<AttnCase>(p, false, inputs);
+  if (n == "cmp_fwd") return std::make_unique<AttnCase>(p, true, inputs);
   if (n == "pool") return std::make_unique<PoolCase>(p);
-  if (n == "select") return std::make_unique<SelectCase>(p);
-  if (n == "slc_fwd") return std::make_unique<SlcCase>(p);
+  if (n == "select") return std::make_unique<SelectCase>(p, inputs);
+  if (n == "slc_fwd") return std::make_unique<SlcCase>(p, inputs);
   if (n == "fault_test") return std::make_unique<FaultCase>(p);
-  if (is_backward_family(f)) return std::make_unique<BwdCase>(f, p);
+  if (is_backward_family(f)) return std::make_unique<BwdCase>(f, p, inputs);
   throw UsageError(fmt::format("the tuner cannot measure family {}: tunable are pool, cmp_fwd, select, slc_fwd, "
                                "win_fwd and the backward's cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, "
                                "win_bwd_dq, win_bwd_dkv",

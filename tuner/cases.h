@@ -17,7 +17,9 @@
 #include <string>
 
 #include "codegen/family.h"
+#include "codegen/overlap.h"
 #include "codegen/problem.h"
+#include "tuner/inputs.h"
 
 namespace nsajit {
 
@@ -32,11 +34,13 @@ public:
   // What the last check that passed accepted short of equality with the trusted result, for the trial's record
   // ("3 near-tie swaps accepted in 2 rows ..." for select); empty when the outputs matched as compared.
   virtual std::string note() const { return {}; }
+  // A data-dependent family's case: how its selection's (span, KV head) entries split between the overlap buckets.
+  virtual std::optional<PlanShares> overlap_shares() const { return std::nullopt; }
 };
 
-// Builds the inputs and the trusted result (synchronously). The current context must be set. Throws UsageError
-// for a family the tuner cannot measure.
-std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& family, const Problem& problem);
+// Builds the inputs (queries of the given kind, tuner/inputs.h) and the trusted result (synchronously). The current
+// context must be set. Throws UsageError for a family the tuner cannot measure.
+std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& family, const Problem& problem, InputKind inputs);
 
 // The gate's comparison itself, on device buffers of `n` elements (kind: 0 bf16, 1 fp16, 2 fp32, 3 int32), for
 // the tests: nullopt when `candidate` matches `trusted`, else what is wrong. `nonzero`: the trusted tensor cannot

@@ -119,6 +119,78 @@ CREATE TABLE best (
 );
 )sql";
 
+// Version 3: trials gains `inputs` (at the end, where ALTER TABLE ADD COLUMN puts it in a migrated file) and the
+// lookup index covers it; best gains `inputs` and `overlap`, which joins the key.
+constexpr std::string_view kTrialsV3Sql = R"sql(
+CREATE TABLE trials (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  device TEXT NOT NULL,
+  driver_version INTEGER NOT NULL,
+  nvrtc_version TEXT NOT NULL,
+  family TEXT NOT NULL,
+  shape TEXT NOT NULL,
+  t_bucket INTEGER NOT NULL CHECK (t_bucket >= 1),
+  problem TEXT NOT NULL,
+  config TEXT NOT NULL,
+  source_hash TEXT NOT NULL,
+  stage INTEGER NOT NULL DEFAULT 0 CHECK (stage >= 0),
+  outcome TEXT NOT NULL
+    CHECK (outcome IN ('ok', 'pruned', 'compile_error', 'launch_error', 'wrong_result', 'timeout')),
+  detail TEXT NOT NULL DEFAULT '',
+  median_ms REAL NOT NULL DEFAULT 0,
+  p20_ms REAL NOT NULL DEFAULT 0,
+  p80_ms REAL NOT NULL DEFAULT 0,
+  reps INTEGER NOT NULL DEFAULT 0,
+  registers INTEGER NOT NULL DEFAULT -1,
+  spill_bytes INTEGER NOT NULL DEFAULT 0,
+  smem_bytes INTEGER NOT NULL DEFAULT 0,
+  compile_seconds REAL NOT NULL DEFAULT 0,
+  created INTEGER NOT NULL,
+  nsajit_version TEXT NOT NULL DEFAULT '',
+  inputs TEXT NOT NULL DEFAULT 'random' CHECK (inputs IN ('random', 'coherent'))
+);
+)sql";
+constexpr std::string_view kTrialsIndexV3Sql = R"sql(
+CREATE INDEX trials_lookup
+  ON trials (family, problem, config, device, source_hash, driver_version, nvrtc_version, inputs, stage);
+)sql";
+
+constexpr std::string_view kBestV3Sql = R"sql(
+CREATE TABLE best (
+  device TEXT NOT NULL,
+  driver_version INTEGER NOT NULL,
+  nvrtc_version TEXT NOT NULL,
+  family TEXT NOT NULL,
+  shape TEXT NOT NULL,
+  t_bucket INTEGER NOT NULL CHECK (t_bucket >= 1),
+  problem TEXT NOT NULL,
+  config TEXT NOT NULL,
+  source_hash TEXT NOT NULL,
+  median_ms REAL NOT NULL,
+  default_ms REAL NOT NULL DEFAULT 0,
+  updated INTEGER NOT NULL,
+  nsajit_version TEXT NOT NULL DEFAULT '',
+  inputs TEXT NOT NULL DEFAULT 'random' CHECK (inputs IN ('random', 'coherent')),
+  overlap TEXT NOT NULL DEFAULT '' CHECK (overlap IN ('', 'low', 'high')),
+  PRIMARY KEY (device, family, shape, t_bucket, overlap)
+);
+)sql";
+
+// Version 2 -> 3, inside the caller's transaction. slc_fwd is the one data-dependent family of version 2.
+constexpr std::string_view kMigrateV2ToV3Sql = R"sql(
+ALTER TABLE trials ADD COLUMN inputs TEXT NOT NULL DEFAULT 'random' CHECK (inputs IN ('random', 'coherent'));
+DROP INDEX IF EXISTS trials_lookup;
+ALTER TABLE best RENAME TO best_v2;
+)sql";
+constexpr std::string_view kMigrateV2ToV3CopySql = R"sql(
+INSERT INTO best (device, driver_version, nvrtc_version, family, shape, t_bucket, problem, config, source_hash,
+                  median_ms, default_ms, updated, nsajit_version, inputs, overlap)
+  SELECT device, driver_version, nvrtc_version, family, shape, t_bucket, problem, config, source_hash,
+         median_ms, default_ms, updated, nsajit_version, 'random',
+         CASE WHEN family = 'slc_fwd' THEN 'low' ELSE '' END FROM best_v2;
+DROP TABLE best_v2;
+)sql";
+
 // Version 1 -> 2, inside the caller's transaction. Both tables are rebuilt so that a migrated file has exactly the
 // layout of a new one; trial ids and the AUTOINCREMENT counter are kept.
 constexpr std::string_view kMigrateV1ToV2Sql = R"sql(
@@ -143,14 +215,14 @@ INSERT INTO best (device, driver_version, nvrtc_version, family, shape, t_bucket
 DROP TABLE best_v1;
 )sql";
 
-const std::array<std::string_view, 23> kTrialColumns = {
-    "id",          "device",     "driver_version",  "nvrtc_version", "family",        "shape",
-    "t_bucket",    "problem",    "config",          "source_hash",   "stage",         "outcome",
-    "detail",      "median_ms",  "p20_ms",          "p80_ms",        "reps",          "registers",
-    "spill_bytes", "smem_bytes", "compile_seconds", "created",       "nsajit_version"};
-const std::array<std::string_view, 13> kBestColumns = {
-    "device", "driver_version", "nvrtc_version", "family",     "shape",   "t_bucket",      "problem",
-    "config", "source_hash",    "median_ms",     "default_ms", "updated", "nsajit_version"};
+const std::array<std::string_view, 24> kTrialColumns = {
+    "id",          "device",     "driver_version",  "nvrtc_version", "family",         "shape",
+    "t_bucket",    "problem",    "config",          "source_hash",   "stage",          "outcome",
+    "detail",      "median_ms",  "p20_ms",          "p80_ms",        "reps",           "registers",
+    "spill_bytes", "smem_bytes", "compile_seconds", "created",       "nsajit_version", "inputs"};
+const std::array<std::string_view, 15> kBestColumns = {
+    "device",      "driver_version", "nvrtc_version", "family",  "shape",          "t_bucket", "problem", "config",
+    "source_hash", "median_ms",      "default_ms",    "updated", "nsajit_version", "inputs",   "overlap"};
 
 constexpr std::array<std::string_view, 6> kOutcomeNames = {"ok",           "pruned",       "compile_error",
                                                            "launch_error", "wrong_result", "timeout"};
@@ -313,7 +385,7 @@ std::string best_select_list() {
 // a damaged file).
 std::optional<Trial> read_trial(const Stmt& s) {
   Trial t;
-  for (int c : {1, 3, 4, 5, 7, 8, 9, 11})
+  for (int c : {1, 3, 4, 5, 7, 8, 9, 11, 23})
     if (s.type(c) != SQLITE_TEXT) return std::nullopt;
   t.id = s.i64(0);
   t.toolkit.device = s.text(1);
@@ -340,11 +412,12 @@ std::optional<Trial> read_trial(const Stmt& s) {
   t.compile_seconds = s.f64(20);
   t.created = s.i64(21);
   t.nsajit_version = s.text(22);
+  t.inputs = s.text(23);
   return t;
 }
 
 std::optional<BestEntry> read_best(const Stmt& s) {
-  for (int c : {0, 2, 3, 4, 6, 7, 8})
+  for (int c : {0, 2, 3, 4, 6, 7, 8, 13, 14})
     if (s.type(c) != SQLITE_TEXT) return std::nullopt;
   BestEntry e;
   e.toolkit.device = s.text(0);
@@ -360,6 +433,8 @@ std::optional<BestEntry> read_best(const Stmt& s) {
   e.default_ms = s.f64(10);
   e.updated = s.i64(11);
   e.nsajit_version = s.text(12);
+  e.inputs = s.text(13);
+  e.overlap = s.text(14);
   return e;
 }
 
@@ -382,6 +457,7 @@ int64_t insert_trial(sqlite3* db, const fs::path& path, const Trial& t, bool kee
   put(t.spill_bytes), put(t.smem_bytes), put(t.compile_seconds);
   put(t.created ? t.created : now_unix());
   put(t.nsajit_version.empty() ? std::string_view(NSAJIT_VERSION) : std::string_view(t.nsajit_version));
+  put(t.inputs);
   s.step();
   return sqlite3_last_insert_rowid(db);
 }
@@ -395,6 +471,7 @@ void upsert_best(sqlite3* db, const fs::path& path, const BestEntry& e) {
   s.bind(9, e.source_hash).bind(10, e.median_ms).bind(11, e.default_ms);
   s.bind(12, e.updated ? e.updated : now_unix());
   s.bind(13, e.nsajit_version.empty() ? std::string_view(NSAJIT_VERSION) : std::string_view(e.nsajit_version));
+  s.bind(14, e.inputs).bind(15, e.overlap);
   s.step();
 }
 
@@ -410,6 +487,13 @@ void migrate(sqlite3* db, const fs::path& path, int from) {
     exec(db, path, schema_sql(2), "migrating schema 1 -> 2 (creating the new tables)");
     exec(db, path, kMigrateV1ToV2CopySql, "migrating schema 1 -> 2 (copying the rows)");
     from = 2;
+  }
+  if (from == 2) {
+    exec(db, path, kMigrateV2ToV3Sql, "migrating schema 2 -> 3 (adding trials.inputs, renaming best)");
+    exec(db, path, std::string(kTrialsIndexV3Sql) + std::string(kBestV3Sql),
+         "migrating schema 2 -> 3 (creating the new index and best table)");
+    exec(db, path, kMigrateV2ToV3CopySql, "migrating schema 2 -> 3 (copying the best rows)");
+    from = 3;
   }
   exec(db, path, fmt::format("PRAGMA application_id = {}", kDbApplicationId), "setting application_id");
   exec(db, path, fmt::format("PRAGMA user_version = {}", from), "setting user_version");
@@ -499,6 +583,7 @@ bool has_sqlite_header(const fs::path& path, uintmax_t size) {
 std::string schema_sql(int version) {
   if (version == 1) return std::string(kSchemaV1Sql);
   if (version == 2) return std::string(kTrialsV2Sql) + std::string(kBestV2Sql);
+  if (version == 3) return std::string(kTrialsV3Sql) + std::string(kTrialsIndexV3Sql) + std::string(kBestV3Sql);
   throw Error(fmt::format("internal error: no tuning database schema version {}", version));
 }
 
@@ -675,14 +760,15 @@ int64_t TuningDb::add_trial(const Trial& t) {
 }
 
 std::optional<Trial> TuningDb::find_trial(const Toolkit& tk, std::string_view family, std::string_view problem,
-                                          std::string_view config, std::string_view source_hash, int min_stage) const {
+                                          std::string_view config, std::string_view source_hash,
+                                          std::string_view inputs, int min_stage) const {
   Stmt s(db_, path_,
          fmt::format("SELECT {} FROM trials WHERE family = ?1 AND problem = ?2 AND config = ?3 AND device = ?4 AND "
-                     "source_hash = ?5 AND driver_version = ?6 AND nvrtc_version = ?7 AND stage >= ?8 "
-                     "ORDER BY stage DESC, created DESC, id DESC LIMIT 1",
+                     "source_hash = ?5 AND driver_version = ?6 AND nvrtc_version = ?7 AND inputs = ?9 AND "
+                     "stage >= ?8 ORDER BY stage DESC, created DESC, id DESC LIMIT 1",
                      trial_select_list()));
   s.bind(1, family).bind(2, problem).bind(3, config).bind(4, tk.device).bind(5, source_hash);
-  s.bind(6, tk.driver_version).bind(7, tk.nvrtc_version).bind(8, min_stage);
+  s.bind(6, tk.driver_version).bind(7, tk.nvrtc_version).bind(8, min_stage).bind(9, inputs);
   if (!s.step()) return std::nullopt;
   return read_trial(s);
 }
@@ -751,11 +837,12 @@ void TuningDb::set_best(const BestEntry& e) {
 }
 
 std::optional<BestEntry> TuningDb::best(std::string_view device, std::string_view family, std::string_view shape,
-                                        int64_t t_bucket) const {
+                                        int64_t t_bucket, std::string_view overlap) const {
   Stmt s(db_, path_,
-         fmt::format("SELECT {} FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 AND t_bucket = ?4",
+         fmt::format("SELECT {} FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 AND t_bucket = ?4 AND "
+                     "overlap = ?5",
                      best_select_list()));
-  s.bind(1, device).bind(2, family).bind(3, shape).bind(4, t_bucket);
+  s.bind(1, device).bind(2, family).bind(3, shape).bind(4, t_bucket).bind(5, overlap);
   if (!s.step()) return std::nullopt;
   return read_best(s);
 }
@@ -763,7 +850,7 @@ std::optional<BestEntry> TuningDb::best(std::string_view device, std::string_vie
 std::vector<BestEntry> TuningDb::best_for_shape(std::string_view device, std::string_view family,
                                                 std::string_view shape) const {
   Stmt s(db_, path_,
-         fmt::format("SELECT {} FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 ORDER BY t_bucket",
+         fmt::format("SELECT {} FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 ORDER BY t_bucket, overlap",
                      best_select_list()));
   s.bind(1, device).bind(2, family).bind(3, shape);
   std::vector<BestEntry> out;
@@ -773,7 +860,8 @@ std::vector<BestEntry> TuningDb::best_for_shape(std::string_view device, std::st
 }
 
 std::vector<BestEntry> TuningDb::all_best() const {
-  Stmt s(db_, path_, fmt::format("SELECT {} FROM best ORDER BY device, family, shape, t_bucket", best_select_list()));
+  Stmt s(db_, path_,
+         fmt::format("SELECT {} FROM best ORDER BY device, family, shape, t_bucket, overlap", best_select_list()));
   std::vector<BestEntry> out;
   while (s.step())
     if (auto e = read_best(s)) out.push_back(std::move(*e));
@@ -785,10 +873,11 @@ TuningDb::MergeStats TuningDb::merge_best(const std::vector<BestEntry>& entries)
   MergeStats stats;
   WriteTxn txn(db_, path_);
   Stmt find(db_, path_,
-            "SELECT median_ms FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 AND t_bucket = ?4");
+            "SELECT median_ms FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 AND t_bucket = ?4 AND "
+            "overlap = ?5");
   for (const BestEntry& e : entries) {
     find.reset();
-    find.bind(1, e.toolkit.device).bind(2, e.family).bind(3, e.shape).bind(4, e.t_bucket);
+    find.bind(1, e.toolkit.device).bind(2, e.family).bind(3, e.shape).bind(4, e.t_bucket).bind(5, e.overlap);
     if (!find.step()) {
       upsert_best(db_, path_, e);
       ++stats.added;
@@ -804,11 +893,12 @@ TuningDb::MergeStats TuningDb::merge_best(const std::vector<BestEntry>& entries)
 }
 
 int64_t TuningDb::remove_best(std::string_view device, std::string_view family, std::string_view shape,
-                              int64_t t_bucket) {
+                              int64_t t_bucket, std::string_view overlap) {
   require_writable(read_only_, in_memory_, path_);
   WriteTxn txn(db_, path_);
-  Stmt s(db_, path_, "DELETE FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 AND t_bucket = ?4");
-  s.bind(1, device).bind(2, family).bind(3, shape).bind(4, t_bucket);
+  Stmt s(db_, path_,
+         "DELETE FROM best WHERE device = ?1 AND family = ?2 AND shape = ?3 AND t_bucket = ?4 AND overlap = ?5");
+  s.bind(1, device).bind(2, family).bind(3, shape).bind(4, t_bucket).bind(5, overlap);
   s.step();
   const int64_t n = sqlite3_changes64(db_);
   txn.commit();
@@ -883,10 +973,12 @@ std::string export_json(const std::vector<BestEntry>& entries) {
                                       {"median_ms", e.median_ms},
                                       {"default_ms", e.default_ms},
                                       {"updated", e.updated},
-                                      {"nsajit_version", e.nsajit_version}});
+                                      {"nsajit_version", e.nsajit_version},
+                                      {"inputs", e.inputs},
+                                      {"overlap", e.overlap}});
   }
   llvm::json::Object doc{
-      {"format", "nsajit-tuning"}, {"version", 1}, {"nsajit_version", NSAJIT_VERSION}, {"best", std::move(best)}};
+      {"format", "nsajit-tuning"}, {"version", 2}, {"nsajit_version", NSAJIT_VERSION}, {"best", std::move(best)}};
   std::string out;
   llvm::raw_string_ostream os(out);
   os << llvm::formatv("{0:2}", llvm::json::Value(std::move(doc))) << "\n";
@@ -906,7 +998,8 @@ std::vector<BestEntry> parse_export(std::string_view json) {
                      : std::string("missing \"format\": \"nsajit-tuning\""));
   const auto version = doc->getInteger("version");
   if (!version) throw bad("missing integer \"version\"");
-  if (*version != 1) throw bad(fmt::format("\"version\" {} is not supported (this nsajit reads version 1)", *version));
+  if (*version != 1 && *version != 2)
+    throw bad(fmt::format("\"version\" {} is not supported (this nsajit reads versions 1 and 2)", *version));
   const llvm::json::Array* best = doc->getArray("best");
   if (!best) throw bad("missing array \"best\"");
 
@@ -952,6 +1045,18 @@ std::vector<BestEntry> parse_export(std::string_view json) {
     e.default_ms = number("default_ms");
     e.updated = integer("updated");
     e.nsajit_version = text("nsajit_version");
+    if (*version == 1) {
+      // Written before input kinds and overlap buckets: what the schema migration gives such rows.
+      e.inputs = "random";
+      e.overlap = e.family == "slc_fwd" ? "low" : "";
+    } else {
+      e.inputs = text("inputs");
+      if (e.inputs != "random" && e.inputs != "coherent")
+        throw bad(fmt::format("best[{}].inputs: \"{}\" is not \"random\" or \"coherent\"", i, e.inputs));
+      e.overlap = text("overlap");
+      if (!e.overlap.empty() && e.overlap != "low" && e.overlap != "high")
+        throw bad(fmt::format("best[{}].overlap: \"{}\" is not \"\", \"low\" or \"high\"", i, e.overlap));
+    }
     for (const auto& [name, value] : {std::pair{"device", &e.toolkit.device}, std::pair{"family", &e.family},
                                       std::pair{"shape", &e.shape}, std::pair{"problem", &e.problem}})
       if (value->empty()) throw bad(fmt::format("best[{}].{}: must not be empty", i, name));
@@ -1159,6 +1264,10 @@ RepairReport repair_db(const fs::path& path) {
           expr = "1";
         else if (c == "nsajit_version")
           expr = "''";
+        else if (c == "inputs")
+          expr = "'random'";
+        else if (c == "overlap")
+          expr = "CASE WHEN family = 'slc_fwd' THEN 'low' ELSE '' END";
         else
           expr = "0";
       }
@@ -1182,9 +1291,9 @@ RepairReport repair_db(const fs::path& path) {
       t.detail = v.text(13), t.median_ms = v.f64(14), t.p20_ms = v.f64(15), t.p80_ms = v.f64(16);
       t.reps = static_cast<int>(v.i64(17)), t.registers = static_cast<int>(v.i64(18));
       t.spill_bytes = static_cast<int>(v.i64(19)), t.smem_bytes = static_cast<int>(v.i64(20));
-      t.compile_seconds = v.f64(21), t.created = v.i64(22), t.nsajit_version = v.text(23);
+      t.compile_seconds = v.f64(21), t.created = v.i64(22), t.nsajit_version = v.text(23), t.inputs = v.text(24);
       // add_trial never writes a creation time of 0: a 0 is what a page cut short reads as.
-      if (v.bad || !outcome || t.t_bucket < 1 || t.created <= 0) {
+      if (v.bad || !outcome || t.t_bucket < 1 || t.created <= 0 || (t.inputs != "random" && t.inputs != "coherent")) {
         ++skipped;
         return;
       }
@@ -1202,9 +1311,11 @@ RepairReport repair_db(const fs::path& path) {
       e.toolkit = {v.text(1), static_cast<int>(v.i64(2)), v.text(3)};
       e.family = v.text(4), e.shape = v.text(5), e.t_bucket = v.i64(6), e.problem = v.text(7), e.config = v.text(8);
       e.source_hash = v.text(9), e.median_ms = v.f64(10), e.default_ms = v.f64(11);
-      e.updated = v.i64(12), e.nsajit_version = v.text(13);
+      e.updated = v.i64(12), e.nsajit_version = v.text(13), e.inputs = v.text(14), e.overlap = v.text(15);
       // set_best never writes an update time of 0: a 0 is what a page cut short reads as.
-      if (v.bad || e.t_bucket < 1 || e.updated <= 0) {
+      const bool known = (e.inputs == "random" || e.inputs == "coherent") &&
+                         (e.overlap.empty() || e.overlap == "low" || e.overlap == "high");
+      if (v.bad || e.t_bucket < 1 || e.updated <= 0 || !known) {
         ++skipped;
         return;
       }

@@ -21,7 +21,7 @@ struct sqlite3;
 
 namespace nsajit {
 
-constexpr int kDbSchemaVersion = 2;
+constexpr int kDbSchemaVersion = 3;
 constexpr int32_t kDbApplicationId = 0x4e53414a;  // "NSAJ"
 
 // $NSAJIT_DB if set and not empty, else $XDG_DATA_HOME/nsajit/tuning.db, else ~/.local/share/nsajit/tuning.db.
@@ -59,6 +59,7 @@ struct Trial {
   double compile_seconds = 0;
   int64_t created = 0;        // unix seconds; add_trial writes the current time when 0
   std::string nsajit_version;  // add_trial writes NSAJIT_VERSION when empty
+  std::string inputs = "coherent";  // the input kind measured on (tuner/inputs.h input_kind_name)
 };
 
 struct BestEntry {
@@ -73,6 +74,10 @@ struct BestEntry {
   double default_ms = 0;  // the family's default config in the same interleaved run; 0 when unknown
   int64_t updated = 0;    // unix seconds; set_best writes the current time when 0
   std::string nsajit_version;
+  std::string inputs = "coherent";  // the input kind it was tuned on
+  // Part of the key: for a data-dependent family (KernelFamily::overlap_dependent()) the selection-overlap bucket
+  // (codegen/overlap.h) of the inputs it was tuned on, "low" or "high"; "" for every other family.
+  std::string overlap;
 };
 
 // A result is stale when it was measured with another driver or NVRTC than `current`, for the same device.
@@ -85,8 +90,12 @@ bool is_stale_toolkit(const Toolkit& measured, const Toolkit& current);
 // measurements: migrated rows get stage 1) and no `nsajit_version`, and its outcome CHECK lacks 'timeout' (v1
 // recorded timeouts as launch_error); best has no `default_ms` (migrated: 0, unknown) and no `nsajit_version`.
 // The migration rebuilds both tables (rename, create, copy, drop) in one transaction, keeping trial ids.
+// Version 2 differs from 3: trials and best have no `inputs` (versions 1 and 2 tuned on random inputs: migrated rows
+// get 'random'), and best has no `overlap` in its key (the only data-dependent family then, slc_fwd, was tuned on
+// random inputs, whose selections are low-overlap: its rows get 'low', every other family's ''). The migration adds
+// the trials column (at the end, where a new file has it too) and rebuilds best, in one transaction.
 extern const std::string_view kSchemaV1Sql;
-std::string schema_sql(int version);  // 1 or 2
+std::string schema_sql(int version);  // 1, 2 or 3
 
 struct RepairReport;
 
@@ -120,24 +129,27 @@ public:
   int schema_version() const;  // of the file: after a read_write open always kDbSchemaVersion
 
   int64_t add_trial(const Trial& t);  // returns the new id
-  // The most precise (highest stage, then newest) trial of exactly this toolkit, family, problem, config and
-  // source hash with stage >= min_stage, if any: what a resumed sweep reuses instead of measuring again.
+  // The most precise (highest stage, then newest) trial of exactly this toolkit, family, problem, config, source
+  // hash and input kind with stage >= min_stage, if any: what a resumed sweep reuses instead of measuring again.
   std::optional<Trial> find_trial(const Toolkit& tk, std::string_view family, std::string_view problem,
-                                  std::string_view config, std::string_view source_hash, int min_stage = 0) const;
+                                  std::string_view config, std::string_view source_hash, std::string_view inputs,
+                                  int min_stage = 0) const;
   // Filters are ignored when empty. Ordered by id.
   std::vector<Trial> trials(std::string_view family = {}, std::string_view device = {}) const;
   // Trials whose toolkit differs from `current` in driver or NVRTC for the same device (stale), count only.
   int64_t count_stale_trials(const Toolkit& current) const;
 
-  void set_best(const BestEntry& e);  // insert or replace (device, family, shape, t_bucket)
+  void set_best(const BestEntry& e);  // insert or replace (device, family, shape, t_bucket, overlap)
   std::optional<BestEntry> best(std::string_view device, std::string_view family, std::string_view shape,
-                                int64_t t_bucket) const;
-  // Every bucket of one (device, family, shape), ordered by t_bucket: for the nearest-bucket lookup.
+                                int64_t t_bucket, std::string_view overlap = {}) const;
+  // Every bucket (sequence length and overlap) of one (device, family, shape), ordered by t_bucket, then overlap:
+  // for the nearest-bucket lookup.
   std::vector<BestEntry> best_for_shape(std::string_view device, std::string_view family,
                                         std::string_view shape) const;
   std::vector<BestEntry> all_best() const;  // ordered by device, family, shape, t_bucket
 
-  // Merge: for each entry, insert when absent; when present keep the one with the smaller median_ms.
+  // Merge: for each entry, insert when absent (its key: device, family, shape, t_bucket, overlap); when present keep
+  // the one with the smaller median_ms.
   struct MergeStats {
     int64_t added = 0, replaced = 0, kept = 0;
   };
@@ -145,7 +157,8 @@ public:
 
   // Removals say what they removed (the counts); the CLI prints them.
   int64_t remove_trials_where_toolkit_not(const Toolkit& current);  // same device, other driver/NVRTC
-  int64_t remove_best(std::string_view device, std::string_view family, std::string_view shape, int64_t t_bucket);
+  int64_t remove_best(std::string_view device, std::string_view family, std::string_view shape, int64_t t_bucket,
+                      std::string_view overlap = {});
 
   // PRAGMA integrity_check plus schema checks; empty when healthy.
   std::vector<std::string> verify() const;
@@ -171,9 +184,10 @@ private:
   bool in_memory_ = false;
 };
 
-// Export: a JSON document {"format": "nsajit-tuning", "version": 1, "nsajit_version": ..., "best": [...]}, each
+// Export: a JSON document {"format": "nsajit-tuning", "version": 2, "nsajit_version": ..., "best": [...]}, each
 // entry every BestEntry field under its own name (toolkit fields flattened: device, driver_version,
-// nvrtc_version). parse_export throws UsageError naming the entry and field that are wrong.
+// nvrtc_version). parse_export throws UsageError naming the entry and field that are wrong. It also reads version 1
+// (written before `inputs` and `overlap` existed), whose entries get the values the schema migration gives.
 std::string export_json(const std::vector<BestEntry>& entries);
 std::vector<BestEntry> parse_export(std::string_view json);
 

@@ -191,12 +191,12 @@ private:
       for (const KernelFamily* f : fams) {
         f->check_problem(p);
         Task t{f, p, problem_key(p), {}, {}};
-        const TileConfig def = f->default_config(p);
+        const std::vector<TileConfig> defs = default_configs(*f, p);
         size_t index = 0;
         for (SpacePoint& pt : enumerate_space(*f, p, max_smem_)) {
           const bool mine = o_.shard_count <= 1 ||
                             static_cast<int>(index++ % static_cast<size_t>(o_.shard_count)) == o_.shard_index ||
-                            pt.config == def;
+                            std::find(defs.begin(), defs.end(), pt.config) != defs.end();
           if (!mine) continue;
           if (pt.rejected) {
             t.rejected.push_back(pt);
@@ -222,6 +222,7 @@ private:
     tr.config = c.config;
     tr.source_hash = c.hash;
     tr.stage = stage;
+    tr.inputs = inputs_name();
     if (c.jit) {
       tr.registers = c.jit->usage.registers;
       tr.spill_bytes = c.jit->usage.spill_store_bytes;
@@ -233,19 +234,21 @@ private:
 
   // The trial an earlier run (or this one) recorded for `c` that stands for a measurement at `level`, if any.
   std::optional<Trial> recorded(const Task& t, const Candidate& c, int level) const {
-    std::optional<Trial> latest = db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, level);
+    std::optional<Trial> latest =
+        db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, inputs_name(), level);
     if (!latest || reusable_trial(*latest, o_.timeout_s)) return latest;
     // The latest is a failure of the measuring process: an older genuine result may lie under it.
     std::vector<Trial> same;
     for (Trial& tr : db_.trials(t.family->name(), tk_.device))
-      if (tr.toolkit == tk_ && tr.problem == latest->problem && tr.config == c.config && tr.source_hash == c.hash)
+      if (tr.toolkit == tk_ && tr.problem == latest->problem && tr.config == c.config && tr.source_hash == c.hash &&
+          tr.inputs == inputs_name())
         same.push_back(std::move(tr));
     return pick_reusable(same, level, o_.timeout_s);
   }
 
   // Records a non-measured outcome once (a rerun finds it and does not add another).
   void record_once(const Task& t, const Candidate& c, Outcome outcome, const std::string& detail) {
-    if (db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, 0)) return;
+    if (db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, inputs_name(), 0)) return;
     Trial tr = trial_for(t, c, 0);
     tr.outcome = outcome, tr.detail = detail;
     db_.add_trial(tr);
@@ -257,9 +260,11 @@ private:
     res.family = std::string(t.family->name());
     res.problem = t.problem.describe();
     res.space = t.rejected.size() + t.cands.size();
-    const TileConfig def_cfg = t.family->default_config(t.problem);
+    res.inputs = inputs_name();
+    TileConfig def_cfg = t.family->default_config(t.problem);
     res.default_config = describe(def_cfg);
-    fmt::print("\n[{}/{}] {} on {}\n", index + 1, count, t.family->name(), t.problem.describe());
+    fmt::print("\n[{}/{}] {} on {}, {} inputs\n", index + 1, count, t.family->name(), t.problem.describe(),
+               inputs_name());
     for (const SpacePoint& pt : t.rejected) {
       Candidate c;
       c.spec = KernelSpec{t.family, t.problem, pt.config, arch_};
@@ -302,6 +307,24 @@ private:
         fmt::print("  cannot measure: {}\n", res.note);
         return res;
       }
+    // A data-dependent family: the bucket of the tuning selection decides where the result goes and which default
+    // is the baseline.
+    if (t.family->overlap_dependent()) {
+      const auto it = overlap_of_.find(prepare_key(t));
+      if (it == overlap_of_.end()) {
+        res.note = "the measuring process did not report the selection's overlap";
+        fmt::print("  cannot measure: {}\n", res.note);
+        return res;
+      }
+      const OverlapBucket bucket = it->second.first;
+      res.overlap = std::string(overlap_bucket_name(bucket));
+      res.high_overlap_share = it->second.second;
+      def_cfg = t.family->bucket_default_config(t.problem, bucket);
+      res.default_config = describe(def_cfg);
+      fmt::print("  selection: {:.0f}% of the (span, KV head) entries high-overlap: tuning the {}-overlap bucket "
+                 "(default [{}])\n",
+                 100 * res.high_overlap_share, res.overlap, res.default_config);
+    }
 
     std::optional<size_t> def_idx;
     for (size_t k = 0; k < alive.size(); ++k)
@@ -408,6 +431,7 @@ private:
     WorkerProcess::Reply r = w.call(json::Object{{"op", "interleave"},
                                                  {"family", std::string(t.family->name())},
                                                  {"problem", t.problem.describe()},
+                                                 {"inputs", inputs_name()},
                                                  {"configs", std::move(cfgs)},
                                                  {"rounds", o_.interleave_rounds}},
                                     timeout);
@@ -444,26 +468,45 @@ private:
     e.source_hash = best.hash;
     e.median_ms = res.best_ms;
     e.default_ms = res.default_ms;
+    e.inputs = res.inputs;
+    e.overlap = res.overlap;
     db_.set_best(e);
     fmt::print("  best [{}] {:.4f} ms", res.best_config, res.best_ms);
-    if (res.default_ms > 0) fmt::print("; default [{}] {:.4f} ms: {:.2f}x", res.default_config, res.default_ms, res.default_ms / res.best_ms);
+    if (res.default_ms > 0)
+      fmt::print("; default [{}] {:.4f} ms: {:.2f}x on {} inputs", res.default_config, res.default_ms,
+                 res.default_ms / res.best_ms, res.inputs);
     fmt::print("  ({} measured, {} found already recorded, {} failed)\n", res.measured, res.reused, res.failed);
     return res;
   }
 
+  std::string inputs_name() const { return std::string(input_kind_name(o_.inputs)); }
+  std::string prepare_key(const Task& t) const {
+    return std::string(t.family->name()) + "|" + t.problem.describe() + "|" + inputs_name();
+  }
+
   bool prepare(WorkerProcess& w, const Task& t) {
-    const std::string key = std::string(t.family->name()) + "|" + t.problem.describe();
+    const std::string key = prepare_key(t);
     auto& st = prepared_[&w];
     if (st.first == key && st.second == w.restarts() && w.reply_fd() >= 0) return true;
     WorkerProcess::Reply r = w.call(json::Object{{"op", "prepare"},
                                                  {"family", std::string(t.family->name())},
-                                                 {"problem", t.problem.describe()}},
+                                                 {"problem", t.problem.describe()},
+                                                 {"inputs", inputs_name()}},
                                     600);
     if (!r.object || r.object->getString("outcome")) {
       prepare_failure_ = fmt::format("GPU {}{}{}", w.device(), kPrepareFailed,
                                      compact(r.object ? r.object->getString("detail").value_or("").str() : r.failure));
       st = {};
       return false;
+    }
+    if (auto bucket = r.object->getString("overlap")) {
+      const std::optional<OverlapBucket> b = parse_overlap_bucket(*bucket);
+      if (!b) {
+        prepare_failure_ = fmt::format("GPU {}{}unknown overlap bucket '{}'", w.device(), kPrepareFailed, bucket->str());
+        st = {};
+        return false;
+      }
+      overlap_of_[key] = {*b, r.object->getNumber("high_share").value_or(-1)};
     }
     st = {key, w.restarts()};
     return true;
@@ -504,6 +547,7 @@ private:
         const json::Object req{{"op", "measure"},
                                {"family", std::string(t.family->name())},
                                {"problem", t.problem.describe()},
+                               {"inputs", inputs_name()},
                                {"config", get(k).config},
                                {"reps", kLevels[level].reps},
                                {"warmup_ms", kLevels[level].warmup_ms}};
@@ -554,6 +598,7 @@ private:
   std::string arch_ = "sm_90a";
   int max_smem_ = kHopperMaxSmemOptin;
   std::map<const WorkerProcess*, std::pair<std::string, int>> prepared_;
+  std::map<std::string, std::pair<OverlapBucket, double>> overlap_of_;  // by prepare_key: bucket, high share
   std::string prepare_failure_;
 };
 
@@ -588,9 +633,11 @@ std::optional<std::string> prune_after_compile(const KernelFamily& family, const
                                                const TileConfig& config, const ResourceUsage& u, int max_smem) {
   const LaunchGeometry g = family.geometry(problem, config);
   const int64_t threads = static_cast<int64_t>(g.block.x) * g.block.y * g.block.z;
-  // A spilling variant is not worth measuring, except the family's default: it is the baseline the speed-up is
+  // A spilling variant is not worth measuring, except a default of the family: it is the baseline the speed-up is
   // reported against and the config the runtime uses without a database, so the winner must beat it as measured.
-  if ((u.spill_store_bytes > 0 || u.spill_load_bytes > 0) && config != family.default_config(problem))
+  const std::vector<TileConfig> defaults = default_configs(family, problem);
+  if ((u.spill_store_bytes > 0 || u.spill_load_bytes > 0) &&
+      std::find(defaults.begin(), defaults.end(), config) == defaults.end())
     return fmt::format("spills {} B to local memory ({} registers)", std::max(u.spill_store_bytes, u.spill_load_bytes),
                        u.registers);
   // 64 K registers per SM, allocated per warp in units of 256.
@@ -600,6 +647,16 @@ std::optional<std::string> prune_after_compile(const KernelFamily& family, const
   if (g.smem_bytes + u.static_smem_bytes > max_smem)
     return fmt::format("shared memory {} B > device limit {} B", g.smem_bytes + u.static_smem_bytes, max_smem);
   return std::nullopt;
+}
+
+std::vector<TileConfig> default_configs(const KernelFamily& family, const Problem& problem) {
+  std::vector<TileConfig> out = {family.default_config(problem)};
+  if (family.overlap_dependent())
+    for (OverlapBucket b : kAllOverlapBuckets) {
+      TileConfig c = family.bucket_default_config(problem, b);
+      if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));
+    }
+  return out;
 }
 
 std::pair<int, int> parse_shard(const std::string& s) {

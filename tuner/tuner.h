@@ -16,6 +16,7 @@
 #include "codegen/problem.h"
 #include "runtime/nvrtc_compiler.h"
 #include "tuner/db.h"
+#include "tuner/inputs.h"
 #include "tuner/search.h"
 
 namespace nsajit {
@@ -34,7 +35,13 @@ struct TuneOptions {
   // shard_index modulo shard_count, plus the default config (every shard measures it: the baseline). N shards'
   // databases merged with `nsajit db import` (the faster entry wins) hold the best entries one whole sweep finds.
   int shard_index = 0, shard_count = 1;
+  // The queries the candidates are measured on (tuner/inputs.h); recorded with every trial and result. A
+  // data-dependent family's result is stored under the overlap bucket most of the tuning selection's spans are in.
+  InputKind inputs = InputKind::coherent;
 };
+
+// The family's default configs: its one default, or for a data-dependent family the default of each overlap bucket.
+std::vector<TileConfig> default_configs(const KernelFamily& family, const Problem& problem);
 
 // Parses "I/N" (0 <= I < N, N >= 1) for --shard; throws UsageError naming what is wrong.
 std::pair<int, int> parse_shard(const std::string& s);
@@ -43,8 +50,11 @@ struct FamilyTuneResult {
   std::string family;
   std::string problem;
   size_t space = 0, pruned = 0, compile_errors = 0, failed = 0, measured = 0, reused = 0;
-  std::string best_config, default_config;
+  std::string best_config, default_config;  // default_config: the default of the overlap bucket tuned for
   double best_ms = 0, default_ms = 0;  // interleaved medians; 0 when unknown
+  std::string inputs;                  // the input kind measured on
+  std::string overlap;                 // data-dependent families: the bucket the result is stored under, else ""
+  double high_overlap_share = -1;      // data-dependent families: the share of high-overlap spans, else -1
   std::string note;                    // why there is no result, if there is none
 };
 
@@ -54,8 +64,9 @@ struct TuneReport {
   double seconds = 0;
 };
 
-// Why a compiled variant is not worth measuring (it spills; no CTA fits an SM's registers; its shared memory,
-// dynamic plus static, exceeds the device's opt-in limit), or nullopt.
+// Why a compiled variant is not worth measuring (it spills, unless it is a default config of the family: the
+// baseline; no CTA fits an SM's registers; its shared memory, dynamic plus static, exceeds the device's opt-in
+// limit), or nullopt.
 std::optional<std::string> prune_after_compile(const KernelFamily& family, const Problem& problem,
                                                const TileConfig& config, const ResourceUsage& usage, int max_smem);
 

@@ -20,6 +20,7 @@
 #include "runtime/device.h"
 #include "runtime/error.h"
 #include "tuner/cases.h"
+#include "tuner/inputs.h"
 #include "tuner/keys.h"
 #include "tuner/timing.h"
 
@@ -68,10 +69,17 @@ public:
     }
     const KernelFamily& f = find_family(str_field(req, "family"));
     const Problem p = parse_problem(str_field(req, "problem"));
+    const InputKind inputs = parse_input_kind(str_field(req, "inputs"));
     const auto t0 = std::chrono::steady_clock::now();
-    TuneCase& c = tune_case(f, p);
-    if (op == "prepare")
-      return json::Object{{"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+    TuneCase& c = tune_case(f, p, inputs);
+    if (op == "prepare") {
+      json::Object reply{{"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+      if (const std::optional<PlanShares> shares = c.overlap_shares()) {
+        reply["overlap"] = std::string(overlap_bucket_name(shares->majority));
+        reply["high_share"] = shares->high;
+      }
+      return reply;
+    }
     if (op == "measure") {
       const std::string cfg_text = str_field(req, "config");
       const TileConfig cfg = parse_config(cfg_text);
@@ -116,12 +124,12 @@ public:
   }
 
 private:
-  TuneCase& tune_case(const KernelFamily& f, const Problem& p) {
-    const std::string key = std::string(f.name()) + "|" + p.describe();
+  TuneCase& tune_case(const KernelFamily& f, const Problem& p, InputKind inputs) {
+    const std::string key = std::string(f.name()) + "|" + p.describe() + "|" + std::string(input_kind_name(inputs));
     if (key != case_key_) {
       case_.reset();  // free the previous inputs first
       checked_.clear();
-      case_ = make_tune_case(f, p);
+      case_ = make_tune_case(f, p, inputs);
       case_key_ = key;
     }
     return *case_;

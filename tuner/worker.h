@@ -6,12 +6,14 @@
 //
 // Requests (fd 3 in the worker) and replies (fd 4):
 //   {"op":"hello"} -> {"device":model fingerprint,"name":..,"driver":int,"nvrtc":..,"max_smem":int,"arch":..}
-//   {"op":"prepare","family":..,"problem":..} -> {"seconds":..}   builds inputs and the trusted result
-//   {"op":"measure","family":..,"problem":..,"config":..,"reps":int,"warmup_ms":..}
+//   {"op":"prepare","family":..,"problem":..,"inputs":..} -> {"seconds":..}   builds inputs and the trusted result;
+//       a data-dependent family's reply adds "overlap" (the bucket most of its selection's spans are in) and
+//       "high_share" (the share of high-overlap spans)
+//   {"op":"measure","family":..,"problem":..,"inputs":..,"config":..,"reps":int,"warmup_ms":..}
 //       -> {"outcome":"ok","median":..,"p20":..,"p80":..,"reps":..,"detail":..} or
 //          {"outcome":"wrong_result","detail":..} (the first measurement of a config in a worker runs the correctness
 //          gate first; an ok detail says what the gate accepted short of equality, e.g. select's near-tie swaps)
-//   {"op":"interleave","family":..,"problem":..,"configs":[..],"rounds":int}
+//   {"op":"interleave","family":..,"problem":..,"inputs":..,"configs":[..],"rounds":int}
 //       -> {"outcome":"ok","results":[{"median":..,"p20":..,"p80":..,"reps":..,"detail":..}, ...]}
 // Any reply may instead be {"outcome":"launch_error","detail":..,"fatal":true}: the worker exits after sending it.
 #include <sys/types.h>

@@ -96,6 +96,23 @@ public:
     return std::nullopt;
   }
 
+  bool overlap_dependent() const override { return true; }
+  // High overlap: default_config(), several positions per CTA share their blocks. Low overlap (neighbours select
+  // unrelated blocks, so a CTA of several positions streams nearly the sum of their lists and each warp skips most
+  // tiles): the fewest positions per CTA, one warp (G <= 16: floor(16/G) positions; G > 16: one position's warps),
+  // and small key tiles, BN = 16 and Q in registers where they are valid (measured on the H200, fla, T = 65536,
+  // random queries: BM=16 BN=16 STAGES=2 QREGS=1 17.7 ms against 22.2 ms for the high-overlap default).
+  TileConfig bucket_default_config(const Problem& p, OverlapBucket bucket) const override {
+    if (bucket == OverlapBucket::high) return default_config(p);
+    const int BM = p.G() <= 16 ? 16 : 16 * warps_per_position(p.G());
+    for (int BN : {16, 32, 64})
+      for (int qregs : {1, 0}) {
+        TileConfig c = {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", qregs}};
+        if (!reject(p, c, kHopperMaxSmemOptin)) return c;
+      }
+    return default_config(p);
+  }
+
   // Several positions per CTA (about 64 rows): neighbouring queries share most of their blocks, so a CTA loads
   // their union once instead of each position's list; BM = 32 for G = 1 keeps P <= 32.
   TileConfig default_config(const Problem& p) const override {
@@ -162,10 +179,52 @@ private:
   }
 };
 
+// The overlap plan that splits slc_fwd's positions between the variants of the overlap buckets (codegen/overlap.h).
+// Nothing to tune; one kernel serves every problem (the shape comes in the parameters).
+class SlcPlanFamily final : public KernelFamily {
+public:
+  std::string_view name() const override { return "slc_plan"; }
+  std::string_view description() const override {
+    return "the selection's overlap plan for slc_fwd: per span of 64 positions and KV head, whether its positions "
+           "select at most 4n distinct blocks (high overlap); one warp per span, a warp-min merge of the lists";
+  }
+  std::string_view template_path() const override { return "templates/slc_plan.cuh"; }
+  std::string_view harness_path() const override { return {}; }
+  std::string_view params_type() const override { return "nsa::SlcPlanParams"; }
+  const std::vector<ParamDecl>& params() const override {
+    static const std::vector<ParamDecl> none;
+    return none;
+  }
+  void check_problem(const Problem& p) const override { p.validate(); }
+  std::optional<std::string> reject(const Problem&, const TileConfig&, int) const override { return std::nullopt; }
+  TileConfig default_config(const Problem&) const override { return {}; }
+  // Four warps per CTA, one per (span, KV head) of the B * T rows.
+  LaunchGeometry geometry(const Problem& p, const TileConfig&) const override {
+    LaunchGeometry g;
+    const int64_t items = overlap_spans(p.B * p.T) * p.H;
+    g.grid = {static_cast<unsigned>(std::max<int64_t>((items + 3) / 4, 1)), 1, 1};
+    g.block = {128, 1, 1};
+    return g;
+  }
+  std::string preamble(const Problem&, const TileConfig&) const override { return ""; }
+  std::string entry_body() const override { return "nsa::slc_plan::run(p);"; }
+  std::string launch_bounds(const Problem&, const TileConfig&) const override { return "128"; }
+  double flops(const Problem&) const override { return 0; }
+  // idx and cnt read once (a low-overlap span stops early: at most this), the plan written.
+  double min_bytes(const Problem& p) const override {
+    return static_cast<double>(p.B) * static_cast<double>(p.T) * p.H * (p.n + 1) * 4.0;
+  }
+};
+
 }  // namespace
 
 const KernelFamily& slc_fwd_family() {
   static const SlcFwdFamily f;
+  return f;
+}
+
+const KernelFamily& slc_plan_family() {
+  static const SlcPlanFamily f;
   return f;
 }
 

@@ -30,6 +30,7 @@ namespace fs = std::filesystem;
 using nsajit::Dtype;
 using nsajit::KernelSpec;
 using nsajit::Problem;
+using nsajit::TileConfig;
 
 namespace {
 
@@ -400,15 +401,23 @@ TEST_CASE("compile: the default config of every forward family over the supporte
   const nsajit::CubinCache cache(dir.path);
   std::vector<KernelSpec> specs;
   std::map<std::string, size_t> seen;  // by source: G and the blocking reach only some families' sources
+  // The default, and a data-dependent family's default of each overlap bucket (valid for the problem too).
   auto add = [&](const nsajit::KernelFamily& f, const Problem& p) {
     REQUIRE_NOTHROW(f.check_problem(p));
-    const KernelSpec spec{&f, p, f.default_config(p), "sm_90a"};
-    if (seen.emplace(nsajit::generate_source(spec), specs.size()).second) specs.push_back(spec);
+    std::vector<TileConfig> configs = {f.default_config(p)};
+    if (f.overlap_dependent())
+      for (nsajit::OverlapBucket b : nsajit::kAllOverlapBuckets) configs.push_back(f.bucket_default_config(p, b));
+    for (const TileConfig& c : configs) {
+      INFO(f.name(), " [", nsajit::describe(c), "] on ", p.describe());
+      CHECK_FALSE(f.reject(p, c, nsajit::kHopperMaxSmemOptin));
+      const KernelSpec spec{&f, p, c, "sm_90a"};
+      if (seen.emplace(nsajit::generate_source(spec), specs.size()).second) specs.push_back(spec);
+    }
   };
   const int blocking[][3] = {{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}};
   // Every dtype x head dims x G with the paper's blocking; the other blockings at G in {1, 16} (they reach only
   // select's source, and only through l / d / l').
-  for (const char* name : {"cmp_fwd", "pool", "select", "slc_fwd"}) {
+  for (const char* name : {"cmp_fwd", "pool", "select", "slc_plan", "slc_fwd"}) {
     const nsajit::KernelFamily& f = nsajit::find_family(name);
     for (Dtype dtype : {Dtype::bf16, Dtype::fp16})
       for (auto [dk, dv] : kHeadDims)
@@ -422,7 +431,7 @@ TEST_CASE("compile: the default config of every forward family over the supporte
   }
   const auto start = std::chrono::steady_clock::now();
   const std::vector<nsajit::JitOutcome> outcomes = nsajit::jit_compile_all(specs, cache, 0);
-  MESSAGE(specs.size() << " distinct default kernels of cmp_fwd, pool, select and slc_fwd compiled in "
+  MESSAGE(specs.size() << " distinct default kernels of cmp_fwd, pool, select, slc_plan and slc_fwd compiled in "
                        << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
   std::map<std::string, int> per_family;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -438,7 +447,8 @@ TEST_CASE("compile: the default config of every forward family over the supporte
   // Every family compiled, and G reached the sources of the families that pack heads into MMA rows.
   CHECK(per_family["cmp_fwd"] >= total_group_sizes());
   CHECK(per_family["select"] >= total_group_sizes());
-  CHECK(per_family["slc_fwd"] >= total_group_sizes());
+  CHECK(per_family["slc_fwd"] > total_group_sizes());  // the overlap buckets' defaults differ
+  CHECK(per_family["slc_plan"] >= 1);
   CHECK(per_family["pool"] >= 2 * 3);
 }
 

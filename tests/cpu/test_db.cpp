@@ -211,6 +211,7 @@ void check_same_trial(const Trial& a, const Trial& b) {
   CHECK(a.compile_seconds == b.compile_seconds);
   CHECK(a.created == b.created);
   CHECK(a.nsajit_version == b.nsajit_version);
+  CHECK(a.inputs == b.inputs);
 }
 
 void check_same_best(const BestEntry& a, const BestEntry& b) {
@@ -225,6 +226,8 @@ void check_same_best(const BestEntry& a, const BestEntry& b) {
   CHECK(a.default_ms == b.default_ms);
   CHECK(a.updated == b.updated);
   CHECK(a.nsajit_version == b.nsajit_version);
+  CHECK(a.inputs == b.inputs);
+  CHECK(a.overlap == b.overlap);
 }
 
 // A database with `best_n` best entries (written first, so their pages come first) and `trials_n` trials with a
@@ -562,7 +565,7 @@ TEST_CASE("db schema: a new file gets our id, version, tables, WAL") {
   REQUIRE(fs::exists(path));
   Raw raw(path);
   CHECK(raw.scalar("PRAGMA application_id") == nsajit::kDbApplicationId);
-  CHECK(raw.scalar("PRAGMA user_version") == 2);
+  CHECK(raw.scalar("PRAGMA user_version") == nsajit::kDbSchemaVersion);
   CHECK(raw.text("PRAGMA journal_mode") == "wal");
   CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('trials', 'best')") == 2);
   CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'trials_lookup'") == 1);
@@ -627,34 +630,36 @@ TEST_CASE("db trials: add, find (stage, then newest), filters, stale toolkits") 
   CHECK(t1.id > t0.id);
   CHECK(t2.id > t1.id);
 
-  auto found = db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash);
+  auto found = db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, "coherent");
   REQUIRE(found);
   CHECK(found->id == t2.id);
   CHECK(found->median_ms == 2.5);
   t2.nsajit_version = NSAJIT_VERSION;  // add_trial fills it in
   check_same_trial(*found, t2);
-  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, 1)->id == t2.id);
-  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, 2));
+  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, "coherent", 1)->id == t2.id);
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, "coherent", 2));
   Trial t4 = t0;
   t4.stage = 2, t4.created = 10;
   t4.id = db.add_trial(t4);
-  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash)->id == t4.id);
-  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, 2)->id == t4.id);
+  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, "coherent")->id == t4.id);
+  CHECK(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, "coherent", 2)->id == t4.id);
 
   // Anything else different: no match.
   Toolkit other = kToolkit;
   other.driver_version = 12080;
-  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash));
+  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash, "coherent"));
   other = kToolkit;
   other.nvrtc_version = "12.8";
-  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash));
+  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash, "coherent"));
   other = kToolkit;
   other.device = "NVIDIA H100|cc9.0";
-  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash));
-  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, std::string(64, 'c')));
-  CHECK_FALSE(db.find_trial(kToolkit, "slc_fwd", problem, t0.config, hash));
-  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, "BM=64 BN=32 QREGS=1", hash));
-  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", nsajit::preset("paper").describe(), t0.config, hash));
+  CHECK_FALSE(db.find_trial(other, "win_fwd", problem, t0.config, hash, "coherent"));
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, std::string(64, 'c'), "coherent"));
+  CHECK_FALSE(db.find_trial(kToolkit, "slc_fwd", problem, t0.config, hash, "coherent"));
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, "BM=64 BN=32 QREGS=1", hash, "coherent"));
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", nsajit::preset("paper").describe(), t0.config, hash, "coherent"));
+  // A measurement on the other input kind stands for nothing here.
+  CHECK_FALSE(db.find_trial(kToolkit, "win_fwd", problem, t0.config, hash, "random"));
 
   // Failed outcomes keep their detail; created is filled in when 0.
   Trial bad = make_trial(7);
@@ -662,7 +667,7 @@ TEST_CASE("db trials: add, find (stage, then newest), filters, stale toolkits") 
   bad.family = "slc_fwd";
   bad.toolkit.nvrtc_version = "12.8";
   bad.id = db.add_trial(bad);
-  const auto got = db.find_trial(bad.toolkit, "slc_fwd", bad.problem, bad.config, bad.source_hash);
+  const auto got = db.find_trial(bad.toolkit, "slc_fwd", bad.problem, bad.config, bad.source_hash, bad.inputs);
   REQUIRE(got);
   CHECK(got->outcome == Outcome::timeout);
   CHECK(got->detail == "no result within 10 s");
@@ -694,6 +699,72 @@ TEST_CASE("db trials: add, find (stage, then newest), filters, stale toolkits") 
   CHECK(db.count_stale_trials(kToolkit) == 0);
   CHECK(db.remove_trials({t0.id, t1.id, 999999}) == 2);
   CHECK(db.trials().size() == 3);
+  CHECK(db.verify().empty());
+}
+
+TEST_CASE("db trials: the input kind is part of what a rerun reuses") {
+  TempDir dir;
+  TuningDb db = TuningDb::open(dir.path / "tuning.db");
+  Trial coherent = make_trial(1), random = make_trial(1);
+  random.inputs = "random", random.median_ms = 9.0;
+  coherent.id = db.add_trial(coherent);
+  CHECK_FALSE(db.find_trial(kToolkit, coherent.family, coherent.problem, coherent.config, coherent.source_hash,
+                            "random"));
+  random.id = db.add_trial(random);
+  const auto a = db.find_trial(kToolkit, coherent.family, coherent.problem, coherent.config, coherent.source_hash,
+                               "coherent");
+  const auto b = db.find_trial(kToolkit, coherent.family, coherent.problem, coherent.config, coherent.source_hash,
+                               "random");
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK(a->id == coherent.id);
+  CHECK(a->inputs == "coherent");
+  CHECK(b->id == random.id);
+  CHECK(b->median_ms == 9.0);
+  // The schema accepts the two kinds only.
+  Trial bad = make_trial(2);
+  bad.inputs = "noise";
+  CHECK(db_error_of([&] { db.add_trial(bad); }));
+  CHECK(db.trials().size() == 2);
+}
+
+TEST_CASE("db best: the overlap bucket is part of the key") {
+  TempDir dir;
+  TuningDb db = TuningDb::open(dir.path / "tuning.db");
+  BestEntry low = make_best("slc_fwd", 65536, 17.7), high = make_best("slc_fwd", 65536, 10.3);
+  low.overlap = "low", low.inputs = "random", low.config = "BM=16 BN=16 QREGS=1 STAGES=2";
+  high.overlap = "high", high.config = "BM=64 BN=64 QREGS=0 STAGES=2";
+  db.set_best(low);
+  db.set_best(high);
+  CHECK(db.all_best().size() == 2);
+  check_same_best(*db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "low"), low);
+  check_same_best(*db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "high"), high);
+  CHECK_FALSE(db.best(kToolkit.device, "slc_fwd", low.shape, 65536));  // no bucket-less entry
+  const auto shape = db.best_for_shape(kToolkit.device, "slc_fwd", low.shape);
+  REQUIRE(shape.size() == 2);
+  CHECK(shape[0].overlap == "high");  // ordered by t_bucket, then overlap
+  CHECK(shape[1].overlap == "low");
+  // Re-tuning one bucket replaces that bucket only.
+  BestEntry low2 = low;
+  low2.median_ms = 16.0, low2.config = "BM=16 BN=32 QREGS=1 STAGES=2";
+  db.set_best(low2);
+  CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "low")->config == low2.config);
+  CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "high")->config == high.config);
+  // Merge compares within a bucket: a faster high entry does not replace the low one.
+  BestEntry faster_high = high;
+  faster_high.median_ms = 1.0, faster_high.config = "BM=128 BN=64 QREGS=0 STAGES=2";
+  const TuningDb::MergeStats st = db.merge_best({faster_high});
+  CHECK(st.replaced == 1);
+  CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "low")->config == low2.config);
+  CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "high")->config == faster_high.config);
+  // Removal names the bucket.
+  CHECK(db.remove_best(kToolkit.device, "slc_fwd", low.shape, 65536, "high") == 1);
+  CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "low"));
+  CHECK(db.all_best().size() == 1);
+  // The schema accepts '', 'low' and 'high' only.
+  BestEntry bad = low;
+  bad.overlap = "medium";
+  CHECK(db_error_of([&] { db.set_best(bad); }));
   CHECK(db.verify().empty());
 }
 
@@ -799,6 +870,7 @@ TEST_CASE("db migration: a version-1 file migrates with its rows intact") {
       Trial t = make_trial(id);
       t.id = id;
       t.stage = 1;  // what the migration gives every version-1 trial
+      t.inputs = "random";
       if (id == 2) t.outcome = Outcome::compile_error, t.detail = "error: 'x' undeclared";
       v1_insert_trial(raw, t);
       if (id != 7) v1_trials.push_back(t);
@@ -830,7 +902,7 @@ TEST_CASE("db migration: a version-1 file migrates with its rows intact") {
   {
     TuningDb db = TuningDb::open(path);
     CHECK_FALSE(db.migrated_in_memory());
-    CHECK(db.schema_version() == 2);
+    CHECK(db.schema_version() == 3);
     const auto trials = db.trials();
     REQUIRE(trials.size() == 3);
     for (size_t i = 0; i < trials.size(); ++i) check_same_trial(trials[i], v1_trials[i]);
@@ -850,10 +922,10 @@ TEST_CASE("db migration: a version-1 file migrates with its rows intact") {
     Trial t = make_trial(9);
     t.outcome = Outcome::timeout;
     CHECK(db.add_trial(t) == 8);
-    CHECK(db.find_trial(t.toolkit, t.family, t.problem, t.config, t.source_hash)->outcome == Outcome::timeout);
+    CHECK(db.find_trial(t.toolkit, t.family, t.problem, t.config, t.source_hash, t.inputs)->outcome == Outcome::timeout);
   }
   Raw raw(path, SQLITE_OPEN_READONLY);
-  CHECK(raw.scalar("PRAGMA user_version") == 2);
+  CHECK(raw.scalar("PRAGMA user_version") == 3);
   CHECK(raw.scalar("PRAGMA application_id") == nsajit::kDbApplicationId);
   CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name IN ('trials_v1', 'best_v1', 'trials_key')") == 0);
   CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'trials_lookup'") == 1);
@@ -864,21 +936,100 @@ TEST_CASE("db migration: a version-1 file migrates with its rows intact") {
   CHECK(again.all_best().size() == 2);
 }
 
+TEST_CASE("db migration: a version-2 file migrates with its rows intact, slc_fwd's results into the low bucket") {
+  TempDir dir;
+  const fs::path path = dir.path / "v2.db";
+  {
+    Raw raw(path);
+    raw.exec(nsajit::schema_sql(2));
+    raw.exec("PRAGMA application_id = " + std::to_string(nsajit::kDbApplicationId));
+    raw.exec("PRAGMA user_version = 2");
+    raw.exec(
+        "INSERT INTO trials (id, device, driver_version, nvrtc_version, family, shape, t_bucket, problem, config, "
+        "source_hash, stage, outcome, detail, median_ms, created, nsajit_version) VALUES "
+        "(3, 'dev', 13000, '13.0', 'slc_fwd', 'shape', 65536, 'problem', 'BM=16', 'h', 2, 'ok', '', 17.7, 1700000003, "
+        "'0.1.0'), (4, 'dev', 13000, '13.0', 'win_fwd', 'shape', 65536, 'problem', 'BM=64', 'h', 1, 'wrong_result', "
+        "'o: relative error 0.3', 0, 1700000004, '0.1.0')");
+    raw.exec(
+        "INSERT INTO best (device, driver_version, nvrtc_version, family, shape, t_bucket, problem, config, "
+        "source_hash, median_ms, default_ms, updated, nsajit_version) VALUES ('dev', 13000, '13.0', 'slc_fwd', "
+        "'shape', 65536, 'problem', 'BM=16 BN=16', 'h1', 17.7, 22.2, 1700000001, '0.1.0'), ('dev', 13000, '13.0', "
+        "'win_fwd', 'shape', 65536, 'problem', 'BM=64', 'h2', 5.0, 5.5, 1700000002, '0.1.0')");
+  }
+  auto check_rows = [](const TuningDb& db) {
+    const auto trials = db.trials();
+    REQUIRE(trials.size() == 2);
+    CHECK(trials[0].id == 3);
+    CHECK(trials[0].stage == 2);
+    CHECK(trials[0].median_ms == 17.7);
+    CHECK(trials[0].inputs == "random");
+    CHECK(trials[1].outcome == Outcome::wrong_result);
+    CHECK(trials[1].detail == "o: relative error 0.3");
+    CHECK(trials[1].inputs == "random");
+    const auto best = db.all_best();
+    REQUIRE(best.size() == 2);
+    CHECK(best[0].family == "slc_fwd");
+    CHECK(best[0].overlap == "low");
+    CHECK(best[0].inputs == "random");
+    CHECK(best[0].config == "BM=16 BN=16");
+    CHECK(best[0].default_ms == 22.2);
+    CHECK(best[0].nsajit_version == "0.1.0");
+    CHECK(best[1].family == "win_fwd");
+    CHECK(best[1].overlap.empty());
+    CHECK(best[1].median_ms == 5.0);
+    CHECK(best[1].updated == 1700000002);
+    CHECK(db.verify().empty());
+  };
+  {
+    const TuningDb ro = TuningDb::open(path, TuningDb::Mode::read_only);
+    CHECK(ro.migrated_in_memory());
+    CHECK(ro.schema_version() == 2);
+    check_rows(ro);
+    Raw raw(path, SQLITE_OPEN_READONLY);
+    CHECK(raw.scalar("PRAGMA user_version") == 2);
+    CHECK(raw.scalar("SELECT count(*) FROM pragma_table_info('best') WHERE name = 'overlap'") == 0);
+  }
+  {
+    TuningDb db = TuningDb::open(path);
+    CHECK(db.schema_version() == 3);
+    check_rows(db);
+    // The high bucket now sits beside the migrated low one; new trial ids continue after 4.
+    BestEntry high = db.all_best()[0];
+    high.overlap = "high", high.inputs = "coherent", high.config = "BM=64 BN=64";
+    db.set_best(high);
+    CHECK(db.best("dev", "slc_fwd", "shape", 65536, "low")->config == "BM=16 BN=16");
+    CHECK(db.best("dev", "slc_fwd", "shape", 65536, "high")->config == "BM=64 BN=64");
+    CHECK(db.add_trial(make_trial(9)) == 5);
+  }
+  Raw raw(path, SQLITE_OPEN_READONLY);
+  CHECK(raw.scalar("PRAGMA user_version") == 3);
+  CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'best_v2'") == 0);
+  CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'trials_lookup'") == 1);
+  CHECK(raw.text("PRAGMA integrity_check") == "ok");
+  // A migrated file has the columns of a new one, in the same order.
+  TuningDb::open(dir.path / "new.db");
+  Raw fresh(dir.path / "new.db", SQLITE_OPEN_READONLY);
+  for (const char* table : {"trials", "best"}) {
+    const std::string q = std::string("SELECT group_concat(name, ',') FROM pragma_table_info('") + table + "')";
+    CHECK(raw.text(q) == fresh.text(q));
+  }
+}
+
 TEST_CASE("db classification: newer schema, foreign files, missing file") {
   TempDir dir;
   SUBCASE("newer schema is refused, untouched") {
     const fs::path path = dir.path / "newer.db";
     { TuningDb::open(path).add_trial(make_trial(1)); }
-    { Raw(path).exec("PRAGMA user_version = 3"); }
+    { Raw(path).exec("PRAGMA user_version = 4"); }
     for (auto mode : {TuningDb::Mode::read_write, TuningDb::Mode::read_only}) {
       const auto err = db_error_of([&] { TuningDb::open(path, mode); });
       REQUIRE(err);
       CHECK(err->kind == DbError::Kind::newer_schema);
       CHECK_CONTAINS(std::string(err->what()), path.string());
-      CHECK_CONTAINS(std::string(err->what()), "schema version 3, written by a newer nsajit");
+      CHECK_CONTAINS(std::string(err->what()), "schema version 4, written by a newer nsajit");
     }
     Raw raw(path, SQLITE_OPEN_READONLY);
-    CHECK(raw.scalar("PRAGMA user_version") == 3);
+    CHECK(raw.scalar("PRAGMA user_version") == 4);
     CHECK(raw.scalar("SELECT count(*) FROM trials") == 1);
   }
   SUBCASE("a file that is not SQLite") {
@@ -1323,8 +1474,8 @@ TEST_CASE("db export: parse_export names what is wrong") {
                  "\"format\" is \"other\"");
   CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export(R"({"version": 1, "best": []})"); }), "\"format\"");
   CHECK_CONTAINS(
-      usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 2, "best": []})"); }),
-      "\"version\" 2");
+      usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 3, "best": []})"); }),
+      "\"version\" 3");
   CHECK_CONTAINS(usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 1})"); }),
                  "\"best\"");
   const std::string good = nsajit::export_json({make_best("win_fwd", 1024, 1.0), make_best("win_fwd", 2048, 1.0)});
@@ -1352,6 +1503,43 @@ TEST_CASE("db export: parse_export names what is wrong") {
   CHECK_CONTAINS(
       usage_error_of([] { nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 1, "best": [7]})"); }),
       "best[0] is not an object");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"inputs\": \"coherent\"", "\"inputs\": \"noise\"", 1)); }),
+                 "best[1].inputs: \"noise\" is not");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"overlap\": \"\"", "\"overlap\": \"mid\"", 0)); }),
+                 "best[0].overlap: \"mid\" is not");
+  CHECK_CONTAINS(usage_error_of([&] { nsajit::parse_export(edited("\"overlap\": \"\"", "\"overlap_\": \"\"", 0)); }),
+                 "best[0]: missing field \"overlap\"");
+}
+
+TEST_CASE("db export: version 2 carries the input kind and overlap bucket; version 1 reads as the migration does") {
+  BestEntry low = make_best("slc_fwd", 65536, 17.7), high = make_best("slc_fwd", 65536, 10.3);
+  low.overlap = "low", low.inputs = "random";
+  high.overlap = "high";
+  const std::vector<BestEntry> back = nsajit::parse_export(nsajit::export_json({low, high}));
+  REQUIRE(back.size() == 2);
+  check_same_best(back[0], low);
+  check_same_best(back[1], high);
+  const std::string entry = R"({"device": "dev", "driver_version": 13000, "nvrtc_version": "13.0", "family": "F",
+      "shape": "s", "t_bucket": 1024, "problem": "p", "config": "BM=16", "source_hash": "h", "median_ms": 1.5,
+      "default_ms": 2, "updated": 1700000000, "nsajit_version": "0.1.0"})";
+  auto v1 = [&](const std::string& family) {
+    std::string e = entry;
+    e.replace(e.find("\"F\""), 3, "\"" + family + "\"");
+    return nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 1, "best": [)" + e + "]}");
+  };
+  const auto slc = v1("slc_fwd"), win = v1("win_fwd");
+  REQUIRE(slc.size() == 1);
+  REQUIRE(win.size() == 1);
+  CHECK(slc[0].inputs == "random");
+  CHECK(slc[0].overlap == "low");
+  CHECK(slc[0].median_ms == 1.5);
+  CHECK(win[0].inputs == "random");
+  CHECK(win[0].overlap.empty());
+  // Version 2 needs both fields.
+  CHECK_CONTAINS(usage_error_of([&] {
+                   nsajit::parse_export(R"({"format": "nsajit-tuning", "version": 2, "best": [)" + entry + "]}");
+                 }),
+                 "missing field \"inputs\"");
 }
 
 // ---- the command ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 #include "reference/reference.h"
 #include "tests/test_seed.h"
+#include "codegen/overlap.h"
 #include "tuner/inputs.h"
 
 using nsajit::Dtype;
@@ -119,7 +120,7 @@ TEST_CASE("inputs: span-coherent queries make neighbours select alike; random on
   for (size_t i = 0; i < k.size(); ++i) k[i] = nsajit::bits_to_float(kbits[i], p.dtype);
   std::vector<double> kc(static_cast<size_t>(cfg.num_cmp() * p.H * p.dk));
   nsajit::ref::mean_pool(cfg, k.data(), p.dk, kc.data());
-  double jac[2] = {0, 0}, dist[2] = {0, 0};
+  double jac[2] = {0, 0}, dist[2] = {0, 0}, high[2] = {0, 0};
   for (nsajit::InputKind kind : {nsajit::InputKind::random, nsajit::InputKind::coherent}) {
     const std::vector<uint16_t> qbits = nsajit::query_bits(p, kind, 1);
     std::vector<double> q(qbits.size());
@@ -128,10 +129,15 @@ TEST_CASE("inputs: span-coherent queries make neighbours select alike; random on
     const nsajit::SelectionOverlap o = nsajit::selection_overlap(sel.idx.data(), sel.cnt.data(), 1, p.T, p.H, p.n);
     const int k_ = kind == nsajit::InputKind::coherent;
     jac[k_] = o.jaccard, dist[k_] = o.distinct;
+    high[k_] = nsajit::plan_shares(nsajit::overlap_plan(sel.idx.data(), sel.cnt.data(), p.T, p.H, p.n)).high;
     MESSAGE(nsajit::input_kind_name(kind) << ": neighbour Jaccard " << o.jaccard << ", distinct blocks per 64 "
-                                          << "positions " << o.distinct);
+                                          << "positions " << o.distinct << ", high-overlap spans " << high[k_]);
   }
   CHECK(jac[0] < 0.4);
   CHECK(jac[1] > 0.7);
   CHECK(dist[1] < dist[0] / 2);
+  // The overlap buckets (codegen/overlap.h) follow: coherent spans are high-overlap. At T = 8192 there are only 128
+  // blocks, so random spans select about 4 n = 64 each and split between the buckets (at T = 65536: about 356).
+  CHECK(high[1] > 0.9);
+  CHECK(high[0] < high[1]);
 }

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "codegen/family.h"
@@ -307,4 +308,96 @@ TEST_CASE("tuned lookup: a damaged database falls back to the defaults, with a w
     return std::string(std::istreambuf_iterator<char>(in), {});
   }();
   CHECK(before == after);  // read only: the damaged file is left as it was
+}
+
+namespace {
+
+// A usable slc_fwd entry of overlap bucket `overlap` for fla at T = 65536, as the tuner writes it.
+BestEntry slc_entry(const std::string& overlap, const std::string& config, const std::string& inputs) {
+  const nsajit::KernelFamily& f = nsajit::find_family("slc_fwd");
+  const nsajit::Problem p = problem_at(65536);
+  const nsajit::ProblemKey key = nsajit::problem_key(p);
+  BestEntry e;
+  e.toolkit = kHere;
+  e.family = "slc_fwd";
+  e.shape = key.shape, e.t_bucket = key.t_bucket, e.problem = p.describe();
+  e.config = config;
+  e.source_hash = nsajit::source_hash(nsajit::KernelSpec{&f, p, nsajit::parse_config(config), "sm_90a"});
+  e.median_ms = 10.0, e.default_ms = 12.0;
+  e.inputs = inputs, e.overlap = overlap;
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("tuned lookup: a data-dependent family per overlap bucket, else that bucket's default") {
+  const nsajit::KernelFamily& slc = nsajit::find_family("slc_fwd");
+  const nsajit::KernelFamily& win = nsajit::find_family("win_fwd");
+  REQUIRE(slc.overlap_dependent());
+  REQUIRE_FALSE(win.overlap_dependent());
+  const nsajit::Problem p = problem_at(65536);
+  const TileConfig low_default = slc.bucket_default_config(p, nsajit::OverlapBucket::low);
+  const TileConfig high_default = slc.bucket_default_config(p, nsajit::OverlapBucket::high);
+  CHECK(high_default == slc.default_config(p));
+  CHECK(low_default == TileConfig{{"BM", 16}, {"BN", 16}, {"QREGS", 1}, {"STAGES", 2}});
+  nsajit::LookupTarget here;
+  here.toolkit = kHere;
+  TempDir t;
+  const fs::path path = t.path() / "tuning.db";
+  auto resolve = [&](const nsajit::KernelFamily& f, nsajit::OverlapBucket b) {
+    const nsajit::TunedDb h = nsajit::open_tuned_db(path.c_str());
+    REQUIRE(h.db);
+    return nsajit::resolve_from(h, f, p, p, here, b);
+  };
+  {
+    nsajit::TuningDb db = nsajit::TuningDb::open(path);
+    db.set_best(slc_entry("low", "BM=16 BN=32 QREGS=1 STAGES=3", "random"));
+    db.set_best(entry(65536, "BM=128 BN=64 QREGS=1"));
+  }
+  // Only the low bucket is tuned: the high one keeps its own default, not the low bucket's config.
+  nsajit::ResolvedConfig r = resolve(slc, nsajit::OverlapBucket::low);
+  CHECK(r.tuned);
+  CHECK(r.config == TileConfig{{"BM", 16}, {"BN", 32}, {"QREGS", 1}, {"STAGES", 3}});
+  CHECK_CONTAINS(r.why, "(low-overlap bucket)");
+  CHECK_CONTAINS(r.why, "random inputs");
+  r = resolve(slc, nsajit::OverlapBucket::high);
+  CHECK_FALSE(r.tuned);
+  CHECK(r.config == high_default);
+  CHECK_CONTAINS(r.why, "no tuned entry for this GPU model and problem and the high-overlap bucket");
+  {
+    nsajit::TuningDb db = nsajit::TuningDb::open(path);
+    db.set_best(slc_entry("high", "BM=128 BN=64 QREGS=0 STAGES=2", "coherent"));
+  }
+  r = resolve(slc, nsajit::OverlapBucket::high);
+  CHECK(r.tuned);
+  CHECK(r.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"STAGES", 2}});
+  CHECK_CONTAINS(r.why, "coherent inputs");
+  CHECK(resolve(slc, nsajit::OverlapBucket::low).config == TileConfig{{"BM", 16}, {"BN", 32}, {"QREGS", 1}, {"STAGES", 3}});
+  // A family that is not data-dependent reads its bucket-less entry whatever bucket is asked for.
+  for (nsajit::OverlapBucket b : nsajit::kAllOverlapBuckets)
+    CHECK(resolve(win, b).config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 1}});
+  // Without a database, each bucket's default.
+  const nsajit::TunedDb off = nsajit::open_tuned_db("off");
+  CHECK(nsajit::resolve_from(off, slc, p, p, here, nsajit::OverlapBucket::low).config == low_default);
+  CHECK(nsajit::resolve_from(off, slc, p, p, here, nsajit::OverlapBucket::high).config == high_default);
+}
+
+TEST_CASE("tuned lookup: each overlap bucket's default is valid, and differs wherever it can, for every G") {
+  const nsajit::KernelFamily& slc = nsajit::find_family("slc_fwd");
+  for (int G : {1, 2, 3, 4, 8, 16, 32, 48, 64, 128})
+    for (auto [dk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}}) {
+      nsajit::Problem p = problem_at(65536);
+      p.H = G > 16 ? 1 : 4, p.HQ = G * p.H, p.dk = dk, p.dv = dv;
+      const TileConfig low = slc.bucket_default_config(p, nsajit::OverlapBucket::low);
+      const TileConfig high = slc.bucket_default_config(p, nsajit::OverlapBucket::high);
+      INFO("G = ", G, " dk = ", dk, " dv = ", dv, ": low [", nsajit::describe(low), "], high [",
+           nsajit::describe(high), "]");
+      CHECK_FALSE(slc.reject(p, low, nsajit::kHopperMaxSmemOptin));
+      CHECK_FALSE(slc.reject(p, high, nsajit::kHopperMaxSmemOptin));
+      // They coincide only where the high-overlap default already holds one position per CTA with BN = 16 (G > 16
+      // with dv = 256): then the runtime launches one variant and computes no plan.
+      if (low == high) CHECK((G > 16 && dv == 256));
+      // Low overlap: the fewest positions per CTA (one warp for G <= 16, one position's warps above).
+      CHECK(low.at("BM") == (G <= 16 ? 16 : std::min(128, 16 * (G <= 32 ? 2 : G <= 64 ? 4 : 8))));
+    }
 }

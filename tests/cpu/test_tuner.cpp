@@ -400,8 +400,10 @@ nsajit::SearchOptions exhaustive() {
 }
 
 nsajit::FamilyTuneResult tune_pool(const std::string& worker, const fs::path& db, double timeout_s,
-                                   std::vector<int> devices = {0}, const nsajit::SearchOptions& so = exhaustive()) {
+                                   std::vector<int> devices = {0}, const nsajit::SearchOptions& so = exhaustive(),
+                                   nsajit::InputKind inputs = nsajit::InputKind::coherent) {
   nsajit::TuneOptions o;
+  o.inputs = inputs;
   nsajit::Problem p = nsajit::preset("fla");
   p.T = 1024;
   o.problems = {p};
@@ -662,4 +664,38 @@ TEST_CASE("tune (stand-in GPU): halving reuses a brief result recorded under a l
   CHECK(with_op(take_log(t), "measure") ==
         std::vector<std::string>{"0 measure THREADS=128 20", "0 measure THREADS=256 20"});
   CHECK(r.best_config == "THREADS=128");
+}
+
+TEST_CASE("tune (stand-in GPU): the input kind is recorded, and a rerun on the other kind measures again") {
+  TempDir t;
+  const fs::path db = t.path() / "tune.db";
+  const std::string w =
+      fake_worker(t, "w", {{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}}, 0});
+  nsajit::FamilyTuneResult r = tune_pool(w, db, 5, {0}, exhaustive(), nsajit::InputKind::random);
+  CHECK(r.inputs == "random");
+  CHECK(r.overlap.empty());  // pool is not data-dependent
+  CHECK(r.measured == 3);
+  CHECK(r.best_config == "THREADS=512");
+  CHECK(r.default_ms == 2.0);
+  {
+    const nsajit::TuningDb d = nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only);
+    for (const nsajit::Trial& tr : d.trials("pool")) CHECK(tr.inputs == "random");
+    const auto best = d.all_best();
+    REQUIRE(best.size() == 1);
+    CHECK(best[0].inputs == "random");
+    CHECK(best[0].overlap.empty());
+  }
+  // Coherent queries: nothing of the random run stands for them.
+  r = tune_pool(w, db, 5, {0}, exhaustive(), nsajit::InputKind::coherent);
+  CHECK(r.inputs == "coherent");
+  CHECK(r.reused == 0);
+  CHECK(r.measured == 3);
+  // Again on coherent queries: everything reused.
+  r = tune_pool(w, db, 5, {0}, exhaustive(), nsajit::InputKind::coherent);
+  CHECK(r.reused == 3);
+  CHECK(r.measured == 0);
+  const nsajit::TuningDb d = nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only);
+  const auto best = d.all_best();
+  REQUIRE(best.size() == 1);  // one key for a family that is not data-dependent: the last run's
+  CHECK(best[0].inputs == "coherent");
 }

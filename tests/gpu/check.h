@@ -2,7 +2,8 @@
 // dilutes a local error (one wrong row of 65536 x 64 gives 0.004), so every check also bounds each (t, h) row's own
 // relative error and lse's absolute error, and reports where the worst one is.
 //
-// Planted faults: NSAJIT_TEST_PLANT=row zeroes one output row after download, =lse shifts one lse value by 0.01,
+// Planted faults: NSAJIT_TEST_PLANT=row zeroes one output row after download (and flips one byte of an integer
+// result), =lse shifts one lse value by 0.01,
 // so that a run of the tests with it set shows that the checks catch them (scripts/gpu_check.sh runs it and
 // expects failures).
 #ifndef NSAJIT_TESTS_GPU_CHECK_H
@@ -105,6 +106,12 @@ inline std::string planted() {
 inline void plant_row(std::vector<uint16_t>& bits, size_t first, size_t count) {
   if (planted() != "row" || first + count > bits.size()) return;
   std::memset(bits.data() + first, 0, count * 2);
+}
+
+// Flips one byte (a wrong entry of an integer result such as the overlap plan) when NSAJIT_TEST_PLANT=row.
+inline void plant_byte(std::vector<uint8_t>& bytes, size_t at) {
+  if (planted() != "row" || at >= bytes.size()) return;
+  bytes[at] ^= 1;
 }
 
 // Shifts one lse value by 0.01 when NSAJIT_TEST_PLANT=lse (a finite one, so that only the bound can catch it).

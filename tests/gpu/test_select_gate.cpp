@@ -124,7 +124,7 @@ TEST_CASE("select gate on the GPU: a planted near-tie swap is accepted, a plante
   MESSAGE(*bad.wrong);
 
   // The tuner's case: the default config passes its own gate, with nothing to note.
-  const std::unique_ptr<TuneCase> tc = make_tune_case(find_family("select"), p);
+  const std::unique_ptr<TuneCase> tc = make_tune_case(find_family("select"), p, InputKind::random);
   CHECK_FALSE(tc->check(find_family("select").default_config(p)));
   CHECK(tc->note().empty());
 }

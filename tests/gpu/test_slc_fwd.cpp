@@ -24,6 +24,7 @@
 #include "runtime/error.h"
 #include "runtime/jit.h"
 #include "runtime/slc_fwd_api.h"
+#include "runtime/tuned.h"
 #include "tuner/inputs.h"
 #include "tests/gpu/check.h"
 
@@ -128,6 +129,9 @@ enum class Pick {
   correlated,  // as standard, but groups of 8 neighbours draw the same blocks and one in three swaps one
   disjoint,    // as standard, but the non-forced blocks of neighbouring positions are disjoint (j = t mod 32)
   arbitrary,   // any 0 <= cnt <= n (some empty) blocks anywhere in the sequence, also after t
+  mixed,       // spans of kOverlapSpan positions alternate: the even ones as standard but every position of the span
+               // drawing the same blocks (high overlap), the odd ones as arbitrary (low overlap once the sequence
+               // has more than 4 n blocks)
 };
 
 const char* pick_name(Pick p) {
@@ -136,6 +140,7 @@ const char* pick_name(Pick p) {
     case Pick::correlated: return "correlated";
     case Pick::disjoint: return "disjoint";
     case Pick::arbitrary: return "arbitrary";
+    case Pick::mixed: return "mixed";
   }
   return "?";
 }
@@ -167,7 +172,8 @@ void make_selection(Pick pick, int64_t len, int H, int n, int lsel, uint64_t see
     for (int h = 0; h < H; ++h) {
       chosen.clear();
       const int64_t jt = t / lsel;
-      if (pick == Pick::arbitrary) {
+      const bool low_span = pick == Pick::mixed && (t / kOverlapSpan) % 2 == 1;
+      if (pick == Pick::arbitrary || low_span) {
         const int64_t c = std::clamp<int64_t>(uniform(-n / 4, n, rng), 0, std::min<int64_t>(n, NS));
         while (static_cast<int64_t>(chosen.size()) < c) {
           const int64_t j = uniform(0, NS - 1, rng);
@@ -181,8 +187,9 @@ void make_selection(Pick pick, int64_t len, int H, int n, int lsel, uint64_t see
           for (int64_t j = t % 32; j <= jt && static_cast<int64_t>(chosen.size()) < c; j += 32)
             if (!has(j)) chosen.push_back(j);
         }
-        SplitMix64 group_rng{seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>((t / 8) * H + h + 1))};
-        SplitMix64& draw = pick == Pick::correlated ? group_rng : rng;
+        const int64_t group = pick == Pick::mixed ? t / kOverlapSpan : t / 8;
+        SplitMix64 group_rng{seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(group * H + h + 1))};
+        SplitMix64& draw = pick == Pick::correlated || pick == Pick::mixed ? group_rng : rng;
         while (static_cast<int64_t>(chosen.size()) < c) {
           const int64_t j = uniform(0, jt, draw);
           if (!has(j)) chosen.push_back(j);
@@ -219,6 +226,7 @@ struct Errors {
   ErrorMeter o, out;
   LseMeter lse;
   int64_t pad_written = 0;
+  int64_t plan_mismatches = -1;  // with the overlap dispatch: plan entries that differ from the host's
 };
 
 // One set of inputs (q, k, v, selection, gate) with the reference outputs, run against any tile config and
@@ -275,8 +283,11 @@ public:
   }
 
   const Problem& problem() const { return p_; }
+  // The overlap plan of this selection, computed on the host.
+  std::vector<OverlapBucket> host_plan() const { return overlap_plan(idx_.data(), cnt_.data(), tokens_, p_.H, p_.n); }
 
-  Errors run(const TileConfig* cfg, Epilogue ep) const {
+  // `dispatch`: with a plan buffer, so that (without a config) each overlap bucket's config runs on its spans.
+  Errors run(const TileConfig* cfg, Epilogue ep, bool dispatch = false) const {
     const size_t o_n = static_cast<size_t>(tokens_ * o_st_), l_n = static_cast<size_t>(tokens_ * l_st_);
     DeviceBuffer dout(o_n * 2), dl(l_n * 4), dx(o_n * 2);
     dout.fill_u16(0xffff);  // NaN in bf16 and fp16
@@ -312,6 +323,11 @@ public:
       a.cu_seqlens = static_cast<const int32_t*>(dcu_.get());
       a.cu_seqlens_host = cu_;
     }
+    DeviceBuffer dplan(dispatch ? slc_plan_bytes(p_) : 1);
+    if (dispatch) {
+      dplan.fill_bytes(0xee);  // neither bucket: an entry the plan kernel leaves unwritten runs nowhere
+      a.plan = static_cast<uint8_t*>(dplan.get()), a.plan_bytes = dplan.bytes();
+    }
     slc_fwd(p_, a, nullptr, cfg);
     gpu().synchronize();
 
@@ -328,6 +344,14 @@ public:
     }
 
     Errors r;
+    if (dispatch) {
+      std::vector<uint8_t> plan(slc_plan_bytes(p_));
+      dplan.download(plan.data(), plan.size());
+      test::plant_byte(plan, 0);
+      const std::vector<OverlapBucket> want = host_plan();
+      r.plan_mismatches = 0;
+      for (size_t i = 0; i < plan.size(); ++i) r.plan_mismatches += plan[i] != static_cast<uint8_t>(want[i]);
+    }
     ErrorMeter& eo = r.o;
     ErrorMeter& ex = r.out;
     LseMeter& el = r.lse;
@@ -435,8 +459,9 @@ private:
 
 void expect_ok(const Problem& p, const Errors& r, Epilogue ep, const std::string& what) {
   INFO(what, " | ", p.describe(), " | o: ", r.o.describe(), " | lse: ", r.lse.describe(), " | out: ",
-       r.out.describe(), " | padding written ", r.pad_written);
+       r.out.describe(), " | padding written ", r.pad_written, " | plan entries unlike the host's ", r.plan_mismatches);
   CHECK(r.pad_written == 0);
+  if (r.plan_mismatches >= 0) CHECK(r.plan_mismatches == 0);
   if (ep != Epilogue::accumulate) CHECK(r.o.ok(tolerance(p.dtype)));
   if (ep != Epilogue::accumulate) CHECK(r.lse.ok(tolerance(p.dtype)));
   if (ep != Epilogue::plain) CHECK(r.out.ok(tolerance(p.dtype)));
@@ -540,6 +565,47 @@ TEST_CASE("slc_fwd: batches, varlen with empty and short sequences, strided view
   const Problem v32 = slc_problem(Dtype::bf16, 192, 128, 32, 1, 1000, 16);
   check_case(SlcCase(v32, 6005, Pick::arbitrary, Layout::strided, cu), nullptr, Epilogue::accumulate,
              "varlen strided accumulate G = 32");
+}
+
+// The overlap dispatch: a selection whose 64-position spans alternate between high and low overlap, so that the
+// plan splits the positions and each bucket's default config (they differ: the tests read no tuning database) runs
+// on its own spans in one call. Every row must be written by exactly one variant: a row no variant writes keeps its
+// poison, a row both write is accumulated twice.
+TEST_CASE("slc_fwd: overlap dispatch, high- and low-overlap spans in one call, every epilogue, batches, varlen") {
+  gpu();
+  uint64_t seed = 8000;
+  auto run_dispatch = [&](const SlcCase& c, Epilogue ep, const std::string& what) {
+    const Problem& p = c.problem();
+    const KernelFamily& f = find_family("slc_fwd");
+    const TileConfig& low = resolve_config(f, p, p, OverlapBucket::low).config;
+    const TileConfig& high = resolve_config(f, p, p, OverlapBucket::high).config;
+    REQUIRE_MESSAGE(low != high, "the buckets' configs must differ for both variants to run: [", describe(low), "]");
+    const PlanShares shares = plan_shares(c.host_plan());
+    INFO(what, ": ", 100 * shares.high, "% of the plan high-overlap; low [", describe(low), "], high [",
+         describe(high), "]");
+    REQUIRE(shares.high > 0);
+    REQUIRE(shares.low > 0);
+    expect_ok(p, c.run(nullptr, ep, true), ep, what);
+  };
+  // l' = 32 and n = 8: 64 blocks in 2048 tokens, more than 4 n = 32, so the arbitrary spans are low-overlap.
+  for (int G : {1, 2, 4, 16}) {
+    const Problem p = slc_problem(Dtype::bf16, 128, 128, G, 2, 2048, 8, 1, 32);
+    const SlcCase c(p, seed += 11, Pick::mixed);
+    run_dispatch(c, Epilogue::plain, fmt::format("G = {}", G));
+    if (G == 4 || G == 16) {
+      run_dispatch(c, Epilogue::gated, fmt::format("G = {} gated", G));
+      run_dispatch(c, Epilogue::accumulate, fmt::format("G = {} accumulate", G));
+    }
+  }
+  const Problem fp16 = slc_problem(Dtype::fp16, 64, 64, 16, 1, 2048, 8, 1, 32);
+  run_dispatch(SlcCase(fp16, seed += 11, Pick::mixed), Epilogue::plain, "fp16");
+  const Problem b2 = slc_problem(Dtype::bf16, 128, 128, 4, 2, 1536, 8, 2, 32);
+  run_dispatch(SlcCase(b2, seed += 11, Pick::mixed, Layout::strided), Epilogue::accumulate, "batch 2 strided");
+  const Problem v = slc_problem(Dtype::bf16, 128, 128, 2, 2, 3000, 8, 1, 32);
+  const std::vector<int32_t> cu = {0, 37, 37, 1300, 2999, 3000};
+  const SlcCase vc(v, seed += 11, Pick::mixed, Layout::contiguous, cu);
+  run_dispatch(vc, Epilogue::plain, "varlen");
+  run_dispatch(vc, Epilogue::accumulate, "varlen accumulate");
 }
 
 // T = 65536 with preset fla on sampled positions. The reference for a sampled (t, KV head) is ref::selected_attention
