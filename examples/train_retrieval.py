@@ -84,7 +84,7 @@ class Block(nn.Module):
 
 class Model(nn.Module):
     def __init__(self, attn: str, dim: int = 256, layers: int = 2, heads: int = 4, kv_heads: int = 1,
-                 head_dim: int = 64, window: int = 128, topn: int = 16):
+                 head_dim: int = 64, window: int = 128, topn: int = 16, compressor: str = "mean"):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, dim)
         self.key_embed = nn.Embedding(KEYS + 1, dim)  # KEYS: no key
@@ -94,7 +94,8 @@ class Model(nn.Module):
             if attn == "sdpa":
                 return SdpaAttention(dim, heads, kv_heads, head_dim)
             from nsajit.nn import NativeSparseAttention
-            return NativeSparseAttention(dim, heads, kv_heads, head_dim, l=32, d=16, lsel=64, n=topn, w=window)
+            return NativeSparseAttention(dim, heads, kv_heads, head_dim, l=32, d=16, lsel=64, n=topn, w=window,
+                                         compressor=compressor)
 
         self.blocks = nn.ModuleList(Block(dim, attention()) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -112,11 +113,11 @@ class Model(nn.Module):
 
 
 def train(attn: str, *, steps: int = 300, batch: int = 8, seq: int = 4096, queries: int = 64, window: int = 128,
-          lr: float = 2e-3, seed: int = 0, device="cuda", log_every: int = 0):
+          lr: float = 2e-3, seed: int = 0, device="cuda", log_every: int = 0, compressor: str = "mean"):
     """Trains one model; returns a dict: losses (per step), acc (query accuracy of the last 20 steps), ms_per_step
     (median wall time of a step after the first 10, synchronized), first/last (mean loss of the first/last 20)."""
     torch.manual_seed(seed)
-    model = Model(attn).to(device)
+    model = Model(attn, compressor=compressor).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -157,6 +158,7 @@ def main():
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compressor", choices=["mean", "mlp"], default="mean")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("train_retrieval: needs a CUDA GPU")
@@ -164,7 +166,8 @@ def main():
           f"chance (no retrieval) = ln {VALUES} = {math.log(VALUES):.3f}", flush=True)
     for attn in (["nsa", "sdpa"] if a.attn == "both" else [a.attn]):
         t0 = time.perf_counter()
-        r = train(attn, steps=a.steps, batch=a.batch, seq=a.seq, lr=a.lr, seed=a.seed, log_every=50)
+        r = train(attn, steps=a.steps, batch=a.batch, seq=a.seq, lr=a.lr, seed=a.seed, log_every=50,
+                  compressor=a.compressor)
         print(f"{attn}: loss {r['first']:.3f} (first 20 steps) -> {r['last']:.3f} (last 20), query accuracy "
               f"{r['acc']:.3f}, {r['ms_per_step']:.2f} ms per step (median), {time.perf_counter() - t0:.1f} s in all",
               flush=True)
