@@ -189,7 +189,8 @@ public:
            "select at most 4n distinct blocks (high overlap); one warp per span, a warp-min merge of the lists";
   }
   std::string_view template_path() const override { return "templates/slc_plan.cuh"; }
-  std::string_view harness_path() const override { return {}; }
+  std::string_view harness_path() const override { return "templates/harness_slc_plan.cuh"; }
+  std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
   std::string_view params_type() const override { return "nsa::SlcPlanParams"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> none;
