@@ -25,7 +25,9 @@ if [ "$python" != 0 ]; then
   # The Python package: PyPI's torch at the version the H200 has, pytest, and nsajit installed with the
   # libnsajit.so just built (no second compile). Activate with `. .venv/bin/activate`; `import nsajit` then works.
   [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.11.0 numpy pytest "scikit-build-core>=0.10"
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.11.0 numpy pytest "scikit-build-core>=0.10" ||
+    { echo "setup: pip could not install torch 2.11.0 from PyPI into .venv (NSAJIT_SETUP_PYTHON=0 skips the" \
+        "Python package; the nsajit command and its tests need none of it)" >&2; exit 1; }
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps ./python \
     --config-settings=cmake.define.NSAJIT_PREBUILT_LIBRARY="$PWD/build/libnsajit.so" \
     --config-settings=build-dir="$PWD/build/python-wheel"
