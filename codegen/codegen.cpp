@@ -28,6 +28,8 @@ std::string generate_source(const KernelSpec& spec) {
   s += fmt::format("// family  {}\n// config  {}\n// dtype {} G={} dk={} dv={}\n// arch    {}\n", f.name(),
                    config.empty() ? "(none)" : config, dtype_name(p.dtype), p.G(), p.dk, p.dv, spec.arch);
   s += "#define NSAJIT_GENERATED 1\n\n";
+  s += "// ---- templates/nsa_types.h ----\n";
+  s += embedded_template("templates/nsa_types.h");
   s += "// ---- templates/common.cuh ----\n";
   s += embedded_template("templates/common.cuh");
   for (std::string_view support : f.support_files()) {

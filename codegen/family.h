@@ -34,7 +34,8 @@ public:
   virtual ~KernelFamily() = default;
   virtual std::string_view name() const = 0;
   virtual std::string_view description() const = 0;
-  // The template file (embedded) and the support headers it needs after common.cuh.
+  // The template file (embedded) and the support headers it needs after nsa_types.h and common.cuh, in order:
+  // among them the header that defines its parameter struct (templates/<x>_params.h, included by the host too).
   virtual std::string_view template_path() const = 0;
   virtual std::vector<std::string_view> support_files() const { return {}; }
   // The family's standalone program for `nsajit emit`: a harness (embedded; it follows the kernel source, the

@@ -9,35 +9,12 @@
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"
 #include "runtime/validate.h"
+#include "templates/attn_params.h"
 
 namespace nsajit {
 namespace {
 
-// Byte for byte the AttnFwdParams of templates/attn_params.cuh.
-struct AttnFwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* o;
-  float* lse;
-  const void* gate;
-  void* out;
-  int64_t q_sb, q_st, q_sh;
-  int64_t k_sb, k_st, k_sh;
-  int64_t v_sb, v_st, v_sh;
-  int64_t o_sb, o_st, o_sh;
-  int64_t lse_sb, lse_st;
-  int64_t gate_sb, gate_st, gate_sh;
-  int64_t out_sb, out_st, out_sh;
-  const int32_t* cu_seqlens;
-  int64_t T;
-  int32_t H;
-  int32_t w;
-  int32_t l, d;
-  int32_t accumulate;
-  float scale_log2;
-};
-static_assert(sizeof(AttnFwdParams) == 256, "must match templates/attn_params.cuh");
+using nsa::AttnFwdParams;
 
 BatchLayout batch_of(const AttnFwdArgs& a) {
   BatchLayout b;

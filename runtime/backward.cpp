@@ -19,127 +19,19 @@
 #include "runtime/prepared_launch.h"
 #include "runtime/tuned.h"
 #include "runtime/validate.h"
+#include "templates/bwd_params.h"
 
 namespace nsajit {
 namespace {
 
-// ---- parameter blocks, byte for byte those of templates/bwd_params.cuh ----------------------------------------------
-struct AttnBwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* dout;
-  const void* gate;
-  const float* lse;
-  const float* delta;
-  float* dq;
-  float* dk;
-  float* dv;
-  const int32_t* idx;
-  const int32_t* cnt;
-  const int32_t* list;
-  const int64_t* list_off;
-  const int32_t* count;
-  const int64_t* item_off;
-  const int64_t* slot_off;
-  const int32_t* blk_seq;
-  const int64_t* seq_blk_off;
-  float* partial;
-  const int32_t* cu_seqlens;
-  int64_t q_sb, q_st, q_sh;
-  int64_t k_sb, k_st, k_sh;
-  int64_t v_sb, v_st, v_sh;
-  int64_t do_sb, do_st, do_sh;
-  int64_t lse_sb, lse_st;
-  int64_t gate_sb, gate_st, gate_sh;
-  int64_t T;
-  int64_t nblk, list_stride, slot_stride;
-  int32_t H, w, l, d, n;
-  int32_t accumulate;
-  float scale_log2;
-  float scale;
-  float* cpart;
-  int64_t nchunks, qsplit, cmp_rows;
-};
-static_assert(sizeof(AttnBwdParams) == 400, "must match templates/bwd_params.cuh");
-
-struct BwdPreParams {
-  const void* dout;
-  const void* o[3];
-  const void* g[3];
-  void* dg[3];
-  float* delta[3];
-  const int32_t* cu_seqlens;
-  int64_t do_sb, do_st, do_sh;
-  int64_t o_sb[3], o_st[3], o_sh[3];
-  int64_t gate_sb, gate_st, gate_sh;
-  int64_t dg_sb, dg_st;
-  int64_t T;
-  int32_t HQ, dv;
-  int32_t zero_dg_win;
-  int32_t unused;
-};
-static_assert(sizeof(BwdPreParams) == 272, "must match templates/bwd_params.cuh");
-
-struct SlcIndexParams {
-  const int32_t* idx;
-  const int32_t* cnt;
-  const int32_t* cu_seqlens;
-  int64_t* seq_blk_off;
-  int64_t* seq_mask_off;
-  int32_t* blk_seq;
-  uint32_t* mask;
-  int32_t* count;
-  int64_t* list_off;
-  int64_t* item_off;
-  int64_t* slot_off;
-  int32_t* list;
-  int64_t T, N;
-  int64_t nblk, mask_stride, list_stride;
-  int32_t H, n, step, qchunk;
-};
-static_assert(sizeof(SlcIndexParams) == 152, "must match templates/bwd_params.cuh");
-
-struct SlcReduceParams {
-  const float* partial;
-  const int64_t* item_off;
-  const int64_t* slot_off;
-  const int32_t* blk_seq;
-  const int64_t* seq_blk_off;
-  const int32_t* cu_seqlens;
-  float* dk;
-  float* dv;
-  int64_t T, nblk, slot_stride;
-  int32_t H, unused;
-};
-static_assert(sizeof(SlcReduceParams) == 96, "must match templates/bwd_params.cuh");
-
-struct ChunkReduceParams {
-  const float* part;
-  float* dk;
-  float* dv;
-  int64_t rows;
-  int64_t nchunks;
-};
-static_assert(sizeof(ChunkReduceParams) == 40, "must match templates/bwd_params.cuh");
-
-struct PoolBwdParams {
-  const float* dx_cmp;
-  float* dx;
-  const int32_t* cu_seqlens;
-  int64_t T;
-  int32_t H, dim, l, d;
-};
-static_assert(sizeof(PoolBwdParams) == 48, "must match templates/bwd_params.cuh");
-
-struct BwdCastParams {
-  const float* src;
-  void* dst;
-  int64_t dst_sb, dst_st, dst_sh;
-  int64_t rows_per_batch, rows;
-  int32_t heads, dim;
-};
-static_assert(sizeof(BwdCastParams) == 64, "must match templates/bwd_params.cuh");
+// ---- parameter blocks (templates/bwd_params.h) ---------------------------------------------------------------------
+using nsa::AttnBwdParams;
+using nsa::BwdPreParams;
+using nsa::SlcIndexParams;
+using nsa::SlcReduceParams;
+using nsa::ChunkReduceParams;
+using nsa::PoolBwdParams;
+using nsa::BwdCastParams;
 
 // ---- sizes -------------------------------------------------------------------------------------------------------
 size_t mul(size_t a, size_t b) {
@@ -581,14 +473,14 @@ std::vector<Step> plan(const Problem& p, const BackwardTensors& t, const Shape& 
 
     SlcIndexParams ip{};
     ip.idx = t.idx, ip.cnt = t.cnt, ip.cu_seqlens = cu;
-    ip.seq_blk_off = static_cast<int64_t*>(at(ws.seq_blk_off));
-    ip.seq_mask_off = static_cast<int64_t*>(at(ws.seq_mask_off));
+    ip.seq_blk_off = static_cast<nsa::i64*>(at(ws.seq_blk_off));
+    ip.seq_mask_off = static_cast<nsa::i64*>(at(ws.seq_mask_off));
     ip.blk_seq = static_cast<int32_t*>(at(ws.blk_seq));
     ip.mask = static_cast<uint32_t*>(at(ws.mask));
     ip.count = static_cast<int32_t*>(at(ws.count));
-    ip.list_off = static_cast<int64_t*>(at(ws.list_off));
-    ip.item_off = static_cast<int64_t*>(at(ws.item_off));
-    ip.slot_off = static_cast<int64_t*>(at(ws.slot_off));
+    ip.list_off = static_cast<nsa::i64*>(at(ws.list_off));
+    ip.item_off = static_cast<nsa::i64*>(at(ws.item_off));
+    ip.slot_off = static_cast<nsa::i64*>(at(ws.slot_off));
     ip.list = static_cast<int32_t*>(at(ws.list));
     ip.T = grid.T, ip.N = s.N;
     ip.nblk = s.nblk, ip.mask_stride = s.mask_words, ip.list_stride = ws.list_stride;

@@ -9,22 +9,12 @@
 #include "runtime/validate.h"
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"
+#include "templates/pool_params.h"
 
 namespace nsajit {
 namespace {
 
-// Byte for byte the PoolParams of templates/pool.cuh.
-struct PoolParams {
-  const void* x;
-  void* y;
-  int64_t x_sb, x_st, x_sh;
-  int64_t y_sb, y_st, y_sh;
-  const int32_t* cu_seqlens;
-  int64_t T;
-  int32_t H, l, d;
-  int32_t unused;
-};
-static_assert(sizeof(PoolParams) == 96, "must match templates/pool.cuh");
+using nsa::PoolParams;
 
 }  // namespace
 

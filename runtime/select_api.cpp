@@ -11,27 +11,12 @@
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"
 #include "runtime/validate.h"
+#include "templates/select_params.h"
 
 namespace nsajit {
 namespace {
 
-// Byte for byte the SelectParams of templates/select.cuh.
-struct SelectParams {
-  const void* q;
-  const void* k_cmp;
-  const float* lse;
-  int32_t* idx;
-  int32_t* cnt;
-  int64_t q_sb, q_st, q_sh;
-  int64_t k_sb, k_st, k_sh;
-  int64_t lse_sb, lse_st;
-  const int32_t* cu_seqlens;
-  int64_t T;
-  int32_t H;
-  int32_t ns_row;
-  float scale_log2;
-};
-static_assert(sizeof(SelectParams) == 136, "must match templates/select.cuh");
+using nsa::SelectParams;
 
 void check_output(const char* name, const void* p) {
   if (p == nullptr) throw UsageError(fmt::format("select: {} is a null pointer", name));

@@ -9,52 +9,14 @@
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"
 #include "runtime/validate.h"
+#include "templates/slc_fwd_params.h"
+#include "templates/slc_plan_params.h"
 
 namespace nsajit {
 namespace {
 
-// Byte for byte the SlcFwdParams of templates/slc_fwd.cuh.
-struct SlcFwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* o;
-  float* lse;
-  const int32_t* idx;
-  const int32_t* cnt;
-  const void* gate;
-  void* out;
-  int64_t q_sb, q_st, q_sh;
-  int64_t k_sb, k_st, k_sh;
-  int64_t v_sb, v_st, v_sh;
-  int64_t o_sb, o_st, o_sh;
-  int64_t out_sb, out_st, out_sh;
-  int64_t lse_sb, lse_st;
-  int64_t gate_sb, gate_st, gate_sh;
-  const int32_t* cu_seqlens;
-  int64_t T;
-  int32_t H;
-  int32_t n;
-  int32_t accumulate;
-  float scale_log2;
-  const uint8_t* plan;
-  int32_t plan_span;
-  int32_t plan_bucket;
-};
-static_assert(sizeof(SlcFwdParams) == 280, "must match templates/slc_fwd.cuh");
-
-// Byte for byte the SlcPlanParams of templates/slc_plan.cuh.
-struct SlcPlanParams {
-  const int32_t* idx;
-  const int32_t* cnt;
-  uint8_t* plan;
-  int64_t rows;
-  int32_t H;
-  int32_t n;
-  int32_t span;
-  int32_t max_distinct;
-};
-static_assert(sizeof(SlcPlanParams) == 48, "must match templates/slc_plan.cuh");
+using nsa::SlcFwdParams;
+using nsa::SlcPlanParams;
 static_assert(kOverlapSpan >= 1 && kOverlapSpan <= 64, "slc_plan walks at most 64 positions per span");
 
 // Every check; returns the problem the grid sees (B and T: the sequences and the longest). No driver call.

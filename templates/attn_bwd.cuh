@@ -22,7 +22,7 @@
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
 #include "attn_params.cuh"
-#include "bwd_params.cuh"
+#include "bwd_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kMask = kMaskWindow, kPart = 0, kDK = 128, kDV = 128, kG = 16, kL = 64;

@@ -6,7 +6,7 @@
 #define NSA_BWD_UTIL_CUH
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
-#include "bwd_params.cuh"
+#include "bwd_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kDK = 128, kDV = 128, kL = 64;

@@ -2,15 +2,11 @@
 // DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
 #ifndef NSA_COMMON_CUH
 #define NSA_COMMON_CUH
+#ifndef NSAJIT_GENERATED
+#include "nsa_types.h"
+#endif
 
 namespace nsa {
-
-typedef signed char i8;
-typedef unsigned char u8;
-typedef int i32;
-typedef unsigned int u32;
-typedef long long i64;
-typedef unsigned long long u64;
 
 // 16-bit storage types. The arithmetic is done in fp32; these only carry bits.
 struct __align__(2) bf16 {

@@ -1,6 +1,5 @@
 // The tuner's correctness gate on the GPU: relative L2 difference of a tensor against a trusted one, and counts of
-// the values that cannot be right, without copying either to the host. Element kinds: 0 bf16, 1 fp16, 2 fp32,
-// 3 int32 (exact: mismatching elements are counted).
+// the values that cannot be right, without copying either to the host; the element kinds are CompareKind's.
 // A trusted value of -inf (an lse over no keys) must be matched by -inf exactly; any other non-finite trusted value
 // (NaN, +inf, the poison an unwritten trusted output keeps) is counted, so that a broken trusted result cannot pass
 // every candidate.
@@ -8,29 +7,17 @@
 #define NSA_COMPARE_CUH
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
+#include "compare_params.h"
 #endif
 
 namespace nsa {
 
-// Mirrored byte for byte by tuner/cases.cpp.
-struct CompareParams {
-  const void* a;    // candidate
-  const void* ref;  // trusted
-  i64 n;            // elements
-  double* sums;     // [2]: sum (a - ref)^2, sum ref^2; zeroed by the caller
-  u64* counts;      // [4]: non-finite values in a (where the trusted value is finite), mismatching int32 elements,
-                    // values not -inf where the trusted value is -inf, trusted values that are NaN, +inf or
-                    // (int32) the poison 0x7f7f7f7f; zeroed by the caller
-  i32 kind;
-  i32 unused;
-};
-
 namespace compare {
 
 __device__ __forceinline__ float load_as_float(const void* p, i64 i, int kind) {
-  if (kind == 2) return static_cast<const float*>(p)[i];
+  if (kind == kCompareF32) return static_cast<const float*>(p)[i];
   const unsigned short bits = static_cast<const unsigned short*>(p)[i];
-  if (kind == 0) return __uint_as_float(static_cast<u32>(bits) << 16);
+  if (kind == kCompareBf16) return __uint_as_float(static_cast<u32>(bits) << 16);
   float f;
   asm("{ .reg .b16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"(bits));
   return f;
@@ -41,7 +28,7 @@ __device__ __forceinline__ void run(const CompareParams& p) {
   u64 bad = 0, mismatch = 0, wrong_inf = 0, ref_bad = 0;
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   for (i64 i = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) {
-    if (p.kind == 3) {
+    if (p.kind == kCompareI32) {
       const i32 r = static_cast<const i32*>(p.ref)[i];
       mismatch += static_cast<const i32*>(p.a)[i] != r;
       ref_bad += r == 0x7f7f7f7f;

@@ -5,19 +5,13 @@
 #define NSA_FAULT_TEST_CUH
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
+#include "fault_test_params.h"
 namespace nsa::spec {
 constexpr int kMode = 0, kThreads = 128;
 }  // namespace nsa::spec
 #endif
 
 namespace nsa {
-
-// Mirrored byte for byte by tuner/cases.cpp.
-struct FaultTestParams {
-  i32* out;
-  i64 n;
-  volatile i32* never_set;  // stays 0: MODE 2 waits for it
-};
 
 namespace fault_test {
 

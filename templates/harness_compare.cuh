@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
   double* sums = harness::device_array<double>(2, 0);
   unsigned long long* counts = harness::device_array<unsigned long long>(4, 0);
   nsa::CompareParams p{};
-  p.a = da, p.ref = dref, p.n = static_cast<long long>(n), p.sums = sums, p.counts = counts, p.kind = kBf16 ? 0 : 1;
+  p.a = da, p.ref = dref, p.n = static_cast<long long>(n), p.sums = sums, p.counts = counts;
+  p.kind = kBf16 ? nsa::kCompareBf16 : nsa::kCompareFp16;
   const dim3 grid(kGridX, kGridY, kGridZ), block(kThreads);
   harness::launch_entry(grid, block, kSmemBytes, p);
   HARNESS_CHECK(cudaDeviceSynchronize());

@@ -31,7 +31,7 @@ inline void random_selection(Rng& rng, long long B, long long T, int H, int lsel
   }
 }
 
-// The selection's inverted index (bwd_params.cuh AttnBwdParams / SlcIndexParams): per KV head h and block g of the
+// The selection's inverted index (bwd_params.h AttnBwdParams / SlcIndexParams): per KV head h and block g of the
 // batch (g = b * ceil(T / l') + j), the ascending positions t that selected it, cut into work items of at most
 // qchunk positions; a block of several items gets that many partial slots.
 struct HostIndex {

@@ -5,6 +5,7 @@
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
 #include "attn_params.cuh"
+#include "pool_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kDim = 128, kThreads = 256;
@@ -12,18 +13,6 @@ constexpr int kDim = 128, kThreads = 256;
 #endif
 
 namespace nsa {
-
-// Mirrored byte for byte by runtime/pool_api.cpp.
-struct PoolParams {
-  const void* x;  // [B, T, H, dim]
-  void* y;        // [B, Nc, H, dim]; varlen: each sequence's Nc(len) blocks one after another
-  i64 x_sb, x_st, x_sh;
-  i64 y_sb, y_st, y_sh;
-  const i32* cu_seqlens;  // [B + 1] when varlen, else null
-  i64 T;                  // sequence length (varlen: the longest one)
-  i32 H, l, d;
-  i32 unused;
-};
 
 namespace pool {
 

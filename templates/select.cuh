@@ -21,6 +21,7 @@
 #ifndef NSAJIT_GENERATED
 // Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
 #include "common.cuh"
+#include "select_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8, kKS = 1, kBN = 32, kQInRegs = 1,
@@ -29,23 +30,6 @@ constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8,
 #endif
 
 namespace nsa {
-
-// Mirrored byte for byte by runtime/select_api.cpp. Strides are in elements; the last dim is contiguous.
-struct SelectParams {
-  const void* q;      // [B, T, HQ, dk]
-  const void* k_cmp;  // [B, Nc, H, dk]; varlen: each sequence's Nc(len) blocks one after another
-  const float* lse;   // [B, T, HQ] branch 1's lse (natural log, -inf where no block is visible); head stride 1
-  i32* idx;           // [B, T, H, n] contiguous; varlen: rows of the packed tokens
-  i32* cnt;           // [B, T, H] contiguous
-  i64 q_sb, q_st, q_sh;
-  i64 k_sb, k_st, k_sh;
-  i64 lse_sb, lse_st;
-  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
-  i64 T;                  // sequence length (varlen: the longest one)
-  i32 H;                  // KV heads
-  i32 ns_row;             // floats per position of the score array (>= ceil(T / l'), a multiple of 4)
-  float scale_log2;       // softmax scale * log2(e)
-};
 
 namespace select_blocks {
 

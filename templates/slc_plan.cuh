@@ -10,21 +10,10 @@
 #define NSA_SLC_PLAN_CUH
 #ifndef NSAJIT_GENERATED
 #include "common.cuh"
+#include "slc_plan_params.h"
 #endif
 
 namespace nsa {
-
-// Mirrored byte for byte by runtime/slc_fwd_api.cpp.
-struct SlcPlanParams {
-  const i32* idx;  // [rows, H, n] contiguous: selected block indices, ascending, -1 padded
-  const i32* cnt;  // [rows, H] contiguous: valid entries of idx
-  u8* plan;        // [ceil(rows / span), H]: 1 high overlap, 0 low
-  i64 rows;        // B * T positions (varlen: the packed total)
-  i32 H;           // KV heads
-  i32 n;           // entries per idx row
-  i32 span;        // positions per span, 1 .. 64
-  i32 max_distinct;
-};
 
 namespace slc_plan {
 

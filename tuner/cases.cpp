@@ -19,30 +19,16 @@
 #include "runtime/slc_fwd_api.h"
 #include "tuner/inputs.h"
 #include "tuner/select_gate.h"
+#include "templates/compare_params.h"
+#include "templates/fault_test_params.h"
 
 namespace nsajit {
 namespace {
 
-// Mirrors of the parameter structs in templates/compare.cuh and templates/fault_test.cuh.
-struct CompareParams {
-  const void* a;
-  const void* ref;
-  int64_t n;
-  double* sums;
-  uint64_t* counts;
-  int32_t kind;
-  int32_t unused;
-};
-static_assert(sizeof(CompareParams) == 48, "must match templates/compare.cuh");
-struct FaultTestParams {
-  int32_t* out;
-  int64_t n;
-  const int32_t* never_set;
-};
-static_assert(sizeof(FaultTestParams) == 24, "must match templates/fault_test.cuh");
+using nsa::CompareParams;
+using nsa::FaultTestParams;
 
-enum Kind { kBf16 = 0, kFp16 = 1, kF32 = 2, kI32 = 3 };
-int kind_of(Dtype d) { return d == Dtype::bf16 ? kBf16 : kFp16; }
+int kind_of(Dtype d) { return d == Dtype::bf16 ? nsa::kCompareBf16 : nsa::kCompareFp16; }
 double tolerance(Dtype d) { return d == Dtype::bf16 ? 1e-2 : 2e-3; }
 
 // The relative-error kernel, compiled once per process through the CUBIN cache.
@@ -60,7 +46,7 @@ public:
     const Kernel& k = runtime_kernel(spec_);
     sums_.fill_bytes(0);
     counts_.fill_bytes(0);
-    CompareParams p{a, ref, n, static_cast<double*>(sums_.get()), static_cast<uint64_t*>(counts_.get()), kind, 0};
+    CompareParams p{a, ref, n, static_cast<double*>(sums_.get()), static_cast<nsa::u64*>(counts_.get()), kind, 0};
     const LaunchGeometry g = spec_.family->geometry(spec_.problem, spec_.config);
     k.launch(g.grid, g.block, 0, nullptr, &p);
     double s[2];
@@ -82,9 +68,9 @@ public:
       return fmt::format("{}: the trusted result holds {} NaN, +inf or unwritten values (the trusted computation is "
                          "broken, not necessarily this candidate)",
                          what, d.ref_bad);
-    if (kind != kI32 && nonzero && !(d.ref2 > 0))
+    if (kind != nsa::kCompareI32 && nonzero && !(d.ref2 > 0))
       return fmt::format("{}: the trusted result is all zeros or -inf (the trusted computation is broken)", what);
-    if (kind == kI32) {
+    if (kind == nsa::kCompareI32) {
       if (d.mismatches) return fmt::format("{}: {} of {} entries differ from the trusted result", what, d.mismatches, n);
       return std::nullopt;
     }
@@ -150,7 +136,7 @@ public:
     if (auto e = cmp_.check("o", o_.get(), ref_o_.get(), rows * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype),
                             nonzero))
       return e;
-    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, kF32, tolerance(p_.dtype), nonzero);
+    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, nsa::kCompareF32, tolerance(p_.dtype), nonzero);
   }
 
 private:
@@ -252,8 +238,8 @@ public:
     idx_.fill_bytes(0xff), cnt_.fill_bytes(0xff);
     launch(c, nullptr);
     const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.H;
-    if (auto e = cmp_.check("cnt", cnt_.get(), ref_cnt_.get(), rows, kI32, 0)) return e;
-    const Comparer::Diff d = cmp_.run(idx_.get(), ref_idx_.get(), rows * p_.n, kI32);
+    if (auto e = cmp_.check("cnt", cnt_.get(), ref_cnt_.get(), rows, nsa::kCompareI32, 0)) return e;
+    const Comparer::Diff d = cmp_.run(idx_.get(), ref_idx_.get(), rows * p_.n, nsa::kCompareI32);
     if (d.ref_bad)
       return fmt::format("idx: the trusted result holds {} unwritten values (the trusted computation is broken, not "
                          "necessarily this candidate)",
@@ -314,7 +300,7 @@ public:
     const int64_t rows = static_cast<int64_t>(tokens(p_)) * p_.HQ;
     if (auto e = cmp_.check("o", o_.get(), ref_o_.get(), rows * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype)))
       return e;
-    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, kF32, tolerance(p_.dtype));
+    return cmp_.check("lse", lse_.get(), ref_lse_.get(), rows, nsa::kCompareF32, tolerance(p_.dtype));
   }
 
 private:
@@ -445,13 +431,13 @@ public:
     const KernelFamily& f = find_family("fault_test");
     const Kernel& k = runtime_kernel(KernelSpec{&f, p_, c, "sm_90a"});
     const LaunchGeometry g = f.geometry(p_, c);
-    FaultTestParams prm{static_cast<int32_t*>(out_.get()), n_, static_cast<const int32_t*>(never_.get())};
+    FaultTestParams prm{static_cast<int32_t*>(out_.get()), n_, static_cast<volatile nsa::i32*>(never_.get())};
     k.launch(g.grid, g.block, 0, s, &prm);
   }
   std::optional<std::string> check(const TileConfig& c) override {
     out_.fill_bytes(0xff);
     launch(c, nullptr);
-    return cmp_.check("out", out_.get(), ref_.get(), n_, kI32, 0);
+    return cmp_.check("out", out_.get(), ref_.get(), n_, nsa::kCompareI32, 0);
   }
 
 private:

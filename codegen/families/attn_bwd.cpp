@@ -87,7 +87,7 @@ public:
   }
   std::string_view template_path() const override { return "templates/attn_bwd.cuh"; }
   std::vector<std::string_view> support_files() const override {
-    return {"templates/attn_params.cuh", "templates/bwd_params.cuh"};
+    return {"templates/attn_params.h", "templates/attn_params.cuh", "templates/bwd_params.h"};
   }
   std::string_view harness_path() const override { return "templates/harness_attn_bwd.cuh"; }
   std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
@@ -253,7 +253,7 @@ public:
   std::string_view name() const override { return name_; }
   std::string_view description() const override { return description_; }
   std::string_view template_path() const override { return "templates/bwd_util.cuh"; }
-  std::vector<std::string_view> support_files() const override { return {"templates/bwd_params.cuh"}; }
+  std::vector<std::string_view> support_files() const override { return {"templates/bwd_params.h"}; }
   // templates/harness_<name>.cuh: each helper's standalone program.
   std::string_view harness_path() const override { return harness_; }
   std::vector<std::string_view> harness_support_files() const override {

@@ -19,7 +19,9 @@ enum class Mask { window, compressed };
 class AttnFamily : public KernelFamily {
 public:
   explicit AttnFamily(Mask mask) : mask_(mask) {}
-  std::vector<std::string_view> support_files() const override { return {"templates/attn_params.cuh"}; }
+  std::vector<std::string_view> support_files() const override {
+    return {"templates/attn_params.h", "templates/attn_params.cuh"};
+  }
   std::string_view harness_path() const override { return "templates/harness_attn_fwd.cuh"; }
   std::string_view params_type() const override { return "nsa::AttnFwdParams"; }
 

@@ -16,6 +16,7 @@ public:
     return "tuner correctness gate: relative L2 difference of two tensors and non-finite count, on the GPU";
   }
   std::string_view template_path() const override { return "templates/compare.cuh"; }
+  std::vector<std::string_view> support_files() const override { return {"templates/compare_params.h"}; }
   std::string_view harness_path() const override { return "templates/harness_compare.cuh"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> none;
@@ -46,6 +47,7 @@ public:
     return "TEST ONLY: MODE 0 correct, 1 writes out of bounds, 2 hangs, 3 wrong result (out[i] = 3 i + 1)";
   }
   std::string_view template_path() const override { return "templates/fault_test.cuh"; }
+  std::vector<std::string_view> support_files() const override { return {"templates/fault_test_params.h"}; }
   std::string_view harness_path() const override { return "templates/harness_fault_test.cuh"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> decls = {

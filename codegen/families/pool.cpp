@@ -14,7 +14,9 @@ public:
     return "mean-pool compressor k -> k_cmp, v -> v_cmp over blocks [i*d, i*d + l): one thread per 16-byte chunk";
   }
   std::string_view template_path() const override { return "templates/pool.cuh"; }
-  std::vector<std::string_view> support_files() const override { return {"templates/attn_params.cuh"}; }
+  std::vector<std::string_view> support_files() const override {
+    return {"templates/attn_params.h", "templates/attn_params.cuh", "templates/pool_params.h"};
+  }
   std::string_view harness_path() const override { return "templates/harness_pool.cuh"; }
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> decls = {{"THREADS", {128, 256, 512}, "threads per CTA"}};

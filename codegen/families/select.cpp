@@ -78,6 +78,7 @@ public:
            "the tile rows, kept in shared memory; forced blocks and a warp top-n; idx ascending, -1 padded, and cnt";
   }
   std::string_view template_path() const override { return "templates/select.cuh"; }
+  std::vector<std::string_view> support_files() const override { return {"templates/select_params.h"}; }
   std::string_view harness_path() const override { return "templates/harness_select.cuh"; }
   std::vector<std::string_view> harness_support_files() const override { return {"templates/selection_rule.h"}; }
   std::string_view params_type() const override { return "nsa::SelectParams"; }

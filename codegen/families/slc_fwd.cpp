@@ -38,6 +38,7 @@ public:
            "the tile rows, their block lists merged so each K/V block is loaded once per CTA";
   }
   std::string_view template_path() const override { return "templates/slc_fwd.cuh"; }
+  std::vector<std::string_view> support_files() const override { return {"templates/slc_fwd_params.h"}; }
   std::string_view harness_path() const override { return "templates/harness_slc_fwd.cuh"; }
   std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
   std::string_view params_type() const override { return "nsa::SlcFwdParams"; }
@@ -189,6 +190,7 @@ public:
            "select at most 4n distinct blocks (high overlap); one warp per span, a warp-min merge of the lists";
   }
   std::string_view template_path() const override { return "templates/slc_plan.cuh"; }
+  std::vector<std::string_view> support_files() const override { return {"templates/slc_plan_params.h"}; }
   std::string_view harness_path() const override { return "templates/harness_slc_plan.cuh"; }
   std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
   std::string_view params_type() const override { return "nsa::SlcPlanParams"; }

@@ -195,16 +195,20 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
     CHECK_CONTAINS(pre, "typedef bf16 elem;");
     CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 32, kQInRegs = 1;");
     CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(128) nsa_win_fwd(");
-    // common.cuh, then the support headers and the specialization, then the template, then the entry.
+    // nsa_types.h, common.cuh, then the support headers (the parameter struct among them) and the specialization,
+    // then the template, then the entry.
     const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
+    const size_t at_types = src.find("// ---- templates/nsa_types.h ----");
     const size_t at_common = src.find("// ---- templates/common.cuh ----");
     const size_t at_pre = src.find("// ---- specialization ----");
     const size_t at_template = src.find("// ---- " + std::string(f.template_path()) + " ----");
     const size_t at_entry = src.find("// ---- entry point ----");
+    REQUIRE(at_types != std::string::npos);
     REQUIRE(at_common != std::string::npos);
     REQUIRE(at_pre != std::string::npos);
     REQUIRE(at_template != std::string::npos);
     REQUIRE(at_entry != std::string::npos);
+    CHECK(at_types < at_common);
     CHECK(at_common < at_pre);
     CHECK(at_pre < at_template);
     CHECK(at_template < at_entry);

@@ -5,11 +5,12 @@
 // arch    sm_90a
 #define NSAJIT_GENERATED 1
 
-// ---- templates/common.cuh ----
-// nsajit kernel support: self-contained (NVRTC has no host standard library), thin inline-PTX wrappers in the
-// DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
-#ifndef NSA_COMMON_CUH
-#define NSA_COMMON_CUH
+// ---- templates/nsa_types.h ----
+// The fixed-width integer names of the kernels and of their parameter structs (templates/*_params.h). Plain C++
+// that both g++ and NVRTC compile: the host reaches it through the parameter headers, and codegen pastes it first
+// into every generated source.
+#ifndef NSA_TYPES_H
+#define NSA_TYPES_H
 
 namespace nsa {
 
@@ -19,6 +20,24 @@ typedef int i32;
 typedef unsigned int u32;
 typedef long long i64;
 typedef unsigned long long u64;
+
+// The parameter structs cross from the host to the device as raw bytes: both compilers must agree on these.
+static_assert(sizeof(i32) == 4 && sizeof(i64) == 8 && sizeof(void*) == 8,
+              "nsajit assumes 32-bit int and 64-bit long long and pointers");
+
+}  // namespace nsa
+
+#endif  // NSA_TYPES_H
+// ---- templates/common.cuh ----
+// nsajit kernel support: self-contained (NVRTC has no host standard library), thin inline-PTX wrappers in the
+// DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
+#ifndef NSA_COMMON_CUH
+#define NSA_COMMON_CUH
+#ifndef NSAJIT_GENERATED
+#include "nsa_types.h"
+#endif
+
+namespace nsa {
 
 // 16-bit storage types. The arithmetic is done in fp32; these only carry bits.
 struct __align__(2) bf16 {
@@ -251,6 +270,39 @@ __device__ __forceinline__ void accumulate_pv(const float (&s)[kBN / 8][4], floa
 
 
 #endif  // NSA_COMMON_CUH
+// ---- templates/select_params.h ----
+// The parameter block of the top-n block selection (select.cuh): the kernel's one by-value argument, defined once
+// for both sides. The template reads it (codegen pastes this file into the generated source before the template);
+// runtime/select_api.cpp fills it. Plain C++ over nsa_types.h, which g++ and NVRTC both compile. Strides are in
+// elements; the last dim is contiguous.
+#ifndef NSA_SELECT_PARAMS_H
+#define NSA_SELECT_PARAMS_H
+#ifndef NSAJIT_GENERATED
+#include "nsa_types.h"
+#endif
+
+namespace nsa {
+
+struct SelectParams {
+  const void* q;      // [B, T, HQ, dk]
+  const void* k_cmp;  // [B, Nc, H, dk]; varlen: each sequence's Nc(len) blocks one after another
+  const float* lse;   // [B, T, HQ] branch 1's lse (natural log, -inf where no block is visible); head stride 1
+  i32* idx;           // [B, T, H, n] contiguous; varlen: rows of the packed tokens
+  i32* cnt;           // [B, T, H] contiguous
+  i64 q_sb, q_st, q_sh;
+  i64 k_sb, k_st, k_sh;
+  i64 lse_sb, lse_st;
+  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
+  i64 T;                  // sequence length (varlen: the longest one)
+  i32 H;                  // KV heads
+  i32 ns_row;             // floats per position of the score array (>= ceil(T / l'), a multiple of 4)
+  float scale_log2;       // softmax scale * log2(e)
+};
+
+}  // namespace nsa
+
+#endif  // NSA_SELECT_PARAMS_H
+
 
 // ---- specialization ----
 namespace nsa {
@@ -284,6 +336,7 @@ constexpr int kDK = 192, kG = 16, kL = 32, kD = 16, kLSel = 64, kN = 16, kW = 8,
 #ifndef NSAJIT_GENERATED
 // Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
 #include "common.cuh"
+#include "select_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8, kKS = 1, kBN = 32, kQInRegs = 1,
@@ -292,23 +345,6 @@ constexpr int kDK = 128, kG = 16, kL = 64, kD = 64, kLSel = 64, kN = 16, kW = 8,
 #endif
 
 namespace nsa {
-
-// Mirrored byte for byte by runtime/select_api.cpp. Strides are in elements; the last dim is contiguous.
-struct SelectParams {
-  const void* q;      // [B, T, HQ, dk]
-  const void* k_cmp;  // [B, Nc, H, dk]; varlen: each sequence's Nc(len) blocks one after another
-  const float* lse;   // [B, T, HQ] branch 1's lse (natural log, -inf where no block is visible); head stride 1
-  i32* idx;           // [B, T, H, n] contiguous; varlen: rows of the packed tokens
-  i32* cnt;           // [B, T, H] contiguous
-  i64 q_sb, q_st, q_sh;
-  i64 k_sb, k_st, k_sh;
-  i64 lse_sb, lse_st;
-  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
-  i64 T;                  // sequence length (varlen: the longest one)
-  i32 H;                  // KV heads
-  i32 ns_row;             // floats per position of the score array (>= ceil(T / l'), a multiple of 4)
-  float scale_log2;       // softmax scale * log2(e)
-};
 
 namespace select_blocks {
 

@@ -5,11 +5,12 @@
 // arch    sm_90a
 #define NSAJIT_GENERATED 1
 
-// ---- templates/common.cuh ----
-// nsajit kernel support: self-contained (NVRTC has no host standard library), thin inline-PTX wrappers in the
-// DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
-#ifndef NSA_COMMON_CUH
-#define NSA_COMMON_CUH
+// ---- templates/nsa_types.h ----
+// The fixed-width integer names of the kernels and of their parameter structs (templates/*_params.h). Plain C++
+// that both g++ and NVRTC compile: the host reaches it through the parameter headers, and codegen pastes it first
+// into every generated source.
+#ifndef NSA_TYPES_H
+#define NSA_TYPES_H
 
 namespace nsa {
 
@@ -19,6 +20,24 @@ typedef int i32;
 typedef unsigned int u32;
 typedef long long i64;
 typedef unsigned long long u64;
+
+// The parameter structs cross from the host to the device as raw bytes: both compilers must agree on these.
+static_assert(sizeof(i32) == 4 && sizeof(i64) == 8 && sizeof(void*) == 8,
+              "nsajit assumes 32-bit int and 64-bit long long and pointers");
+
+}  // namespace nsa
+
+#endif  // NSA_TYPES_H
+// ---- templates/common.cuh ----
+// nsajit kernel support: self-contained (NVRTC has no host standard library), thin inline-PTX wrappers in the
+// DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
+#ifndef NSA_COMMON_CUH
+#define NSA_COMMON_CUH
+#ifndef NSAJIT_GENERATED
+#include "nsa_types.h"
+#endif
+
+namespace nsa {
 
 // 16-bit storage types. The arithmetic is done in fp32; these only carry bits.
 struct __align__(2) bf16 {
@@ -251,6 +270,51 @@ __device__ __forceinline__ void accumulate_pv(const float (&s)[kBN / 8][4], floa
 
 
 #endif  // NSA_COMMON_CUH
+// ---- templates/slc_fwd_params.h ----
+// The parameter block of the selected-block attention forward (slc_fwd.cuh): the kernel's one by-value argument,
+// defined once for both sides. The template reads it (codegen pastes this file into the generated source before the
+// template); runtime/slc_fwd_api.cpp fills it. Plain C++ over nsa_types.h, which g++ and NVRTC both compile.
+// Strides are in elements; the last dim is contiguous.
+#ifndef NSA_SLC_FWD_PARAMS_H
+#define NSA_SLC_FWD_PARAMS_H
+#ifndef NSAJIT_GENERATED
+#include "nsa_types.h"
+#endif
+
+namespace nsa {
+
+struct SlcFwdParams {
+  const void* q;     // [B, T, HQ, dk]
+  const void* k;     // [B, T, H, dk]
+  const void* v;     // [B, T, H, dv]
+  void* o;           // [B, T, HQ, dv] o_slc; null: not written
+  float* lse;        // [B, T, HQ] natural log; null: not written
+  const i32* idx;    // [B, T, H, n] contiguous: selected block indices, ascending, -1 padded
+  const i32* cnt;    // [B, T, H] contiguous: valid entries of idx
+  const void* gate;  // [B, T, HQ] with strides gate_sb, gate_st, gate_sh; null: no gated output
+  void* out;         // [B, T, HQ, dv]: out = gate * o_slc, or out += gate * o_slc; used iff gate is non-null
+  i64 q_sb, q_st, q_sh;
+  i64 k_sb, k_st, k_sh;
+  i64 v_sb, v_st, v_sh;
+  i64 o_sb, o_st, o_sh;
+  i64 out_sb, out_st, out_sh;
+  i64 lse_sb, lse_st;     // lse head stride is 1
+  i64 gate_sb, gate_st, gate_sh;
+  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
+  i64 T;                  // sequence length (varlen: the longest one)
+  i32 H;                  // KV heads
+  i32 n;                  // entries per idx row
+  i32 accumulate;         // nonzero: out += gate * o_slc
+  float scale_log2;       // softmax scale * log2(e)
+  const u8* plan;         // [ceil(rows / plan_span), H] overlap buckets, or null: every position is this variant's
+  i32 plan_span;          // positions per plan entry (> 0 when plan is given)
+  i32 plan_bucket;        // the bucket this variant serves
+};
+
+}  // namespace nsa
+
+#endif  // NSA_SLC_FWD_PARAMS_H
+
 
 // ---- specialization ----
 namespace nsa {
@@ -283,6 +347,7 @@ constexpr int kDK = 128, kDV = 128, kG = 4, kL = 64, kBM = 64, kBN = 64, kStages
 #ifndef NSAJIT_GENERATED
 // Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
 #include "common.cuh"
+#include "slc_fwd_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kDK = 128, kDV = 128, kG = 16, kL = 64, kBM = 64, kBN = 64, kStages = 2, kQInRegs = 1;
@@ -290,35 +355,6 @@ constexpr int kDK = 128, kDV = 128, kG = 16, kL = 64, kBM = 64, kBN = 64, kStage
 #endif
 
 namespace nsa {
-
-// Mirrored byte for byte by runtime/slc_fwd_api.cpp. Strides are in elements; the last dim is contiguous.
-struct SlcFwdParams {
-  const void* q;     // [B, T, HQ, dk]
-  const void* k;     // [B, T, H, dk]
-  const void* v;     // [B, T, H, dv]
-  void* o;           // [B, T, HQ, dv] o_slc; null: not written
-  float* lse;        // [B, T, HQ] natural log; null: not written
-  const i32* idx;    // [B, T, H, n] contiguous: selected block indices, ascending, -1 padded
-  const i32* cnt;    // [B, T, H] contiguous: valid entries of idx
-  const void* gate;  // [B, T, HQ] with strides gate_sb, gate_st, gate_sh; null: no gated output
-  void* out;         // [B, T, HQ, dv]: out = gate * o_slc, or out += gate * o_slc; used iff gate is non-null
-  i64 q_sb, q_st, q_sh;
-  i64 k_sb, k_st, k_sh;
-  i64 v_sb, v_st, v_sh;
-  i64 o_sb, o_st, o_sh;
-  i64 out_sb, out_st, out_sh;
-  i64 lse_sb, lse_st;     // lse head stride is 1
-  i64 gate_sb, gate_st, gate_sh;
-  const i32* cu_seqlens;  // [B + 1] when varlen (then the batch strides are unused), else null
-  i64 T;                  // sequence length (varlen: the longest one)
-  i32 H;                  // KV heads
-  i32 n;                  // entries per idx row
-  i32 accumulate;         // nonzero: out += gate * o_slc
-  float scale_log2;       // softmax scale * log2(e)
-  const u8* plan;         // [ceil(rows / plan_span), H] overlap buckets, or null: every position is this variant's
-  i32 plan_span;          // positions per plan entry (> 0 when plan is given)
-  i32 plan_bucket;        // the bucket this variant serves
-};
 
 namespace slc_fwd {
 

@@ -5,11 +5,12 @@
 // arch    sm_90a
 #define NSAJIT_GENERATED 1
 
-// ---- templates/common.cuh ----
-// nsajit kernel support: self-contained (NVRTC has no host standard library), thin inline-PTX wrappers in the
-// DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
-#ifndef NSA_COMMON_CUH
-#define NSA_COMMON_CUH
+// ---- templates/nsa_types.h ----
+// The fixed-width integer names of the kernels and of their parameter structs (templates/*_params.h). Plain C++
+// that both g++ and NVRTC compile: the host reaches it through the parameter headers, and codegen pastes it first
+// into every generated source.
+#ifndef NSA_TYPES_H
+#define NSA_TYPES_H
 
 namespace nsa {
 
@@ -19,6 +20,24 @@ typedef int i32;
 typedef unsigned int u32;
 typedef long long i64;
 typedef unsigned long long u64;
+
+// The parameter structs cross from the host to the device as raw bytes: both compilers must agree on these.
+static_assert(sizeof(i32) == 4 && sizeof(i64) == 8 && sizeof(void*) == 8,
+              "nsajit assumes 32-bit int and 64-bit long long and pointers");
+
+}  // namespace nsa
+
+#endif  // NSA_TYPES_H
+// ---- templates/common.cuh ----
+// nsajit kernel support: self-contained (NVRTC has no host standard library), thin inline-PTX wrappers in the
+// DeepGEMM style. Shared by every kernel template; embedded into the binary and into emitted .cu files.
+#ifndef NSA_COMMON_CUH
+#define NSA_COMMON_CUH
+#ifndef NSAJIT_GENERATED
+#include "nsa_types.h"
+#endif
+
+namespace nsa {
 
 // 16-bit storage types. The arithmetic is done in fp32; these only carry bits.
 struct __align__(2) bf16 {
@@ -251,13 +270,16 @@ __device__ __forceinline__ void accumulate_pv(const float (&s)[kBN / 8][4], floa
 
 
 #endif  // NSA_COMMON_CUH
-// ---- templates/attn_params.cuh ----
-// The parameter block of the dense-attention kernels: the window branch (NSA.md branch 3) and the compressed
-// branch (branch 1), fast (attn_fwd.cuh) and simple (attn_fwd_ref.cuh).
-#ifndef NSA_ATTN_PARAMS_CUH
-#define NSA_ATTN_PARAMS_CUH
+// ---- templates/attn_params.h ----
+// The parameter block of the dense-attention kernels, the window branch (NSA.md branch 3) and the compressed
+// branch (branch 1), fast (attn_fwd.cuh) and simple (attn_fwd_ref.cuh): the kernels' one by-value argument,
+// defined once for both sides. The templates read it (codegen pastes this file into the generated source);
+// runtime/attn_fwd_api.cpp fills it. Plain C++ over nsa_types.h, which g++ and NVRTC both compile.
+// Strides are in elements; the last dim is contiguous.
+#ifndef NSA_ATTN_PARAMS_H
+#define NSA_ATTN_PARAMS_H
 #ifndef NSAJIT_GENERATED
-#include "common.cuh"
+#include "nsa_types.h"
 #endif
 
 namespace nsa {
@@ -268,7 +290,6 @@ enum MaskKind {
   kMaskCompressed = 1,  // k_cmp[0 .. nc(t)), nc(t) = max(0, floor((t + 1 - l) / d) + 1)
 };
 
-// Mirrored byte for byte by runtime/attn_fwd_api.cpp. Strides are in elements; the last dim is contiguous.
 struct AttnFwdParams {
   const void* q;  // [B, T, HQ, dk]
   const void* k;  // window: [B, T, H, dk]; compressed: [B, Nc, H, dk]
@@ -292,6 +313,22 @@ struct AttnFwdParams {
   i32 accumulate;         // 1: out += gate * o
   float scale_log2;       // softmax scale * log2(e)
 };
+
+}  // namespace nsa
+
+#endif  // NSA_ATTN_PARAMS_H
+
+// ---- templates/attn_params.cuh ----
+// Device helpers over the dense-attention parameter block (attn_params.h): compressed-block counts and where a
+// sequence starts.
+#ifndef NSA_ATTN_PARAMS_CUH
+#define NSA_ATTN_PARAMS_CUH
+#ifndef NSAJIT_GENERATED
+#include "common.cuh"
+#include "attn_params.h"
+#endif
+
+namespace nsa {
 
 // Compressed blocks of a sequence of `len` tokens, and those query t sees.
 __device__ __forceinline__ i64 num_cmp_blocks(i64 len, int l, int d) { return len >= l ? (len - l) / d + 1 : 0; }

@@ -1,10 +1,11 @@
-// The parameter blocks of the backward kernels (attn_bwd.cuh, bwd_util.cuh). Each is mirrored byte for byte by
-// runtime/backward.cpp. Strides are in elements; the last dim is contiguous; lse and dg have head stride 1, gates
-// the head stride gate_sh.
-#ifndef NSA_BWD_PARAMS_CUH
-#define NSA_BWD_PARAMS_CUH
+// The parameter blocks of the backward kernels (attn_bwd.cuh, bwd_util.cuh), each the kernel's one by-value
+// argument, defined once for both sides. The templates read them (codegen pastes this file into the generated
+// source); runtime/backward.cpp fills them. Plain C++ over nsa_types.h, which g++ and NVRTC both compile.
+// Strides are in elements; the last dim is contiguous; lse and dg have head stride 1, gates the head stride gate_sh.
+#ifndef NSA_BWD_PARAMS_H
+#define NSA_BWD_PARAMS_H
 #ifndef NSAJIT_GENERATED
-#include "common.cuh"
+#include "nsa_types.h"
 #endif
 
 namespace nsa {
@@ -134,4 +135,4 @@ struct BwdCastParams {
 
 }  // namespace nsa
 
-#endif  // NSA_BWD_PARAMS_CUH
+#endif  // NSA_BWD_PARAMS_H
