@@ -412,7 +412,7 @@ int run(int argc, char** argv) {
   tune->add_option("--shard", tf.shard,
                    "I/N: this job's share of a sweep split over N machines (each family's points I, I+N, ... and "
                    "the default); merge the databases with `nsajit db export` / `nsajit db import`");
-  tune->add_option("--devices", tf.devices, "GPUs to measure on: 0,1 or all (trials are shared out)")
+  tune->add_option("--devices", tf.devices, "GPUs to measure on: 0,1 or all (each GPU takes whole tasks; one task's trials are shared out)")
       ->capture_default_str();
   tune->add_option("--db", tf.db, "Tuning database (default: $NSAJIT_DB, else $XDG_DATA_HOME/nsajit/tuning.db)");
   tune->add_option("--timeout", tf.timeout_s, "Seconds before a measurement is declared hung")

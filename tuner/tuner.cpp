@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cmath>
-#include <set>
 #include <condition_variable>
+#include <set>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -121,17 +123,54 @@ public:
                  report.stale_trials, o_.db_path.string());
     std::vector<Task> tasks = plan();
     const CubinCache cache(CubinCache::default_dir());
+    // The order the tasks are measured in: as planned, or with several GPUs taking tasks of their own, the
+    // longest first (so that no GPU is left with a long task at the end). Compiles are queued in that order.
+    const bool parallel = workers_.size() > 1 && tasks.size() > 1;
+    std::vector<size_t> order(tasks.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    if (parallel)
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return task_cost(tasks[a]) > task_cost(tasks[b]); });
     CompileQueue compiles(cache);
     size_t total_compiles = 0;
-    for (Task& t : tasks)
-      for (Candidate& c : t.cands) c.compile_id = compiles.add(c.spec), ++total_compiles;
+    for (size_t i : order)
+      for (Candidate& c : tasks[i].cands) c.compile_id = compiles.add(c.spec), ++total_compiles;
     fmt::print("{} kernel variants compiling on {} threads (cache {})\n", total_compiles, llvm::hardware_concurrency().compute_thread_count(),
                cache.dir().string());
-    double budget_left_s = o_.search.budget.minutes ? *o_.search.budget.minutes * 60.0 : 0.0;
-    for (size_t i = 0; i < tasks.size(); ++i) {
-      std::optional<double> share;
-      if (o_.search.budget.minutes) share = std::max(0.0, budget_left_s - since(t0)) / static_cast<double>(tasks.size() - i);
-      report.results.push_back(tune_task(tasks[i], compiles, i, tasks.size(), share));
+    const double budget_s = o_.search.budget.minutes ? *o_.search.budget.minutes * 60.0 : 0.0;
+    report.results.resize(tasks.size());
+    if (parallel) {
+      // Several GPUs and several tasks: each GPU takes whole tasks (its own inputs, search and interleaved
+      // re-timing), so no GPU waits at a task's barriers (inputs, halving rounds, the re-timing on one GPU) for
+      // another. One task at a time per GPU; the database and the output are shared.
+      parallel_ = true;
+      fmt::print("{} tasks on {} GPUs, one task per GPU at a time, the largest first\n", tasks.size(),
+                 workers_.size());
+      std::atomic<size_t> next{0};
+      std::vector<std::thread> threads;
+      for (size_t wi = 0; wi < workers_.size(); ++wi)
+        threads.emplace_back([&, wi] {
+          tl_worker = static_cast<int>(workers_[wi]->device());
+          for (size_t j; (j = next++) < order.size();) {
+            const size_t i = order[j];
+            std::optional<double> share;
+            if (o_.search.budget.minutes)
+              share = std::max(0.0, budget_s - since(t0)) * static_cast<double>(workers_.size()) /
+                      static_cast<double>(order.size() - j);
+            report.results[i] = tune_task(tasks[i], compiles, i, tasks.size(), share, {wi});
+          }
+        });
+      for (std::thread& th : threads) th.join();
+      parallel_ = false;
+    } else {
+      std::vector<size_t> all(workers_.size());
+      for (size_t wi = 0; wi < all.size(); ++wi) all[wi] = wi;
+      for (size_t i = 0; i < tasks.size(); ++i) {
+        std::optional<double> share;
+        if (o_.search.budget.minutes)
+          share = std::max(0.0, budget_s - since(t0)) / static_cast<double>(tasks.size() - i);
+        report.results[i] = tune_task(tasks[i], compiles, i, tasks.size(), share, all);
+      }
     }
     for (auto& w : workers_) w->stop();
     report.seconds = since(t0);
@@ -142,6 +181,9 @@ private:
   // ---- workers ----
   void start_workers() {
     for (int d : o_.devices) workers_.push_back(std::make_unique<WorkerProcess>(o_.worker_exe, d));
+    // Per-worker state, made here so that threads of their own workers never insert into a shared map.
+    prepared_.resize(workers_.size());
+    prepare_failure_.resize(workers_.size());
     for (auto& w : workers_) {
       WorkerProcess::Reply r = w->call(json::Object{{"op", "hello"}}, 120);
       if (!r.object || r.object->getString("outcome"))
@@ -234,6 +276,7 @@ private:
 
   // The trial an earlier run (or this one) recorded for `c` that stands for a measurement at `level`, if any.
   std::optional<Trial> recorded(const Task& t, const Candidate& c, int level) const {
+    std::lock_guard<std::recursive_mutex> lock(db_mutex_);
     std::optional<Trial> latest =
         db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, inputs_name(), level);
     if (!latest || reusable_trial(*latest, o_.timeout_s)) return latest;
@@ -248,6 +291,7 @@ private:
 
   // Records a non-measured outcome once (a rerun finds it and does not add another).
   void record_once(const Task& t, const Candidate& c, Outcome outcome, const std::string& detail) {
+    std::lock_guard<std::recursive_mutex> lock(db_mutex_);
     if (db_.find_trial(tk_, t.family->name(), t.problem.describe(), c.config, c.hash, inputs_name(), 0)) return;
     Trial tr = trial_for(t, c, 0);
     tr.outcome = outcome, tr.detail = detail;
@@ -255,7 +299,10 @@ private:
   }
 
   // ---- one family on one problem ----
-  FamilyTuneResult tune_task(Task& t, CompileQueue& compiles, size_t index, size_t count, std::optional<double> share_s) {
+  // Tunes one task on the workers `ws` (indices into workers_): all of them when tasks run one after another, one
+  // when each GPU takes tasks of its own.
+  FamilyTuneResult tune_task(Task& t, CompileQueue& compiles, size_t index, size_t count, std::optional<double> share_s,
+                             const std::vector<size_t>& ws) {
     FamilyTuneResult res;
     res.family = std::string(t.family->name());
     res.problem = t.problem.describe();
@@ -263,7 +310,7 @@ private:
     res.inputs = inputs_name();
     TileConfig def_cfg = t.family->default_config(t.problem);
     res.default_config = describe(def_cfg);
-    fmt::print("\n[{}/{}] {} on {}, {} inputs\n", index + 1, count, t.family->name(), t.problem.describe(),
+    say("\n[{}/{}] {} on {}, {} inputs\n", index + 1, count, t.family->name(), t.problem.describe(),
                inputs_name());
     for (const SpacePoint& pt : t.rejected) {
       Candidate c;
@@ -294,34 +341,38 @@ private:
       }
       alive.push_back(i);
     }
-    fmt::print("  {} points: {} pruned, {} compile errors, {} to measure (waited {:.1f} s for compiles)\n", res.space,
+    say("  {} points: {} pruned, {} compile errors, {} to measure (waited {:.1f} s for compiles)\n", res.space,
                res.pruned, res.compile_errors, alive.size(), since(wait_start));
     if (alive.empty()) {
       res.note = "nothing left to measure";
       return res;
     }
     // Every worker builds the inputs and the trusted result once.
-    for (auto& w : workers_)
-      if (!prepare(*w, t)) {
-        res.note = prepare_failure_;
-        fmt::print("  cannot measure: {}\n", res.note);
+    for (size_t wi : ws)
+      if (!prepare(wi, t)) {
+        res.note = prepare_failure_[wi];
+        say("  cannot measure: {}\n", res.note);
         return res;
       }
     // A data-dependent family: the bucket of the tuning selection decides where the result goes and which default
     // is the baseline.
     if (t.family->overlap_dependent()) {
-      const auto it = overlap_of_.find(prepare_key(t));
-      if (it == overlap_of_.end()) {
+      std::optional<std::pair<OverlapBucket, double>> found;
+      {
+        std::lock_guard<std::mutex> lock(overlap_mutex_);
+        if (const auto it = overlap_of_.find(prepare_key(t)); it != overlap_of_.end()) found = it->second;
+      }
+      if (!found) {
         res.note = "the measuring process did not report the selection's overlap";
-        fmt::print("  cannot measure: {}\n", res.note);
+        say("  cannot measure: {}\n", res.note);
         return res;
       }
-      const OverlapBucket bucket = it->second.first;
+      const OverlapBucket bucket = found->first;
       res.overlap = std::string(overlap_bucket_name(bucket));
-      res.high_overlap_share = it->second.second;
+      res.high_overlap_share = found->second;
       def_cfg = t.family->bucket_default_config(t.problem, bucket);
       res.default_config = describe(def_cfg);
-      fmt::print("  selection: {:.0f}% of the (span, KV head) entries high-overlap: tuning the {}-overlap bucket "
+      say("  selection: {:.0f}% of the (span, KV head) entries high-overlap: tuning the {}-overlap bucket "
                  "(default [{}])\n",
                  100 * res.high_overlap_share, res.overlap, res.default_config);
     }
@@ -356,11 +407,14 @@ private:
       const double eta = rate > 0 ? static_cast<double>(total - done) / rate : 0;
       const std::string line = fmt::format("  {}/{} trials  {:.1f}/s  ETA {:.0f} s  best {}", done, total, rate, eta,
                                            best_cfg.empty() ? "-" : fmt::format("{:.4f} ms [{}]", best_ms, best_cfg));
-      if (o_.live_progress) {
+      if (live()) {
         fmt::print(stderr, "\r{:<110}", line);
       } else if (done * 4 / std::max<size_t>(total, 1) > last_line_quarter || done == total) {
         last_line_quarter = done * 4 / std::max<size_t>(total, 1);
-        fmt::print(stderr, "{}\n", line);
+        if (parallel_)
+          say_err("  {}: {}\n", t.family->name(), line.substr(2));
+        else
+          say_err("{}\n", line);
       }
     };
 
@@ -381,18 +435,18 @@ private:
         }
         todo.push_back(k);
       }
-      dispatch(t, todo, [&](size_t k) -> const Candidate& { return t.cands[alive[idx[k]]]; }, level,
+      dispatch(t, ws, todo, [&](size_t k) -> const Candidate& { return t.cands[alive[idx[k]]]; }, level,
                [&](size_t k, const Trial& tr) {
                  out[k] = {tr.outcome == Outcome::ok, tr.median_ms};
                  ++res.measured, ++done;
                  if (tr.outcome != Outcome::ok) {
                    ++res.failed;
-                   if (o_.live_progress) fmt::print(stderr, "\r{:<110}\r", "");
-                   fmt::print("  [{}] {}: {}\n", tr.config, outcome_name(tr.outcome), compact(tr.detail));
+                   if (live()) fmt::print(stderr, "\r{:<110}\r", "");
+                   say("  [{}] {}: {}\n", tr.config, outcome_name(tr.outcome), compact(tr.detail));
                  } else {
                    if (!tr.detail.empty()) {  // passed the gate short of equality: say so once
-                     if (o_.live_progress) fmt::print(stderr, "\r{:<110}\r", "");
-                     if (noted.insert(tr.config).second) fmt::print("  [{}] ok: {}\n", tr.config, tr.detail);
+                     if (live()) fmt::print(stderr, "\r{:<110}\r", "");
+                     if (noted.insert(tr.config).second) say("  [{}] ok: {}\n", tr.config, tr.detail);
                    }
                    if (best_cfg.empty() || tr.median_ms < best_ms) best_ms = tr.median_ms, best_cfg = tr.config;
                  }
@@ -407,8 +461,8 @@ private:
       so.elapsed_seconds = [search_start] { return since(search_start); };
     }
     const SearchResult sr = run_search(alive.size(), measure, so, def_idx);
-    if (o_.live_progress) fmt::print(stderr, "\n");
-    if (sr.budget_exhausted) fmt::print("  stopped by the budget after {} trials\n", sr.trials);
+    if (live()) fmt::print(stderr, "\n");
+    if (sr.budget_exhausted) say("  stopped by the budget after {} trials\n", sr.trials);
     if (sr.finalists.empty()) {
       res.note = "no variant measured correctly";
       return res;
@@ -422,9 +476,11 @@ private:
     }
     json::Array cfgs;
     for (size_t k : finals) cfgs.push_back(t.cands[alive[k]].config);
-    WorkerProcess& w = *workers_.front();
-    if (!prepare(w, t)) {
-      res.note = prepare_failure_;
+    // Re-timed together on one GPU, so that the finalists are compared under the same conditions.
+    const size_t w0 = ws.front();
+    WorkerProcess& w = *workers_[w0];
+    if (!prepare(w0, t)) {
+      res.note = prepare_failure_[w0];
       return res;
     }
     const double timeout = o_.timeout_s * static_cast<double>(finals.size()) * 2;
@@ -440,7 +496,7 @@ private:
       const std::string why =
           r.object ? r.object->getString("detail").value_or("malformed reply").str() : r.failure;
       res.note = "interleaved re-timing failed: " + compact(why);
-      fmt::print("  {}\n", res.note);
+      say("  {}\n", res.note);
       return res;
     }
     size_t win = 0;
@@ -452,7 +508,7 @@ private:
       tr.p20_ms = s->getNumber("p20").value_or(0), tr.p80_ms = s->getNumber("p80").value_or(0);
       tr.reps = static_cast<int>(s->getInteger("reps").value_or(0));
       tr.detail = s->getString("detail").value_or("").str();
-      db_.add_trial(tr);
+      add_trial(tr);
       if (med[k] < med[win]) win = k;
       if (def_idx && finals[k] == *def_idx) res.default_ms = med[k];
     }
@@ -470,12 +526,15 @@ private:
     e.default_ms = res.default_ms;
     e.inputs = res.inputs;
     e.overlap = res.overlap;
-    db_.set_best(e);
-    fmt::print("  best [{}] {:.4f} ms", res.best_config, res.best_ms);
+    {
+      std::lock_guard<std::recursive_mutex> lock(db_mutex_);
+      db_.set_best(e);
+    }
+    std::string line = fmt::format("  best [{}] {:.4f} ms", res.best_config, res.best_ms);
     if (res.default_ms > 0)
-      fmt::print("; default [{}] {:.4f} ms: {:.2f}x on {} inputs", res.default_config, res.default_ms,
-                 res.default_ms / res.best_ms, res.inputs);
-    fmt::print("  ({} measured, {} found already recorded, {} failed)\n", res.measured, res.reused, res.failed);
+      line += fmt::format("; default [{}] {:.4f} ms: {:.2f}x on {} inputs", res.default_config, res.default_ms,
+                          res.default_ms / res.best_ms, res.inputs);
+    say("{}  ({} measured, {} found already recorded, {} failed)\n", line, res.measured, res.reused, res.failed);
     return res;
   }
 
@@ -484,9 +543,11 @@ private:
     return std::string(t.family->name()) + "|" + t.problem.describe() + "|" + inputs_name();
   }
 
-  bool prepare(WorkerProcess& w, const Task& t) {
+  bool prepare(size_t wi, const Task& t) {
+    WorkerProcess& w = *workers_[wi];
+    std::string& failure = prepare_failure_[wi];
     const std::string key = prepare_key(t);
-    auto& st = prepared_[&w];
+    auto& st = prepared_[wi];
     if (st.first == key && st.second == w.restarts() && w.reply_fd() >= 0) return true;
     WorkerProcess::Reply r = w.call(json::Object{{"op", "prepare"},
                                                  {"family", std::string(t.family->name())},
@@ -494,7 +555,7 @@ private:
                                                  {"inputs", inputs_name()}},
                                     600);
     if (!r.object || r.object->getString("outcome")) {
-      prepare_failure_ = fmt::format("GPU {}{}{}", w.device(), kPrepareFailed,
+      failure = fmt::format("GPU {}{}{}", w.device(), kPrepareFailed,
                                      compact(r.object ? r.object->getString("detail").value_or("").str() : r.failure));
       st = {};
       return false;
@@ -502,10 +563,11 @@ private:
     if (auto bucket = r.object->getString("overlap")) {
       const std::optional<OverlapBucket> b = parse_overlap_bucket(*bucket);
       if (!b) {
-        prepare_failure_ = fmt::format("GPU {}{}unknown overlap bucket '{}'", w.device(), kPrepareFailed, bucket->str());
+        failure = fmt::format("GPU {}{}unknown overlap bucket '{}'", w.device(), kPrepareFailed, bucket->str());
         st = {};
         return false;
       }
+      std::lock_guard<std::mutex> lock(overlap_mutex_);
       overlap_of_[key] = {*b, r.object->getNumber("high_share").value_or(-1)};
     }
     st = {key, w.restarts()};
@@ -514,13 +576,14 @@ private:
 
   // Measures candidates on the workers (one request in flight per worker), recording every trial as it ends.
   template <class Get, class Done>
-  void dispatch(const Task& t, const std::vector<size_t>& todo, Get get, int level, Done on_done) {
+  void dispatch(const Task& t, const std::vector<size_t>& ws, const std::vector<size_t>& todo, Get get, int level,
+                Done on_done) {
     size_t next = 0;
     struct InFlight {
       size_t k;
       Clock::time_point sent;
     };
-    std::vector<std::optional<InFlight>> busy(workers_.size());
+    std::vector<std::optional<InFlight>> busy(workers_.size());  // by worker index; only those in ws are used
     auto finish = [&](size_t wi, Outcome outcome, const std::string& detail, const json::Object* ok) {
       const size_t k = busy[wi]->k;
       busy[wi].reset();
@@ -531,17 +594,18 @@ private:
         tr.p20_ms = ok->getNumber("p20").value_or(0), tr.p80_ms = ok->getNumber("p80").value_or(0);
         tr.reps = static_cast<int>(ok->getInteger("reps").value_or(0));
       }
-      db_.add_trial(tr);
+      add_trial(tr);
       on_done(k, tr);
     };
     while (true) {
-      for (size_t wi = 0; wi < workers_.size() && next < todo.size(); ++wi) {
+      for (size_t wi : ws) {
+        if (next >= todo.size()) break;
         if (busy[wi]) continue;
         WorkerProcess& w = *workers_[wi];
         const size_t k = todo[next++];
         busy[wi] = InFlight{k, Clock::now()};
-        if (!prepare(w, t)) {
-          finish(wi, Outcome::launch_error, prepare_failure_, nullptr);
+        if (!prepare(wi, t)) {
+          finish(wi, Outcome::launch_error, prepare_failure_[wi], nullptr);
           continue;
         }
         const json::Object req{{"op", "measure"},
@@ -559,7 +623,7 @@ private:
       }
       std::vector<pollfd> fds;
       std::vector<size_t> who;
-      for (size_t wi = 0; wi < workers_.size(); ++wi)
+      for (size_t wi : ws)
         if (busy[wi]) fds.push_back({workers_[wi]->reply_fd(), POLLIN, 0}), who.push_back(wi);
       if (fds.empty()) {
         if (next >= todo.size()) return;
@@ -597,10 +661,57 @@ private:
   Toolkit tk_;
   std::string arch_ = "sm_90a";
   int max_smem_ = kHopperMaxSmemOptin;
-  std::map<const WorkerProcess*, std::pair<std::string, int>> prepared_;
+  std::vector<std::pair<std::string, int>> prepared_;  // by worker index: the prepared task's key, at which restart
+  std::mutex overlap_mutex_;
   std::map<std::string, std::pair<OverlapBucket, double>> overlap_of_;  // by prepare_key: bucket, high share
-  std::string prepare_failure_;
+  std::vector<std::string> prepare_failure_;  // by worker index: why its last prepare failed
+  // Several GPUs working on tasks of their own (run()): the database and the output are shared under these locks,
+  // and each line a task prints says which GPU it is from.
+  bool parallel_ = false;
+  mutable std::recursive_mutex db_mutex_;
+  std::mutex print_mutex_;
+  static thread_local int tl_worker;
+
+  void add_trial(const Trial& tr) {
+    std::lock_guard<std::recursive_mutex> lock(db_mutex_);
+    db_.add_trial(tr);
+  }
+  // Live progress (one line redrawn on the terminal) only when one task runs at a time.
+  bool live() const { return o_.live_progress && !parallel_; }
+  std::string tagged(std::string s) const {
+    if (!parallel_ || tl_worker < 0) return s;
+    const std::string tag = fmt::format("[GPU {}] ", tl_worker);
+    std::string out;
+    size_t start = 0;
+    while (start < s.size()) {
+      size_t end = s.find('\n', start);
+      end = end == std::string::npos ? s.size() : end + 1;
+      if (end - start > 1) out += tag;  // not on empty lines
+      out.append(s, start, end - start);
+      start = end;
+    }
+    return out;
+  }
+  template <class... A>
+  void say(fmt::format_string<A...> f, A&&... a) {
+    const std::string s = tagged(fmt::format(f, std::forward<A>(a)...));
+    std::lock_guard<std::mutex> lock(print_mutex_);
+    fmt::print("{}", s);
+    std::fflush(stdout);
+  }
+  template <class... A>
+  void say_err(fmt::format_string<A...> f, A&&... a) {
+    const std::string s = tagged(fmt::format(f, std::forward<A>(a)...));
+    std::lock_guard<std::mutex> lock(print_mutex_);
+    fmt::print(stderr, "{}", s);
+  }
+  // A task's expected measuring time, to hand out the long ones first: its candidates times its tokens.
+  static double task_cost(const Task& t) {
+    return static_cast<double>(t.cands.size()) * static_cast<double>(t.problem.B) * static_cast<double>(t.problem.T);
+  }
 };
+
+thread_local int Tuner::tl_worker = -1;
 
 }  // namespace
 

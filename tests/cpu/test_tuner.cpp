@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -307,6 +308,7 @@ namespace {
 struct FakeGpu {
   std::map<std::string, std::string> measure;
   int fail_prepare = 0;
+  double prepare_seconds = 0;  // how long a prepare takes
 };
 
 std::string stand_in_action(const std::string& what) {
@@ -348,6 +350,7 @@ while IFS= read -r line <&3; do
 '"name":"Stand-in GPU","nvrtc":"13.0"}' >&4 ;;
   *'"op":"prepare"'*)
     echo "$dev prepare" >> "$log"
+    sleep )SH" + std::to_string(g.prepare_seconds) + R"SH(
     if [ "$(grep -c ' prepare$' "$log")" = ")SH" +
                            std::to_string(g.fail_prepare) + R"SH(" ]; then
       echo '{"outcome":"launch_error","detail":"CUDA_ERROR_OUT_OF_MEMORY (stand-in)"}' >&4
@@ -358,11 +361,13 @@ while IFS= read -r line <&3; do
     cfg=${line#*'"config":"'}; cfg=${cfg%%'"'*}
     reps=${line#*'"reps":'}; reps=${reps%%,*}
     echo "$dev measure $cfg $reps" >> "$log"
+    t=${line#*' T='}; echo "$dev problem T=${t%% *}" >> "$log"
     case "$cfg" in
 )SH" + measure_cases + R"SH(      *) echo '{"outcome":"ok","median":9,"p20":9,"p80":9,"reps":20}' >&4 ;;
     esac ;;
   *'"op":"interleave"'*)
     echo "$dev interleave" >> "$log"
+    t=${line#*' T='}; echo "$dev problem T=${t%% *}" >> "$log"
     list=${line#*'"configs":['}; list=${list%%']'*}
     out=""
     for c in $(echo "$list" | tr -d '"' | tr ',' ' '); do
@@ -639,6 +644,60 @@ TEST_CASE("tune (stand-in GPU): two devices share the trials, each measured once
     CAPTURE(cfg);
     CHECK(list.size() == 1);
   }
+}
+
+TEST_CASE("tune (stand-in GPU): with several GPUs and tasks, each GPU takes whole tasks; the results are one GPU's") {
+  // Four tasks (pool on four lengths), two GPUs: every measurement and the re-timing of a task happen on one GPU,
+  // both GPUs work, and the best entries equal those of the same sweep on one GPU.
+  auto sweep = [](const std::string& worker, const fs::path& db, std::vector<int> devices) {
+    nsajit::TuneOptions o;
+    for (int64_t T : {1024, 2048, 4096, 8192}) {
+      nsajit::Problem p = nsajit::preset("fla");
+      p.T = T;
+      o.problems.push_back(p);
+    }
+    o.families = {"pool"};
+    o.search = exhaustive();
+    o.devices = std::move(devices);
+    o.db_path = db;
+    o.worker_exe = worker;
+    o.timeout_s = 5;
+    o.interleave_rounds = 2;
+    o.live_progress = false;
+    return nsajit::run_tune(o);
+  };
+  auto best_of = [](const fs::path& db) {
+    std::map<std::string, std::string> out;  // problem -> config
+    for (const nsajit::BestEntry& e : nsajit::TuningDb::open(db, nsajit::TuningDb::Mode::read_only).all_best())
+      out[e.family + " " + e.problem] = e.config;
+    return out;
+  };
+  TempDir t;
+  FakeGpu g{{{"THREADS=128", "ok 1.5"}, {"THREADS=256", "ok 2.0"}, {"THREADS=512", "ok 1.0"}}, 0, 0.2};
+  const std::string w = fake_worker(t, "w", g);
+  const nsajit::TuneReport one = sweep(w, t.path() / "one.db", {0});
+  take_log(t);
+  const nsajit::TuneReport two = sweep(w, t.path() / "two.db", {0, 1});
+  const std::vector<std::string> log = take_log(t);
+  REQUIRE(two.results.size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(two.results[i].problem == one.results[i].problem);  // in the order of the tasks
+    CHECK(two.results[i].best_config == "THREADS=512");
+    CHECK(two.results[i].measured == 3);
+  }
+  std::map<std::string, std::set<char>> devices_of;  // T=... -> the GPUs that measured it
+  for (const std::string& l : with_op(log, "problem")) devices_of[l.substr(l.find("T="))].insert(l[0]);
+  REQUIRE(devices_of.size() == 4);
+  std::set<char> used;
+  for (const auto& [task, devs] : devices_of) {
+    CAPTURE(task);
+    CHECK(devs.size() == 1);
+    used.insert(devs.begin(), devs.end());
+  }
+  CHECK(used == std::set<char>{'0', '1'});
+  CHECK(with_op(log, "interleave").size() == 4);
+  CHECK(best_of(t.path() / "two.db") == best_of(t.path() / "one.db"));
 }
 
 TEST_CASE("tune (stand-in GPU): halving reuses a brief result recorded under a later prepare failure") {
