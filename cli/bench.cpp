@@ -15,6 +15,7 @@
 #include "runtime/driver.h"
 #include "runtime/error.h"
 #include "runtime/forward.h"
+#include "runtime/phase_times.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"
 #include "runtime/slc_fwd_api.h"
@@ -127,15 +128,22 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
     PoolArgs pv = pk;
     pv.x = f.v, pv.y = keep.v_cmp, pv.dim = p.dv;
     // The first calls of the process: tile configs looked up, kernels loaded (from the CUBIN cache when warm).
+    const PhaseTotals before = phase_totals();  // the context's creation and device query, earlier rows
+    if (first) reset_phase_times();
     const auto t0 = std::chrono::steady_clock::now();
     mean_pool(p, pk, nullptr);
     mean_pool(p, pv, nullptr);
     forward(p, keep, nullptr);
     const double startup_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     ctx.synchronize();
-    if (first)
-      fmt::print("start-up: the first forward call (config lookup, kernel load, launch) took {:.1f} ms on the host\n",
-                 startup_ms);
+    if (first) {
+      const PhaseTotals phases = phase_totals();
+      double accounted = 0;
+      for (double ms : phases.ms) accounted += ms;
+      fmt::print("start-up: the first forward call (config lookup, kernel load, launch) took {:.1f} ms on the host: "
+                 "{}; the rest (argument checks, launches) {:.1f} ms. Before it, with the context: {}\n",
+                 startup_ms, describe_phases(phases), startup_ms - accounted, describe_phases(before));
+    }
     first = false;
 
     AttnFwdArgs cmp;

@@ -6,16 +6,21 @@
 #include <mutex>
 
 #include "runtime/error.h"
+#include "runtime/phase_times.h"
 
 namespace nsajit {
 
 JitResult jit_compile(const KernelSpec& spec, const CubinCache& cache) {
+  std::optional<PhaseTimer> timer(std::in_place, Phase::source_and_key);
   const std::string source = generate_source(spec);
   const std::vector<std::string> options = nvrtc_options(spec.arch);
   const std::string version = nvrtc_version();
   JitResult out;
   out.key = cubin_cache_key(source, options, spec.arch, version);
-  if (auto hit = cache.load(out.key, &out.cache_problem)) {
+  timer.emplace(Phase::cache_read);
+  auto hit = cache.load(out.key, &out.cache_problem);
+  timer.reset();
+  if (hit) {
     out.cubin = std::move(hit->cubin);
     out.usage.registers = hit->meta.registers;
     out.usage.spill_store_bytes = hit->meta.spill_bytes;
@@ -24,7 +29,9 @@ JitResult jit_compile(const KernelSpec& spec, const CubinCache& cache) {
     out.from_cache = true;
     return out;
   }
+  timer.emplace(Phase::compile);
   CompileResult c = compile_cubin(source, std::string(spec.family->name()) + ".cu", spec.arch);
+  timer.reset();
   out.cubin = std::move(c.cubin);
   out.usage = c.usage;
   out.compile_seconds = c.seconds;

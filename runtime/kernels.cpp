@@ -8,6 +8,7 @@
 #include "cache/cubin_cache.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
+#include "runtime/phase_times.h"
 #include "runtime/jit.h"
 
 namespace nsajit {
@@ -28,6 +29,7 @@ const Kernel& runtime_kernel(const KernelSpec& spec) {
   if (!slot) {
     static const CubinCache cache(CubinCache::default_dir());
     JitResult jit = jit_compile(spec, cache);
+    PhaseTimer timer(Phase::module_load);
     slot = std::make_unique<Kernel>(jit.cubin, spec.family->entry_name(), smem);
   }
   return *slot;

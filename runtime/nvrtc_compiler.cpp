@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "runtime/error.h"
+#include "runtime/phase_times.h"
 
 namespace nsajit {
 namespace {
@@ -92,7 +93,10 @@ NvrtcApi load_nvrtc() {
 }
 
 const NvrtcApi& nvrtc() {
-  static const NvrtcApi api = load_nvrtc();
+  static const NvrtcApi api = [] {
+    PhaseTimer timer(Phase::nvrtc_load);
+    return load_nvrtc();
+  }();
   if (!api.error.empty()) throw Error(api.error);
   return api;
 }

@@ -15,6 +15,7 @@
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
+#include "runtime/phase_times.h"
 #include "tuner/db.h"
 #include "tuner/keys.h"
 
@@ -38,6 +39,7 @@ void log_info(const std::string& msg) {
 
 TunedDb& database() {
   static TunedDb h = [] {
+    PhaseTimer timer(Phase::db_open);
     TunedDb out = open_tuned_db(std::getenv("NSAJIT_DB"));
     if (!out.warning.empty()) fmt::print(stderr, "nsajit: warning: {}\n", out.warning);
     return out;
@@ -209,7 +211,10 @@ const ResolvedConfig& resolve_config(const KernelFamily& f, const Problem& probl
   std::lock_guard<std::mutex> lock(m);
   auto& slot = cache[key];
   if (!slot) {
-    slot = std::make_unique<ResolvedConfig>(resolve(f, problem, launch, bucket));
+    {
+      PhaseTimer timer(Phase::config_lookup);
+      slot = std::make_unique<ResolvedConfig>(resolve(f, problem, launch, bucket));
+    }
     const std::string line = fmt::format("{} for {}: {}", f.name(), problem.describe(), slot->why);
     // Stale tuning results are never used silently: that is said even without NSAJIT_LOG.
     if (slot->why.find("stale:") != std::string::npos && !log_info_enabled())

@@ -14,6 +14,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "runtime/error.h"
 #include "runtime/jit.h"
 #include "runtime/nvrtc_compiler.h"
+#include "runtime/phase_times.h"
 
 namespace fs = std::filesystem;
 using nsajit::Dtype;
@@ -485,4 +487,42 @@ TEST_CASE("compile: the default config of every backward family, for sm_90a") {
                            "slc_bwd_dkv", "slc_bwd_reduce", "win_bwd_dq", "win_bwd_dkv", "pool_bwd", "bwd_cast"})
     CHECK(per_family[name] >= 1);
   CHECK(per_family["slc_bwd_dkv"] == 3);  // dtype, head dims and G all reach its source
+}
+
+// The start-up ledger (runtime/phase_times.h): a phase timed inside another is not counted in the outer one, and
+// jit_compile records its phases.
+TEST_CASE("phase times: nested phases count only their own time; jit_compile records its phases") {
+  nsajit::reset_phase_times();
+  const auto start = std::chrono::steady_clock::now();
+  {
+    nsajit::PhaseTimer outer(nsajit::Phase::config_lookup);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    {
+      nsajit::PhaseTimer inner(nsajit::Phase::module_load);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const nsajit::PhaseTotals t = nsajit::phase_totals();
+  const double outer = t.ms[static_cast<size_t>(nsajit::Phase::config_lookup)];
+  const double inner = t.ms[static_cast<size_t>(nsajit::Phase::module_load)];
+  CHECK(t.count[static_cast<size_t>(nsajit::Phase::config_lookup)] == 1);
+  CHECK(t.count[static_cast<size_t>(nsajit::Phase::module_load)] == 1);
+  CHECK(inner >= 50);
+  CHECK(outer >= 20);
+  CHECK(outer + inner <= wall + 0.5);  // the inner time is not counted twice
+  CHECK_CONTAINS(nsajit::describe_phases(t), "modules loaded");
+
+  TempCacheDir dir;
+  const nsajit::CubinCache cache(dir.path);
+  nsajit::Problem p = nsajit::preset("fla");
+  const nsajit::KernelFamily& f = nsajit::find_family("pool");
+  const nsajit::KernelSpec spec{&f, p, f.default_config(p), "sm_90a"};
+  nsajit::reset_phase_times();
+  (void)nsajit::jit_compile(spec, cache);  // a miss: compiled
+  (void)nsajit::jit_compile(spec, cache);  // a hit
+  const nsajit::PhaseTotals j = nsajit::phase_totals();
+  CHECK(j.count[static_cast<size_t>(nsajit::Phase::source_and_key)] == 2);
+  CHECK(j.count[static_cast<size_t>(nsajit::Phase::cache_read)] == 2);
+  CHECK(j.count[static_cast<size_t>(nsajit::Phase::compile)] == 1);
 }
