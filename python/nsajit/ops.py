@@ -53,37 +53,48 @@ _lib_def.define(_BWD_SCHEMA)
 
 # ---- shapes (shared by the fake, CUDA and CPU kernels) ---------------------------------------------------------------
 
+def _check(cond, message):
+    """torch._check for symbolic conditions (under torch.compile or FakeTensorMode with dynamic shapes); a plain bool
+    is checked here, because torch._check's first call imports torch.fx.experimental.symbolic_shapes and with it
+    sympy, about 1.5 s of a process's first nsajit call. Raises the same RuntimeError."""
+    if isinstance(cond, bool):
+        if not cond:
+            raise RuntimeError(message())
+    else:
+        torch._check(cond, message)
+
+
 def _check_inputs(q, k, v, g_cmp, g_slc, g_win, k_cmp, v_cmp, cu_seqlens, max_seqlen, l, d, lsel, n, w):
-    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "nsajit: q, k, v must be [B, T, heads, dim]")
+    _check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "nsajit: q, k, v must be [B, T, heads, dim]")
     B, T, HQ, dk = q.shape
     H = k.shape[2]
-    torch._check(k.shape[0] == B and k.shape[1] == T and k.shape[3] == dk,
+    _check(k.shape[0] == B and k.shape[1] == T and k.shape[3] == dk,
                  lambda: f"nsajit: k {tuple(k.shape)} does not match q {tuple(q.shape)}: [B, T, H, dk]")
-    torch._check(v.shape[0] == B and v.shape[1] == T and v.shape[2] == H,
+    _check(v.shape[0] == B and v.shape[1] == T and v.shape[2] == H,
                  lambda: f"nsajit: v {tuple(v.shape)} does not match k {tuple(k.shape)}: [B, T, H, dv]")
-    torch._check(H >= 1 and HQ % H == 0, lambda: f"nsajit: HQ = {HQ} query heads are not a multiple of H = {H}")
-    torch._check(k.dtype == q.dtype and v.dtype == q.dtype, lambda: "nsajit: q, k, v must have one dtype")
+    _check(H >= 1 and HQ % H == 0, lambda: f"nsajit: HQ = {HQ} query heads are not a multiple of H = {H}")
+    _check(k.dtype == q.dtype and v.dtype == q.dtype, lambda: "nsajit: q, k, v must have one dtype")
     gates = [g for g in (g_cmp, g_slc, g_win) if g is not None]
-    torch._check(len(gates) > 0, lambda: "nsajit: give at least one of g_cmp, g_slc, g_win")
+    _check(len(gates) > 0, lambda: "nsajit: give at least one of g_cmp, g_slc, g_win")
     for g in gates:
-        torch._check(g.dim() == 3 and g.shape[0] == B and g.shape[1] == T and g.shape[2] == HQ,
+        _check(g.dim() == 3 and g.shape[0] == B and g.shape[1] == T and g.shape[2] == HQ,
                      lambda: f"nsajit: a gate is {tuple(g.shape)}, not [B, T, HQ] = {(B, T, HQ)}")
-        torch._check(g.dtype == q.dtype, lambda: f"nsajit: gates must be {q.dtype} like q, not {g.dtype}")
-    torch._check((k_cmp is None) == (v_cmp is None), lambda: "nsajit: give both k_cmp and v_cmp, or neither")
+        _check(g.dtype == q.dtype, lambda: f"nsajit: gates must be {q.dtype} like q, not {g.dtype}")
+    _check((k_cmp is None) == (v_cmp is None), lambda: "nsajit: give both k_cmp and v_cmp, or neither")
     if k_cmp is not None:
         rows = _cmp_rows(q, cu_seqlens, max_seqlen, l, d)
-        torch._check(k_cmp.dim() == 4 and k_cmp.shape[0] == B and k_cmp.shape[1] == rows and k_cmp.shape[2] == H
+        _check(k_cmp.dim() == 4 and k_cmp.shape[0] == B and k_cmp.shape[1] == rows and k_cmp.shape[2] == H
                      and k_cmp.shape[3] == dk,
                      lambda: f"nsajit: k_cmp {tuple(k_cmp.shape)} must be [B, Nc, H, dk] = {(B, rows, H, dk)}")
-        torch._check(v_cmp.dim() == 4 and v_cmp.shape[0] == B and v_cmp.shape[1] == rows and v_cmp.shape[2] == H
+        _check(v_cmp.dim() == 4 and v_cmp.shape[0] == B and v_cmp.shape[1] == rows and v_cmp.shape[2] == H
                      and v_cmp.shape[3] == v.shape[3],
                      lambda: f"nsajit: v_cmp {tuple(v_cmp.shape)} must be [B, Nc, H, dv] = {(B, rows, H, v.shape[3])}")
-        torch._check(k_cmp.dtype == q.dtype and v_cmp.dtype == q.dtype, lambda: "nsajit: k_cmp/v_cmp dtype != q's")
+        _check(k_cmp.dtype == q.dtype and v_cmp.dtype == q.dtype, lambda: "nsajit: k_cmp/v_cmp dtype != q's")
     if cu_seqlens is not None:
-        torch._check(B == 1, lambda: f"nsajit: varlen (cu_seqlens) needs B = 1, got B = {B}")
-        torch._check(cu_seqlens.dim() == 1 and cu_seqlens.dtype == torch.int32,
+        _check(B == 1, lambda: f"nsajit: varlen (cu_seqlens) needs B = 1, got B = {B}")
+        _check(cu_seqlens.dim() == 1 and cu_seqlens.dtype == torch.int32,
                      lambda: "nsajit: cu_seqlens must be a 1-d int32 tensor")
-        torch._check(max_seqlen >= 1, lambda: f"nsajit: varlen needs max_seqlen >= 1, got {max_seqlen}")
+        _check(max_seqlen >= 1, lambda: f"nsajit: varlen needs max_seqlen >= 1, got {max_seqlen}")
 
 
 def _cmp_rows(q, cu_seqlens, max_seqlen, l, d):

@@ -141,3 +141,16 @@ def test_a_missing_library_is_a_clear_error():
     r = _run("import nsajit\nnsajit.library_path()", NSAJIT_LIBRARY="/nonexistent/libnsajit.so")
     assert r.returncode != 0
     assert "libnsajit.so was not found" in r.stderr and "/nonexistent/libnsajit.so" in r.stderr, r.stderr
+
+
+def test_a_first_call_imports_no_sympy():
+    # torch._check's first call imports torch.fx.experimental.symbolic_shapes and sympy (about 1.5 s of a fresh
+    # process's first call); the op's argument checks use it only for symbolic conditions.
+    r = _run("import sys, torch, nsajit\n"
+             "q = torch.randn(1, 64, 4, 64); k = torch.randn(1, 64, 1, 64); v = torch.randn(1, 64, 1, 64)\n"
+             "g = [torch.rand(1, 64, 4) for _ in range(3)]\n"
+             "with torch.no_grad():\n"
+             "    nsajit.nsa(q, k, v, *g, l=32, d=16, lsel=32, n=2, w=16)\n"
+             "print('sympy' in sys.modules)\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False", "a first nsajit call imported sympy"
