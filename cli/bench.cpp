@@ -11,6 +11,7 @@
 #include "codegen/family.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/backward.h"
+#include "runtime/decode_api.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/error.h"
@@ -290,6 +291,93 @@ int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, co
     for (const char* n : {"cmp_bwd_dq", "cmp_bwd_dkv", "slc_bwd_dq", "slc_bwd_dkv", "win_bwd_dq", "win_bwd_dkv"})
       fmt::print("  {:<12} {}\n", n, resolve_config(find_family(n), p, p).why);
     print_rows(rows, "stage", 24, p, T, inputs, json_rows);
+  }
+  write_json(json_path, ctx, std::move(json_rows));
+  return 0;
+}
+
+}  // namespace nsajit
+
+namespace nsajit {
+
+// NSA decode (runtime/decode_api.h): B sequences of T tokens each in a paged cache (identity page table, pages of
+// 128 tokens), the compressed cache filled by decode_append (one append of all T tokens; every sequence holds the
+// same random tokens, which changes no byte count), then one decode step of Tq query tokens per sequence timed
+// (L2 flushed before each repetition). Bytes: NSA.md's decode model, the K/V rows the three branches read.
+int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int Tq, const std::string& json_path) {
+  std::string why;
+  if (!driver_available(&why)) {
+    fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
+    return 1;
+  }
+  Context ctx(0);
+  fmt::print("{}\n{}\n", ctx.info().name, ctx.info().fingerprint());
+  llvm::json::Array json_rows;
+  for (int64_t T : seqs) {
+    Problem p = base;
+    const int page = 128;
+    const int64_t max_pages = (T + page - 1) / page;
+    p.T = max_pages * page;
+    p.validate();
+    const int64_t pages = p.B * max_pages, max_cmp = std::max<int64_t>(p.T >= p.l ? (p.T - p.l) / p.d + 1 : 0, 1);
+    std::vector<int32_t> table(static_cast<size_t>(pages)), lens(static_cast<size_t>(p.B), static_cast<int32_t>(T)),
+        zeros(static_cast<size_t>(p.B), 0);
+    for (int64_t i = 0; i < pages; ++i) table[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    DeviceBuffer dtable(table.size() * 4), dlens(lens.size() * 4), dzero(zeros.size() * 4);
+    dtable.upload(table.data(), table.size() * 4), dlens.upload(lens.data(), lens.size() * 4);
+    dzero.upload(zeros.data(), zeros.size() * 4);
+    DeviceBuffer kpool(static_cast<size_t>(pages * page) * p.H * p.dk * 2),
+        vpool(static_cast<size_t>(pages * page) * p.H * p.dv * 2),
+        kcmp(static_cast<size_t>(p.B * max_cmp) * p.H * p.dk * 2), vcmp(static_cast<size_t>(p.B * max_cmp) * p.H * p.dv * 2);
+    {
+      DeviceBuffer k = random_device_tensor(static_cast<size_t>(T) * p.H * p.dk, p.dtype, 2);
+      DeviceBuffer v = random_device_tensor(static_cast<size_t>(T) * p.H * p.dv, p.dtype, 3);
+      AppendTensors a;
+      a.k_new = {k.get(), 0, static_cast<int64_t>(p.H) * p.dk, p.dk};  // batch stride 0: one sequence's tokens for all
+      a.v_new = {v.get(), 0, static_cast<int64_t>(p.H) * p.dv, p.dv};
+      a.k_pool = kpool.get(), a.v_pool = vpool.get(), a.num_pages = pages;
+      a.table.pages = static_cast<const int32_t*>(dtable.get()), a.table.stride = max_pages, a.table.page_size = page;
+      a.seqlens = static_cast<const int32_t*>(dzero.get());
+      a.k_cmp = contiguous(kcmp.get(), max_cmp, p.H, p.dk), a.v_cmp = contiguous(vcmp.get(), max_cmp, p.H, p.dv);
+      a.max_cmp = max_cmp;
+      decode_append(p, static_cast<int>(T), a, nullptr);
+      ctx.synchronize();
+    }
+    DeviceBuffer q = random_device_tensor(static_cast<size_t>(p.B * Tq) * p.HQ * p.dk, p.dtype, 4);
+    std::vector<uint16_t> gbits = random_normal_bits(static_cast<size_t>(p.B * Tq) * p.HQ, p.dtype, 5);
+    for (auto& g : gbits) g &= 0x7fff;
+    DeviceBuffer gate(gbits.size() * 2), o(static_cast<size_t>(p.B * Tq) * p.HQ * p.dv * 2);
+    gate.upload(gbits.data(), gbits.size() * 2);
+    DecodeTensors t;
+    t.q = contiguous(q.get(), Tq, p.HQ, p.dk), t.o = contiguous(o.get(), Tq, p.HQ, p.dv);
+    t.g_cmp = t.g_slc = t.g_win = gate.get();
+    t.gate_stride_b = static_cast<int64_t>(Tq) * p.HQ, t.gate_stride_t = p.HQ;
+    t.cache = {kpool.get(), vpool.get(), pages};
+    t.table.pages = static_cast<const int32_t*>(dtable.get()), t.table.stride = max_pages, t.table.page_size = page;
+    t.seqlens = static_cast<const int32_t*>(dlens.get());
+    t.k_cmp = contiguous(kcmp.get(), max_cmp, p.H, p.dk), t.v_cmp = contiguous(vcmp.get(), max_cmp, p.H, p.dv);
+    t.max_cmp = max_cmp;
+    decode(p, Tq, t, nullptr);
+    ctx.synchronize();
+    const TimingStats s = time_gpu([&](CUstream st) { decode(p, Tq, t, st); });
+    // NSA.md's decode model: the compressed keys (K and V; the selection's second pass re-reads K), n l' selected and
+    // w window tokens per (sequence, KV head), for each query token.
+    const double nc = static_cast<double>(T >= p.l ? (T - p.l) / p.d + 1 : 0);
+    const double model = static_cast<double>(p.B) * p.H * Tq *
+                         ((nc + static_cast<double>(p.n) * p.lsel + p.w) * (p.dk + p.dv) * 2.0);
+    const double read = model + static_cast<double>(p.B) * p.H * Tq * nc * p.dk * 2.0;
+    fmt::print("\n{} Tq={}  decode [{}]\n", p.describe(), Tq, resolve_config(find_family("decode"), p, p).why);
+    fmt::print("  decode step: median {:.1f} us (p20 {:.1f}, p80 {:.1f}); the model's bytes {:.1f} MB -> {:.0f} GB/s; "
+               "read with the second pass over K_cmp {:.1f} MB -> {:.0f} GB/s\n",
+               s.median_ms * 1e3, s.p20_ms * 1e3, s.p80_ms * 1e3, model / 1e6, model / (s.median_ms * 1e6),
+               read / 1e6, read / (s.median_ms * 1e6));
+    json_rows.push_back(llvm::json::Object{{"problem", p.describe()},
+                                           {"Tq", Tq},
+                                           {"T", T},
+                                           {"median_us", s.median_ms * 1e3},
+                                           {"p20_us", s.p20_ms * 1e3},
+                                           {"p80_us", s.p80_ms * 1e3},
+                                           {"model_bytes", model}});
   }
   write_json(json_path, ctx, std::move(json_rows));
   return 0;

@@ -19,4 +19,7 @@ int run_forward_bench(const Problem& base, const std::vector<int64_t>& seqs, con
 int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, const std::string& json_path,
                        bool with_forward, InputKind inputs = InputKind::coherent);
 
+// NSA decode: one step of Tq query tokens per sequence over B sequences of each length in `seqs`.
+int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int Tq, const std::string& json_path);
+
 }  // namespace nsajit

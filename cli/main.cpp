@@ -436,9 +436,11 @@ int run(int argc, char** argv) {
   auto* bench = app.add_subcommand(
       "bench", "Time the NSA forward and/or backward on the GPU, per kernel and whole: median, TFLOP/s, GB/s, "
                "fraction of ceilings");
-  bench->add_option("--pass", bench_pass, "fwd (the forward's kernels), bwd (the backward's), or fwd+bwd (both, "
-                                          "and a training step: forward saving what the backward needs, then backward)")
-      ->check(CLI::IsMember({"fwd", "bwd", "fwd+bwd"}))
+  bench->add_option("--pass", bench_pass, "fwd (the forward's kernels), bwd (the backward's), fwd+bwd (both, "
+                                          "and a training step: forward saving what the backward needs, then "
+                                          "backward), or decode (one step over a paged cache of --seq tokens per "
+                                          "sequence, --batch sequences, --tq query tokens each)")
+      ->check(CLI::IsMember({"fwd", "bwd", "fwd+bwd", "decode"}))
       ->capture_default_str();
   bench->add_option("--inputs", bench_inputs,
                     "coherent (the queries of each l'-token span share a base vector: neighbours select alike, as in "
@@ -452,6 +454,10 @@ int run(int argc, char** argv) {
       ->check(kPositive)
       ->capture_default_str();
   bench->add_option("--json", bench_json, "Also write the figures to this JSON file");
+  int bench_tq = 1;
+  bench->add_option("--tq", bench_tq, "With --pass decode: query tokens per sequence (1 .. 16)")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
 
   std::string cache_action;
   bool repair = false;
@@ -484,6 +490,7 @@ int run(int argc, char** argv) {
     if (*bench) {
       const InputKind kind = parse_input_kind(bench_inputs);
       if (bench_pass == "fwd") return run_forward_bench(bench_pf.build(), bench_seqs, bench_json, kind);
+      if (bench_pass == "decode") return run_decode_bench(bench_pf.build(), bench_seqs, bench_tq, bench_json);
       return run_backward_bench(bench_pf.build(), bench_seqs, bench_json, bench_pass == "fwd+bwd", kind);
     }
     if (*cache) return cmd_cache(cache_action, repair);

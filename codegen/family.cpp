@@ -33,6 +33,8 @@ const KernelFamily& win_bwd_dq_family();
 const KernelFamily& win_bwd_dkv_family();
 const KernelFamily& pool_bwd_family();
 const KernelFamily& bwd_cast_family();
+const KernelFamily& decode_family();
+const KernelFamily& decode_append_family();
 
 std::string describe(const TileConfig& c) {
   std::string s;
@@ -53,6 +55,9 @@ const std::vector<const KernelFamily*>& families() {
           &slc_bwd_dq_family(), &slc_bwd_dkv_family(), &slc_bwd_reduce_family(), &win_bwd_dq_family(),
           &win_bwd_dkv_family(), &pool_bwd_family(), &bwd_cast_family()})
       v.push_back(f);
+    // Decode: the cache append, then the attention step.
+    v.push_back(&decode_append_family());
+    v.push_back(&decode_family());
     const char* test = std::getenv("NSAJIT_TEST_FAMILIES");
     if (test != nullptr && std::string_view(test) == "1") v.push_back(&fault_test_family());
     return v;

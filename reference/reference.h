@@ -123,6 +123,35 @@ std::vector<Outputs> forward_varlen(const Config& cfg, const std::vector<int32_t
 Outputs concat_outputs(const std::vector<Outputs>& parts);
 
 // ---------------------------------------------------------------------------------------------------------
+// Decode (NSA.md "Decode"), reference/decode.cpp: one query token at position t of one sequence, computed on its
+// own (no O(T^2) pass over the sequence): decoding token t must give row t of forward().
+
+struct DecodeRow {
+  std::vector<double> o;               // [HQ, dv] the gated sum of the enabled branches
+  std::vector<double> o_cmp, o_slc, o_win;  // [HQ, dv] each branch
+  std::vector<int32_t> idx;            // [H, n] the reference's own selection, ascending, -1 padded
+  std::vector<int32_t> cnt;            // [H]
+  std::vector<double> score;           // [H, t / lsel + 1] group-summed importance (Eq. 10)
+};
+
+struct DecodeInputs {
+  const double* q = nullptr;  // [HQ, dk]: the query token's row
+  const double* k = nullptr;  // [len, H, dk] the sequence's tokens (len > t; tokens past t are never read)
+  const double* v = nullptr;  // [len, H, dv]
+  const double* k_slc = nullptr, *v_slc = nullptr;  // default k / v
+  const double* k_win = nullptr, *v_win = nullptr;  // default k / v
+  const double* k_cmp = nullptr;  // [>= nc(t), H, dk] the compressed cache (required)
+  const double* v_cmp = nullptr;  // [>= nc(t), H, dv]
+  const double* g_cmp = nullptr, *g_slc = nullptr, *g_win = nullptr;  // [HQ]; null disables the branch
+  // A fixed selection idx [H, n] / cnt [H] to attend over (e.g. the GPU's), else the reference's own.
+  const int32_t* idx = nullptr;
+  const int32_t* cnt = nullptr;
+};
+
+// cfg.T is not read (the sequence may be any length > t); the other fields as for forward().
+DecodeRow decode_row(const Config& cfg, int64_t t, const DecodeInputs& in);
+
+// ---------------------------------------------------------------------------------------------------------
 // Backward (NSA.md "Backward"), reference/backward.cpp. The selection is held fixed: no gradient flows through
 // idx/cnt, and k_cmp/v_cmp get their gradient through branch 1 only.
 
