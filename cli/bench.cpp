@@ -8,12 +8,12 @@
 #include <functional>
 #include <system_error>
 
+#include "base/error.h"
 #include "codegen/family.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/backward.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/forward.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"

@@ -18,11 +18,11 @@
 #include <utility>
 #include <vector>
 
+#include "base/error.h"
 #include "cache/cubin_cache.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
-#include "runtime/error.h"
 #include "runtime/jit.h"
 #include "runtime/nvrtc_compiler.h"
 
