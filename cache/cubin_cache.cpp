@@ -21,7 +21,7 @@
 #include <system_error>
 #include <utility>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 namespace nsajit {
 namespace {

@@ -8,13 +8,13 @@
 #include <functional>
 #include <system_error>
 
+#include "base/error.h"
 #include "codegen/family.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/backward.h"
 #include "runtime/decode_api.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/forward.h"
 #include "runtime/phase_times.h"
 #include "runtime/pool_api.h"

@@ -16,14 +16,14 @@
 #include <tuple>
 #include <vector>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
+#include "db/db.h"
+#include "db/keys.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/nvrtc_compiler.h"
-#include "tuner/db.h"
-#include "tuner/keys.h"
 
 namespace nsajit {
 namespace {

@@ -2,8 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "base/error.h"
 #include "codegen/embedded.h"
-#include "runtime/error.h"
 
 namespace nsajit {
 

@@ -1,8 +1,8 @@
 #include <fmt/format.h>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
 #include "codegen/embedded.h"
-#include "runtime/error.h"
 
 namespace nsajit {
 

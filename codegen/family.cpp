@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <charconv>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 namespace nsajit {
 

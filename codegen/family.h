@@ -2,15 +2,16 @@
 // A kernel family declares, in one place, what codegen, the tuner, emit, the benchmark and the runtime need:
 // its tunable parameters with their domains and constraints, launch geometry and shared memory, and its FLOP
 // and minimum-byte counts.
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "base/dim3.h"
 #include "codegen/overlap.h"
 #include "codegen/problem.h"
-#include "runtime/device.h"
 
 namespace nsajit {
 
@@ -89,5 +90,10 @@ TileConfig apply_overrides(const KernelFamily& f, TileConfig base, std::string_v
 
 // H100/H200 opt-in shared memory per block; used when no device is present to ask.
 constexpr int kHopperMaxSmemOptin = 232448;
+
+// Floats per query position of the select kernel's shared-memory score array for sequences of up to T tokens:
+// ceil(T / l') rounded up to a multiple of 4. Shared by the family's geometry (codegen/families/select.cpp) and the
+// launch (runtime/select_api.cpp).
+int select_score_row_floats(int64_t T, int lsel);
 
 }  // namespace nsajit

@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/kernels.h"
 #include "runtime/pool_api.h"
 #include "runtime/prepared_launch.h"

@@ -7,7 +7,7 @@
 
 #include "codegen/codegen.h"
 #include "runtime/device.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/kernels.h"
 #include "runtime/prepared_launch.h"
 #include "runtime/tuned.h"

@@ -6,8 +6,8 @@
 #include <mutex>
 #include <utility>
 
+#include "base/error.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/nvrtc_compiler.h"
 
 namespace nsajit {

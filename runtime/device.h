@@ -6,11 +6,9 @@
 #include <string>
 #include <vector>
 
-namespace nsajit {
+#include "base/dim3.h"
 
-struct Dim3 {
-  unsigned x = 1, y = 1, z = 1;
-};
+namespace nsajit {
 
 struct DeviceInfo {
   int ordinal = 0;

@@ -5,7 +5,7 @@
 
 #include <mutex>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 namespace nsajit {
 namespace {

@@ -7,10 +7,10 @@
 #include <optional>
 #include <vector>
 
+#include "base/error.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"
 #include "runtime/slc_fwd_api.h"

@@ -5,7 +5,7 @@
 #include <atomic>
 #include <mutex>
 
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/phase_times.h"
 
 namespace nsajit {

@@ -5,9 +5,9 @@
 #include <map>
 #include <mutex>
 
+#include "base/error.h"
 #include "cache/cubin_cache.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/phase_times.h"
 #include "runtime/jit.h"
 

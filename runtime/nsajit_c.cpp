@@ -8,9 +8,9 @@
 #include <span>
 #include <string>
 
+#include "base/error.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/backward.h"
-#include "runtime/error.h"
 #include "runtime/forward.h"
 #include "runtime/nvrtc_compiler.h"
 #include "runtime/pool_api.h"

@@ -10,7 +10,7 @@
 #include <regex>
 #include <sstream>
 
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/phase_times.h"
 
 namespace nsajit {

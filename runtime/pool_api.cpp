@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "codegen/codegen.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/validate.h"
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"

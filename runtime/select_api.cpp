@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <mutex>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"
 #include "runtime/validate.h"

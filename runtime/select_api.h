@@ -41,8 +41,4 @@ void check_select_blocks(const Problem& problem, const SelectArgs& args, const T
 PreparedLaunch prepare_select_blocks(const Problem& problem, const SelectArgs& args,
                                      const TileConfig* config = nullptr);
 
-// Floats per query position of the kernel's shared-memory score array for sequences of up to T tokens:
-// ceil(T / l') rounded up to a multiple of 4. Shared by the family's geometry and the launch.
-int select_score_row_floats(int64_t T, int lsel);
-
 }  // namespace nsajit

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
-#include "runtime/error.h"
 #include "runtime/kernels.h"
 #include "runtime/tuned.h"
 #include "runtime/validate.h"

@@ -11,13 +11,13 @@
 #include <memory>
 #include <mutex>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
+#include "db/db.h"
+#include "db/keys.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/phase_times.h"
-#include "tuner/db.h"
-#include "tuner/keys.h"
 
 namespace nsajit {
 

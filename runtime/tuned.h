@@ -14,7 +14,7 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
-#include "tuner/db.h"
+#include "db/db.h"
 
 namespace nsajit {
 

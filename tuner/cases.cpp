@@ -12,7 +12,7 @@
 #include "runtime/forward.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/kernels.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"

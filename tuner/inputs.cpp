@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 namespace nsajit {
 

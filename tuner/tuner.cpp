@@ -17,14 +17,14 @@
 #include <mutex>
 #include <tuple>
 
+#include "base/error.h"
 #include "cache/cubin_cache.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
-#include "runtime/error.h"
+#include "db/db.h"
+#include "db/keys.h"
 #include "runtime/jit.h"
 #include "tuner/cases.h"
-#include "tuner/db.h"
-#include "tuner/keys.h"
 #include "tuner/worker.h"
 
 namespace nsajit {

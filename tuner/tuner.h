@@ -14,8 +14,8 @@
 
 #include "codegen/family.h"
 #include "codegen/problem.h"
+#include "db/db.h"
 #include "runtime/nvrtc_compiler.h"
-#include "tuner/db.h"
 #include "tuner/inputs.h"
 #include "tuner/search.h"
 

@@ -16,12 +16,12 @@
 #include <memory>
 #include <set>
 
+#include "base/error.h"
 #include "codegen/family.h"
+#include "db/keys.h"
 #include "runtime/device.h"
-#include "runtime/error.h"
 #include "tuner/cases.h"
 #include "tuner/inputs.h"
-#include "tuner/keys.h"
 #include "tuner/timing.h"
 
 namespace nsajit {

@@ -8,7 +8,7 @@
 #include <algorithm>
 
 #include "codegen/family.h"
-#include "runtime/error.h"
+#include "base/error.h"
 
 namespace nsajit {
 

@@ -3,8 +3,8 @@
 // wrong, to prove a sweep survives them).
 #include <fmt/format.h>
 
+#include "base/error.h"
 #include "codegen/family.h"
-#include "runtime/error.h"
 
 namespace nsajit {
 namespace {

@@ -1,8 +1,8 @@
 // The mean-pool compressor family (fla's phi, any l and d with d | l); kernel in templates/pool.cuh.
 #include <fmt/format.h>
 
+#include "base/error.h"
 #include "codegen/family.h"
-#include "runtime/error.h"
 
 namespace nsajit {
 namespace {

@@ -4,9 +4,8 @@
 #include <algorithm>
 #include <array>
 
+#include "base/error.h"
 #include "codegen/family.h"
-#include "runtime/error.h"
-#include "runtime/select_api.h"
 
 namespace nsajit {
 namespace {

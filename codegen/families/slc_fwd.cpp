@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "base/error.h"
 #include "codegen/family.h"
-#include "runtime/error.h"
 
 namespace nsajit {
 namespace {

@@ -7,9 +7,9 @@
 #include <functional>
 #include <string>
 
+#include "base/error.h"
 #include "codegen/family.h"
 #include "runtime/backward.h"
-#include "runtime/error.h"
 
 using namespace nsajit;
 

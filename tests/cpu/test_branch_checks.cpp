@@ -8,11 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"
 #include "runtime/slc_fwd_api.h"

@@ -22,11 +22,11 @@
 #include <utility>
 #include <vector>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
 #include "runtime/attn_fwd_api.h"
-#include "runtime/error.h"
 
 namespace fs = std::filesystem;
 using nsajit::Dtype;

@@ -19,11 +19,11 @@
 #include <utility>
 #include <vector>
 
+#include "base/error.h"
 #include "cache/cubin_cache.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
-#include "runtime/error.h"
 #include "runtime/jit.h"
 #include "runtime/nvrtc_compiler.h"
 #include "runtime/phase_times.h"

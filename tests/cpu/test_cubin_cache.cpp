@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/error.h"
 #include "cache/cubin_cache.h"
-#include "runtime/error.h"
 
 namespace fs = std::filesystem;
 using nsajit::CubinCache;

@@ -1,4 +1,4 @@
-// The tuning database (tuner/db.h), its keys (tuner/keys.h) and the `nsajit db` command: schema, migration,
+// The tuning database (db/db.h), its keys (db/keys.h) and the `nsajit db` command: schema, migration,
 // classification of foreign / damaged / newer files, repair, concurrent writers, kill -9, export / import.
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -29,10 +29,10 @@
 #include "codegen/problem.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/nvrtc_compiler.h"
-#include "tuner/db.h"
-#include "tuner/keys.h"
+#include "db/db.h"
+#include "db/keys.h"
 #include "tests/cpu/test_util.h"
 
 namespace fs = std::filesystem;

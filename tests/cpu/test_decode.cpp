@@ -13,7 +13,7 @@
 #include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/decode_api.h"
-#include "runtime/error.h"
+#include "base/error.h"
 
 using namespace nsajit;
 

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
-#include "runtime/error.h"
 #include "tests/cpu/test_util.h"
 
 namespace {

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/forward.h"
 #include "runtime/pool_api.h"
 #include "runtime/select_api.h"

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "runtime/error.h"
+#include "base/error.h"
 #include "tuner/search.h"
 #include "tests/cpu/test_util.h"
 

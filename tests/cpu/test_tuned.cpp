@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "codegen/family.h"
+#include "db/db.h"
+#include "db/keys.h"
 #include "runtime/tuned.h"
 #include "tests/cpu/test_util.h"
-#include "tuner/db.h"
-#include "tuner/keys.h"
 
 namespace fs = std::filesystem;
 using nsajit::BestEntry;

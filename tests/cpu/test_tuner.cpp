@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "codegen/family.h"
-#include "runtime/error.h"
-#include "tuner/db.h"
+#include "base/error.h"
+#include "db/db.h"
 #include "tuner/tuner.h"
 #include "tuner/worker.h"
 #include "tests/cpu/test_util.h"

@@ -14,7 +14,7 @@
 #include "reference/reference.h"
 #include "runtime/backward.h"
 #include "runtime/device.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/forward.h"
 #include "runtime/pool_api.h"
 #include "tuner/inputs.h"

@@ -18,7 +18,7 @@
 #include "runtime/decode_api.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "templates/selection_rule.h"
 #include "tests/gpu/check.h"
 #include "tuner/inputs.h"

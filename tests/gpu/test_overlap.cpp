@@ -17,7 +17,7 @@
 #include "codegen/overlap.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/forward.h"
 #include "runtime/slc_fwd_api.h"
 #include "runtime/tuned.h"

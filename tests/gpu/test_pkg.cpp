@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
+#include "base/error.h"
 #include "runtime/backward.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/error.h"
 #include "runtime/forward.h"
 #include "runtime/validate.h"
 #include "tuner/inputs.h"

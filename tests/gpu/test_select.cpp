@@ -28,12 +28,12 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "cache/cubin_cache.h"
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/device.h"
-#include "runtime/error.h"
 #include "runtime/jit.h"
 #include "runtime/select_api.h"
 #include "tuner/inputs.h"

@@ -21,7 +21,7 @@
 #include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/device.h"
-#include "runtime/error.h"
+#include "base/error.h"
 #include "runtime/jit.h"
 #include "runtime/slc_fwd_api.h"
 #include "runtime/tuned.h"

@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 struct sqlite3;
 

@@ -11,7 +11,7 @@
 #include "codegen/codegen.h"
 #include "codegen/family.h"
 #include "codegen/problem.h"
-#include "tuner/db.h"
+#include "db/db.h"
 
 namespace nsajit {
 

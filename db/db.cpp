@@ -1,4 +1,4 @@
-#include "tuner/db.h"
+#include "db/db.h"
 
 #include <fmt/format.h>
 #include <llvm/Support/Error.h>

@@ -1,4 +1,4 @@
-#include "tuner/keys.h"
+#include "db/keys.h"
 
 #include <fmt/format.h>
 #include <llvm/ADT/StringExtras.h>
@@ -12,7 +12,7 @@
 #include <set>
 #include <vector>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 namespace nsajit {
 namespace {
