@@ -11,6 +11,7 @@
 #include "base/error.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/backward.h"
+#include "runtime/decode_api.h"
 #include "runtime/forward.h"
 #include "runtime/nvrtc_compiler.h"
 #include "runtime/pool_api.h"
@@ -142,7 +143,7 @@ struct FieldLayout {
 const FieldLayout kLayouts[] = {
     NSAJIT_SIZE(nsajit_problem), NSAJIT_SIZE(nsajit_tensor), NSAJIT_SIZE(nsajit_forward_tensors),
     NSAJIT_SIZE(nsajit_backward_tensors), NSAJIT_SIZE(nsajit_attn_args), NSAJIT_SIZE(nsajit_select_args),
-    NSAJIT_SIZE(nsajit_slc_args),
+    NSAJIT_SIZE(nsajit_slc_args), NSAJIT_SIZE(nsajit_decode_tensors), NSAJIT_SIZE(nsajit_decode_append_tensors),
     // nsajit_problem
     NSAJIT_FIELD(nsajit_problem, dtype), NSAJIT_FIELD(nsajit_problem, B), NSAJIT_FIELD(nsajit_problem, T),
     NSAJIT_FIELD(nsajit_problem, HQ), NSAJIT_FIELD(nsajit_problem, H), NSAJIT_FIELD(nsajit_problem, dk),
@@ -193,6 +194,48 @@ const FieldLayout kLayouts[] = {
     NSAJIT_FIELD(nsajit_backward_tensors, cu_seqlens), NSAJIT_FIELD(nsajit_backward_tensors, cu_seqlens_host),
     NSAJIT_FIELD(nsajit_backward_tensors, num_seqs), NSAJIT_FIELD(nsajit_backward_tensors, max_seqlen),
     NSAJIT_FIELD(nsajit_backward_tensors, workspace), NSAJIT_FIELD(nsajit_backward_tensors, workspace_bytes),
+    NSAJIT_FIELD(nsajit_decode_tensors, q),
+    NSAJIT_FIELD(nsajit_decode_tensors, g_cmp),
+    NSAJIT_FIELD(nsajit_decode_tensors, g_slc),
+    NSAJIT_FIELD(nsajit_decode_tensors, g_win),
+    NSAJIT_FIELD(nsajit_decode_tensors, gate_stride_b),
+    NSAJIT_FIELD(nsajit_decode_tensors, gate_stride_t),
+    NSAJIT_FIELD(nsajit_decode_tensors, gate_stride_h),
+    NSAJIT_FIELD(nsajit_decode_tensors, o),
+    NSAJIT_FIELD(nsajit_decode_tensors, k_pool),
+    NSAJIT_FIELD(nsajit_decode_tensors, v_pool),
+    NSAJIT_FIELD(nsajit_decode_tensors, num_pages),
+    NSAJIT_FIELD(nsajit_decode_tensors, k_pool_slc),
+    NSAJIT_FIELD(nsajit_decode_tensors, v_pool_slc),
+    NSAJIT_FIELD(nsajit_decode_tensors, num_pages_slc),
+    NSAJIT_FIELD(nsajit_decode_tensors, k_pool_win),
+    NSAJIT_FIELD(nsajit_decode_tensors, v_pool_win),
+    NSAJIT_FIELD(nsajit_decode_tensors, num_pages_win),
+    NSAJIT_FIELD(nsajit_decode_tensors, page_table),
+    NSAJIT_FIELD(nsajit_decode_tensors, page_table_stride),
+    NSAJIT_FIELD(nsajit_decode_tensors, page_size),
+    NSAJIT_FIELD(nsajit_decode_tensors, page_table_host),
+    NSAJIT_FIELD(nsajit_decode_tensors, seqlens),
+    NSAJIT_FIELD(nsajit_decode_tensors, seqlens_host),
+    NSAJIT_FIELD(nsajit_decode_tensors, k_cmp),
+    NSAJIT_FIELD(nsajit_decode_tensors, v_cmp),
+    NSAJIT_FIELD(nsajit_decode_tensors, max_cmp),
+    NSAJIT_FIELD(nsajit_decode_tensors, idx),
+    NSAJIT_FIELD(nsajit_decode_tensors, cnt),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, k_new),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, v_new),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, k_pool),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, v_pool),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, num_pages),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, page_table),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, page_table_stride),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, page_size),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, page_table_host),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, seqlens),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, seqlens_host),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, k_cmp),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, v_cmp),
+    NSAJIT_FIELD(nsajit_decode_append_tensors, max_cmp),
 };
 #undef NSAJIT_FIELD
 #undef NSAJIT_SIZE
@@ -360,6 +403,47 @@ const char* nsajit_nvrtc_library(void) {
 }
 
 int nsajit_abi_version(void) { return NSAJIT_ABI_VERSION; }
+
+int nsajit_decode(const nsajit_problem* cp, int Tq, const nsajit_decode_tensors* ct, void* stream) {
+  return guarded([&] {
+    const char* who = "nsajit_decode";
+    const Problem p = to_problem(who, cp);
+    const nsajit_decode_tensors& c = require(who, ct, "tensors");
+    if (c.page_size < 1 || c.page_size > (1 << 30))
+      throw UsageError(fmt::format("{}: page_size = {} is out of range", who, c.page_size));
+    DecodeTensors t;
+    t.q = view(c.q), t.o = view(c.o);
+    t.g_cmp = c.g_cmp, t.g_slc = c.g_slc, t.g_win = c.g_win;
+    t.gate_stride_b = c.gate_stride_b, t.gate_stride_t = c.gate_stride_t, t.gate_stride_h = c.gate_stride_h;
+    t.cache = {c.k_pool, c.v_pool, c.num_pages};
+    t.cache_slc = {c.k_pool_slc, c.v_pool_slc, c.num_pages_slc};
+    t.cache_win = {c.k_pool_win, c.v_pool_win, c.num_pages_win};
+    t.table.pages = c.page_table, t.table.stride = c.page_table_stride;
+    t.table.page_size = static_cast<int>(c.page_size), t.table.pages_host = c.page_table_host;
+    t.seqlens = c.seqlens, t.seqlens_host = c.seqlens_host;
+    t.k_cmp = view(c.k_cmp), t.v_cmp = view(c.v_cmp), t.max_cmp = c.max_cmp;
+    t.idx = c.idx, t.cnt = c.cnt;
+    decode(p, Tq, t, static_cast<CUstream>(stream));
+  });
+}
+
+int nsajit_decode_append(const nsajit_problem* cp, int Tn, const nsajit_decode_append_tensors* ct, void* stream) {
+  return guarded([&] {
+    const char* who = "nsajit_decode_append";
+    const Problem p = to_problem(who, cp);
+    const nsajit_decode_append_tensors& c = require(who, ct, "tensors");
+    if (c.page_size < 1 || c.page_size > (1 << 30))
+      throw UsageError(fmt::format("{}: page_size = {} is out of range", who, c.page_size));
+    AppendTensors t;
+    t.k_new = view(c.k_new), t.v_new = view(c.v_new);
+    t.k_pool = c.k_pool, t.v_pool = c.v_pool, t.num_pages = c.num_pages;
+    t.table.pages = c.page_table, t.table.stride = c.page_table_stride;
+    t.table.page_size = static_cast<int>(c.page_size), t.table.pages_host = c.page_table_host;
+    t.seqlens = c.seqlens, t.seqlens_host = c.seqlens_host;
+    t.k_cmp = view(c.k_cmp), t.v_cmp = view(c.v_cmp), t.max_cmp = c.max_cmp;
+    decode_append(p, Tn, t, static_cast<CUstream>(stream));
+  });
+}
 
 int64_t nsajit_struct_layout(const char* type, const char* field) {
   if (type == nullptr) return -1;

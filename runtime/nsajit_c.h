@@ -41,7 +41,7 @@ extern "C" {
 
 enum { NSAJIT_OK = 0, NSAJIT_ERROR = 1, NSAJIT_USAGE = 2 };
 /* Bumped whenever a struct below or a function's meaning changes. */
-#define NSAJIT_ABI_VERSION 2
+#define NSAJIT_ABI_VERSION 3
 enum { NSAJIT_BF16 = 0, NSAJIT_FP16 = 1 };
 
 typedef struct nsajit_problem {
@@ -176,6 +176,51 @@ int nsajit_backward(const nsajit_problem* p, const nsajit_backward_tensors* t, v
 /* Varlen given by num_seqs and max_seqlen: the upper bound of the batch's compressed blocks (the sum over the
  * sequences of max(0, floor((len - l) / d) + 1)) that sizes the scratch and dk_cmp/dv_cmp, in *rows. */
 int nsajit_varlen_cmp_rows(const nsajit_problem* p, int64_t num_seqs, int64_t max_seqlen, int64_t* rows);
+
+/* Decode over a paged KV cache (NSA.md "Decode"; the C mirror of runtime/decode_api.h, which says what every field
+ * means). Pools [num_pages, page_size, H, dk|dv], contiguous; page_table [B, page_table_stride] int32 on the device
+ * (page_table_host: an optional host copy, checked in full when given, as seqlens_host is); seqlens [B] int32: the
+ * tokens of each sequence in the cache, the Tq query tokens included; the compressed cache k_cmp / v_cmp
+ * [B, max_cmp, H, dk|dv]. The problem's T is the cache's capacity per sequence (page_table_stride * page_size) and B
+ * the batch. Neither call allocates, synchronizes or reads device memory on the host: both can be captured into a
+ * CUDA graph (after one call outside the capture) and replayed as the sequences grow. */
+typedef struct nsajit_decode_tensors {
+  nsajit_tensor q;                           /* [B, Tq, HQ, dk]: the last Tq tokens of each sequence */
+  const void *g_cmp, *g_slc, *g_win;         /* [B, Tq, HQ]; null disables the branch */
+  int64_t gate_stride_b, gate_stride_t, gate_stride_h; /* gate_stride_h 0 means 1 */
+  nsajit_tensor o;                           /* [B, Tq, HQ, dv] */
+  const void *k_pool, *v_pool;
+  int64_t num_pages;
+  const void *k_pool_slc, *v_pool_slc;       /* optional separate per-branch pools (same page table) */
+  int64_t num_pages_slc;
+  const void *k_pool_win, *v_pool_win;
+  int64_t num_pages_win;
+  const int32_t* page_table;
+  int64_t page_table_stride, page_size;
+  const int32_t* page_table_host;            /* optional */
+  const int32_t* seqlens;
+  const int32_t* seqlens_host;               /* optional */
+  nsajit_tensor k_cmp, v_cmp;
+  int64_t max_cmp;
+  int32_t *idx, *cnt;                        /* optional [B, Tq, H, n] / [B, Tq, H]: the chosen blocks */
+} nsajit_decode_tensors;
+int nsajit_decode(const nsajit_problem* p, int Tq, const nsajit_decode_tensors* t, void* stream);
+
+/* Appends Tn tokens to every sequence at positions seqlens[b] .. seqlens[b] + Tn (seqlens: the lengths before; not
+ * updated here) and, when k_cmp is given, writes the compressed entries they complete (mean pool). */
+typedef struct nsajit_decode_append_tensors {
+  nsajit_tensor k_new, v_new;                /* [B, Tn, H, dk|dv] */
+  void *k_pool, *v_pool;
+  int64_t num_pages;
+  const int32_t* page_table;
+  int64_t page_table_stride, page_size;
+  const int32_t* page_table_host;            /* optional */
+  const int32_t* seqlens;
+  const int32_t* seqlens_host;               /* optional */
+  nsajit_tensor k_cmp, v_cmp;                /* optional (both or neither) */
+  int64_t max_cmp;
+} nsajit_decode_append_tensors;
+int nsajit_decode_append(const nsajit_problem* p, int Tn, const nsajit_decode_append_tensors* t, void* stream);
 
 /* The library's version ("0.1.0") and NSAJIT_ABI_VERSION as it was built. */
 const char* nsajit_version(void);

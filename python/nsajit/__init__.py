@@ -13,8 +13,10 @@ wheel ships; no CUDA toolkit is needed), caching the CUBIN on disk ($NSAJIT_CACH
 import torch  # noqa: F401  (first: its CUDA wheels load the NVRTC that libnsajit.so then uses)
 
 from . import ops  # noqa: F401  (registers torch.ops.nsajit.fwd / fwd_infer / bwd)
+from . import decode as _decode_ops  # noqa: F401  (registers torch.ops.nsajit.decode / decode_append)
 from ._bounds import num_cmp_blocks, varlen_cmp_rows
 from ._lib import NsajitError, NsajitUsageError
+from .decode import completed_cmp_entries, decode, decode_append
 from .functional import nsa
 from .nn import BlockCompressor, NativeSparseAttention
 
@@ -25,6 +27,9 @@ __all__ = [
     "NativeSparseAttention",
     "NsajitError",
     "NsajitUsageError",
+    "completed_cmp_entries",
+    "decode",
+    "decode_append",
     "library_path",
     "library_version",
     "nsa",

@@ -14,7 +14,7 @@ from ctypes import POINTER, byref, c_char_p, c_double, c_int, c_int64, c_size_t,
 from importlib import resources
 
 # The ABI this module mirrors (runtime/nsajit_c.h NSAJIT_ABI_VERSION).
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 NSAJIT_OK, NSAJIT_ERROR, NSAJIT_USAGE = 0, 1, 2
 NSAJIT_BF16, NSAJIT_FP16 = 0, 1
@@ -86,12 +86,41 @@ class BackwardTensors(ctypes.Structure):
     )
 
 
+class DecodeTensors(ctypes.Structure):
+    _fields_ = (
+        _tensor_fields("q")
+        + [("g_cmp", c_void_p), ("g_slc", c_void_p), ("g_win", c_void_p)]
+        + [("gate_stride_b", c_int64), ("gate_stride_t", c_int64), ("gate_stride_h", c_int64)]
+        + _tensor_fields("o")
+        + [("k_pool", c_void_p), ("v_pool", c_void_p), ("num_pages", c_int64)]
+        + [("k_pool_slc", c_void_p), ("v_pool_slc", c_void_p), ("num_pages_slc", c_int64)]
+        + [("k_pool_win", c_void_p), ("v_pool_win", c_void_p), ("num_pages_win", c_int64)]
+        + [("page_table", c_void_p), ("page_table_stride", c_int64), ("page_size", c_int64)]
+        + [("page_table_host", c_void_p), ("seqlens", c_void_p), ("seqlens_host", c_void_p)]
+        + _tensor_fields("k_cmp v_cmp")
+        + [("max_cmp", c_int64), ("idx", c_void_p), ("cnt", c_void_p)]
+    )
+
+
+class DecodeAppendTensors(ctypes.Structure):
+    _fields_ = (
+        _tensor_fields("k_new v_new")
+        + [("k_pool", c_void_p), ("v_pool", c_void_p), ("num_pages", c_int64)]
+        + [("page_table", c_void_p), ("page_table_stride", c_int64), ("page_size", c_int64)]
+        + [("page_table_host", c_void_p), ("seqlens", c_void_p), ("seqlens_host", c_void_p)]
+        + _tensor_fields("k_cmp v_cmp")
+        + [("max_cmp", c_int64)]
+    )
+
+
 # The structs whose layout is checked against the library's own (nsajit_struct_layout).
 MIRRORS = {
     "nsajit_problem": Problem,
     "nsajit_tensor": Tensor,
     "nsajit_forward_tensors": ForwardTensors,
     "nsajit_backward_tensors": BackwardTensors,
+    "nsajit_decode_tensors": DecodeTensors,
+    "nsajit_decode_append_tensors": DecodeAppendTensors,
 }
 
 _SIGNATURES = {
@@ -100,6 +129,8 @@ _SIGNATURES = {
     "nsajit_forward": (c_int, [POINTER(Problem), POINTER(ForwardTensors), c_void_p]),
     "nsajit_backward_workspace_size": (c_int, [POINTER(Problem), POINTER(BackwardTensors), POINTER(c_size_t)]),
     "nsajit_backward": (c_int, [POINTER(Problem), POINTER(BackwardTensors), c_void_p]),
+    "nsajit_decode": (c_int, [POINTER(Problem), c_int, POINTER(DecodeTensors), c_void_p]),
+    "nsajit_decode_append": (c_int, [POINTER(Problem), c_int, POINTER(DecodeAppendTensors), c_void_p]),
     "nsajit_varlen_cmp_rows": (c_int, [POINTER(Problem), c_int64, c_int64, POINTER(c_int64)]),
     "nsajit_version": (c_char_p, []),
     "nsajit_nvrtc_library": (c_char_p, []),
