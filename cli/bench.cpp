@@ -304,7 +304,8 @@ namespace nsajit {
 // 128 tokens), the compressed cache filled by decode_append (one append of all T tokens; every sequence holds the
 // same random tokens, which changes no byte count), then one decode step of Tq query tokens per sequence timed
 // (L2 flushed before each repetition). Bytes: NSA.md's decode model, the K/V rows the three branches read.
-int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int Tq, const std::string& json_path) {
+int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int Tq, const std::string& json_path,
+                     const TileConfig* config) {
   std::string why;
   if (!driver_available(&why)) {
     fmt::print(stderr, "nsajit bench needs a GPU: {}\n", why);
@@ -357,16 +358,17 @@ int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int 
     t.seqlens = static_cast<const int32_t*>(dlens.get());
     t.k_cmp = contiguous(kcmp.get(), max_cmp, p.H, p.dk), t.v_cmp = contiguous(vcmp.get(), max_cmp, p.H, p.dv);
     t.max_cmp = max_cmp;
-    decode(p, Tq, t, nullptr);
+    decode(p, Tq, t, nullptr, config);
     ctx.synchronize();
-    const TimingStats s = time_gpu([&](CUstream st) { decode(p, Tq, t, st); });
+    const TimingStats s = time_gpu([&](CUstream st) { decode(p, Tq, t, st, config); });
     // NSA.md's decode model: the compressed keys (K and V; the selection's second pass re-reads K), n l' selected and
     // w window tokens per (sequence, KV head), for each query token.
     const double nc = static_cast<double>(T >= p.l ? (T - p.l) / p.d + 1 : 0);
     const double model = static_cast<double>(p.B) * p.H * Tq *
                          ((nc + static_cast<double>(p.n) * p.lsel + p.w) * (p.dk + p.dv) * 2.0);
     const double read = model + static_cast<double>(p.B) * p.H * Tq * nc * p.dk * 2.0;
-    fmt::print("\n{} Tq={}  decode [{}]\n", p.describe(), Tq, resolve_config(find_family("decode"), p, p).why);
+    fmt::print("\n{} Tq={}  decode [{}]\n", p.describe(), Tq,
+               config ? "given: " + describe(*config) : resolve_config(find_family("decode"), p, p).why);
     fmt::print("  decode step: median {:.1f} us (p20 {:.1f}, p80 {:.1f}); the model's bytes {:.1f} MB -> {:.0f} GB/s; "
                "read with the second pass over K_cmp {:.1f} MB -> {:.0f} GB/s\n",
                s.median_ms * 1e3, s.p20_ms * 1e3, s.p80_ms * 1e3, model / 1e6, model / (s.median_ms * 1e6),

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "codegen/family.h"
 #include "codegen/problem.h"
 #include "tuner/inputs.h"
 
@@ -20,6 +21,7 @@ int run_backward_bench(const Problem& base, const std::vector<int64_t>& seqs, co
                        bool with_forward, InputKind inputs = InputKind::coherent);
 
 // NSA decode: one step of Tq query tokens per sequence over B sequences of each length in `seqs`.
-int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int Tq, const std::string& json_path);
+int run_decode_bench(const Problem& base, const std::vector<int64_t>& seqs, int Tq, const std::string& json_path,
+                     const TileConfig* config = nullptr);
 
 }  // namespace nsajit

@@ -455,6 +455,8 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   bench->add_option("--json", bench_json, "Also write the figures to this JSON file");
   int bench_tq = 1;
+  std::string bench_tile;
+  bench->add_option("--tile", bench_tile, "With --pass decode: the decode kernel's config overrides, e.g. MMA=1");
   bench->add_option("--tq", bench_tq, "With --pass decode: query tokens per sequence (1 .. 16)")
       ->check(CLI::Range(1, 16))
       ->capture_default_str();
@@ -490,7 +492,13 @@ int run(int argc, char** argv) {
     if (*bench) {
       const InputKind kind = parse_input_kind(bench_inputs);
       if (bench_pass == "fwd") return run_forward_bench(bench_pf.build(), bench_seqs, bench_json, kind);
-      if (bench_pass == "decode") return run_decode_bench(bench_pf.build(), bench_seqs, bench_tq, bench_json);
+      if (bench_pass == "decode") {
+        const Problem p = bench_pf.build();
+        const KernelFamily& f = find_family("decode");
+        std::optional<TileConfig> cfg;
+        if (!bench_tile.empty()) cfg = apply_overrides(f, f.default_config(p), bench_tile);
+        return run_decode_bench(p, bench_seqs, bench_tq, bench_json, cfg ? &*cfg : nullptr);
+      }
       return run_backward_bench(bench_pf.build(), bench_seqs, bench_json, bench_pass == "fwd+bwd", kind);
     }
     if (*cache) return cmd_cache(cache_action, repair);

@@ -17,7 +17,8 @@
 #include "decode_params.h"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kDK = 128, kDV = 128, kG = 16, kThreads = 128, kKT = 32, kMaxCmp = 1024, kMaxSel = 1024, kMaxN = 32;
+constexpr int kDK = 128, kDV = 128, kG = 16, kThreads = 128, kKT = 32, kMaxCmp = 1024, kMaxSel = 1024, kMaxN = 32,
+              kMma = 0;
 }  // namespace nsa::spec
 #endif
 
@@ -35,11 +36,20 @@ static_assert(kThreads % 32 == 0 && kThreads % kKT == 0, "threads: a multiple of
 static_assert(kDK % 8 == 0 && kDV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kE <= 64, "too many accumulators per thread: use more threads");
 
+// kMma: the branches' attention on tensor cores instead (mma.sync m16n8k16): the G <= 16 heads are the 16 rows of
+// one MMA tile, each of the 4 warps takes every 4th tile of 32 keys with a flash-attention state of its own
+// (K and V tiles by cp.async into its own swizzled shared memory), and the 4 states merge at the end of a branch.
+static_assert(!kMma || (kG <= 16 && kDK % 64 == 0 && kDV % 64 == 0 && kKT == 32 && kThreads == 128),
+              "the tensor-core path: G <= 16, head dims multiples of 64, 32-key tiles, 4 warps");
+constexpr int kTileBytes = kKT * (kDK + kDV) * 2;  // one warp's K and V tile (16-bit elements)
+
 // Shared memory, in floats (then bytes for the flags and the chosen list).
 constexpr int kOffQ = 0;
-constexpr int kOffK = kOffQ + kG * kDK;
-constexpr int kOffV = kOffK + kKT * (kDK + 1);
-constexpr int kOffP = kOffV + kKT * kDV;
+constexpr int kSizeQ = kMma ? (16 * kDK / 2 > kG * kDK ? 16 * kDK / 2 : kG * kDK) : kG * kDK;
+constexpr int kOffK = kOffQ + kSizeQ;
+constexpr int kSizeK = kMma ? kWarps * kTileBytes / 4 : kKT * (kDK + 1);
+constexpr int kOffV = kOffK + kSizeK;
+constexpr int kOffP = kOffV + (kMma ? 0 : kKT * kDV);
 constexpr int kOffRed = kOffP + kG * kKT;
 constexpr int kOffM = kOffRed + kGG * kKT;
 constexpr int kOffL = kOffM + kG;
@@ -207,6 +217,138 @@ struct KeyRows {
   const elem* v;
 };
 
+// ---- the tensor-core path ------------------------------------------------------------------------------------------
+
+// This warp's tile of keys j0 .. j0 + kKT (K, and V when kWithV) into its swizzled shared tiles; rows at or past n
+// are zero-filled. Waits for the copies.
+template <bool kWithV, class KeyFn>
+__device__ __forceinline__ void warp_load(u32 sK, u32 sV, i64 j0, i64 n, KeyFn key, int lane, const void* any) {
+  constexpr int kKC = kDK / 8, kVC = kDV / 8;
+  for (int item = lane; item < kKT * kKC; item += 32) {
+    const int r = item / kKC, c = item % kKC;
+    const bool valid = j0 + r < n;
+    cp_async_16(sK + swz<kKC>(r, c), valid ? static_cast<const void*>(key(j0 + r).k + c * 8) : any, valid);
+  }
+  if constexpr (kWithV)
+    for (int item = lane; item < kKT * kVC; item += 32) {
+      const int r = item / kVC, c = item % kVC;
+      const bool valid = j0 + r < n;
+      cp_async_16(sV + swz<kVC>(r, c), valid ? static_cast<const void*>(key(j0 + r).v + c * 8) : any, valid);
+    }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncwarp();
+}
+
+// Keys at or past n get -inf (the S accumulators of this thread: columns (lane % 4) * 2 + {0, 1} of each 8).
+__device__ __forceinline__ void mask_tail(float (&sc)[kKT / 8][4], i64 j0, i64 n, int lane) {
+#pragma unroll
+  for (int nt = 0; nt < kKT / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      if (j0 + nt * 8 + (lane % 4) * 2 + e >= n) sc[nt][e] = sc[nt][2 + e] = neg_inf();
+}
+
+// One branch over keys 0 .. n on tensor cores; leaves what attend() leaves: acc (this thread's (row, column)
+// elements in the CUDA-core layout, unnormalized) and s.m / s.l per row (base-2 max, sum).
+template <class KeyFn>
+__device__ __forceinline__ void attend_mma(const Smem& s, i64 n, KeyFn key, float (&acc)[kE], float scale_log2,
+                                           const void* any) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const u32 sQ = smem_addr(s.q);
+  const u32 sK = smem_addr(s.k) + warp * kTileBytes, sV = sK + kKT * kDK * 2;
+  float o[kDV / 8][4];
+#pragma unroll
+  for (int i = 0; i < kDV / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
+  const u32 dummy[1][4] = {{0, 0, 0, 0}};
+  __syncthreads();  // the previous branch's readers of the merge area are done
+  for (i64 j0 = static_cast<i64>(warp) * kKT; j0 < n; j0 += kWarps * kKT) {
+    warp_load<true>(sK, sV, j0, n, key, lane, any);
+    float sc[kKT / 8][4];
+    qk_tile<elem, kKT, kDK, false>(sc, dummy, sQ, sK, 0, lane);
+    mask_tail(sc, j0, n, lane);
+    online_softmax<kKT, kDV>(sc, o, row_max, row_sum, scale_log2);
+    accumulate_pv<elem, kKT, kDV>(sc, o, sV, lane);
+    __syncwarp();
+  }
+  // Merge the warps' states through shared memory (the K/V tiles' space): per warp, its rows' max and sum and its
+  // unnormalized O [16, kDV].
+  __syncthreads();
+  float* mrg = s.k;  // [kWarps][16 * kDV] then [kWarps][16] maxes and [kWarps][16] sums
+  float* mrg_m = mrg + kWarps * 16 * kDV;
+  float* mrg_l = mrg_m + kWarps * 16;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = lane / 4 + r * 8;
+    const float total = warp_quad_sum(row_sum[r]);
+    if (lane % 4 == 0) mrg_m[warp * 16 + row] = row_max[r], mrg_l[warp * 16 + row] = total;
+#pragma unroll
+    for (int dn = 0; dn < kDV / 8; ++dn)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) mrg[(warp * 16 + row) * kDV + dn * 8 + (lane % 4) * 2 + e] = o[dn][2 * r + e];
+  }
+  __syncthreads();
+  for (int g = threadIdx.x; g < kG; g += kThreads) {
+    float m = neg_inf();
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, mrg_m[w * 16 + g]);
+    const float m_use = m == neg_inf() ? 0.f : m;
+    float l = 0.f;
+    for (int w = 0; w < kWarps; ++w)
+      if (mrg_m[w * 16 + g] != neg_inf()) l += mrg_l[w * 16 + g] * fast_exp2(mrg_m[w * 16 + g] - m_use);
+    s.m[g] = m, s.l[g] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < kE; ++e) {
+    const int idx = threadIdx.x + e * kThreads;
+    acc[e] = 0.f;
+    if (idx < kG * kDV) {
+      const int g = idx / kDV, c = idx % kDV;
+      float m = neg_inf();
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, mrg_m[w * 16 + g]);
+      const float m_use = m == neg_inf() ? 0.f : m;
+      float a = 0.f;
+      for (int w = 0; w < kWarps; ++w)
+        if (mrg_m[w * 16 + g] != neg_inf()) a += mrg[(w * 16 + g) * kDV + c] * fast_exp2(mrg_m[w * 16 + g] - m_use);
+      acc[e] = a;
+    }
+  }
+  __syncthreads();  // s.m / s.l are final for every thread
+}
+
+// The selection's second pass on tensor cores: pc[i] = sum over the group's rows of exp2(s - lse2) for the
+// compressed keys 0 .. nc (s.lse holds the rows' base-2 lse).
+template <class KeyFn>
+__device__ __forceinline__ void cmp_probabilities_mma(const Smem& s, i64 nc, KeyFn key, float scale_log2,
+                                                      const void* any) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const u32 sQ = smem_addr(s.q);
+  const u32 sK = smem_addr(s.k) + warp * kTileBytes;
+  const u32 dummy[1][4] = {{0, 0, 0, 0}};
+  __syncthreads();
+  const int r0 = lane / 4, r1 = lane / 4 + 8;
+  const float l0 = r0 < kG ? s.lse[r0] : neg_inf(), l1 = r1 < kG ? s.lse[r1] : neg_inf();
+  for (i64 j0 = static_cast<i64>(warp) * kKT; j0 < nc; j0 += kWarps * kKT) {
+    warp_load<false>(sK, 0, j0, nc, key, lane, any);
+    float sc[kKT / 8][4];
+    qk_tile<elem, kKT, kDK, false>(sc, dummy, sQ, sK, 0, lane);
+#pragma unroll
+    for (int nt = 0; nt < kKT / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float p = (l0 == neg_inf() ? 0.f : fast_exp2(sc[nt][e] * scale_log2 - l0)) +
+                  (l1 == neg_inf() ? 0.f : fast_exp2(sc[nt][2 + e] * scale_log2 - l1));
+        p += __shfl_xor_sync(0xffffffffu, p, 4);
+        p += __shfl_xor_sync(0xffffffffu, p, 8);
+        p += __shfl_xor_sync(0xffffffffu, p, 16);
+        const i64 j = j0 + nt * 8 + (lane % 4) * 2 + e;
+        if (lane < 4 && j < nc) s.pc[j] = p;
+      }
+    __syncwarp();
+  }
+  __syncthreads();
+}
+
 __device__ __forceinline__ float gate_at(const DecodeParams& p, const void* g, int b, int qi, int head) {
   return to_float(static_cast<const elem*>(g)[b * p.g_sb + qi * p.g_st + head * p.g_sh]);
 }
@@ -225,9 +367,18 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 
   if (t >= 0) {
     const elem* q = static_cast<const elem*>(p.q) + b * p.q_sb + qi * p.q_st;
-    for (int item = threadIdx.x; item < kG * kDK; item += kThreads) {
-      const int g = item / kDK, c = item % kDK;
-      s.q[item] = to_float(q[(h * kG + g) * p.q_sh + c]) * p.scale_log2;
+    if constexpr (kMma) {  // a swizzled [16, kDK] 16-bit tile, rows past G zero
+      for (int item = threadIdx.x; item < 16 * (kDK / 8); item += kThreads) {
+        const int g = item / (kDK / 8), c = item % (kDK / 8);
+        uint4 v = {0u, 0u, 0u, 0u};
+        if (g < kG) v = *reinterpret_cast<const uint4*>(q + (h * kG + g) * p.q_sh + c * 8);
+        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(s.q) + swz<kDK / 8>(g, c)) = v;
+      }
+    } else {
+      for (int item = threadIdx.x; item < kG * kDK; item += kThreads) {
+        const int g = item / kDK, c = item % kDK;
+        s.q[item] = to_float(q[(h * kG + g) * p.q_sh + c]) * p.scale_log2;
+      }
     }
     const i32* pages = p.page_table + b * p.pt_stride;
     const i64 row = static_cast<i64>(p.H) * kDK, vrow = static_cast<i64>(p.H) * kDV;
@@ -244,7 +395,10 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     const elem* vc = static_cast<const elem*>(p.v_cmp) + b * p.vc_sb + h * p.vc_sh;
     auto cmp_key = [&](i64 i) { return KeyRows{kc + i * p.kc_st, vc + i * p.vc_st}; };
     if (p.g_cmp != nullptr || p.g_slc != nullptr) {
-      attend(s, nc, cmp_key, acc);
+      if constexpr (kMma)
+        attend_mma(s, nc, cmp_key, acc, p.scale_log2, p.q);
+      else
+        attend(s, nc, cmp_key, acc);
       for (int g = threadIdx.x; g < kG; g += kThreads)
         s.lse[g] = s.l[g] > 0.f ? s.m[g] + fast_log2(s.l[g]) : neg_inf();
       if (p.g_cmp != nullptr) {
@@ -262,7 +416,8 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     // 2. The selection and the selected branch.
     if (p.g_slc != nullptr) {
       const int jj = threadIdx.x % kKT, gg = threadIdx.x / kKT;
-      for (i64 j0 = 0; j0 < nc; j0 += kKT) {
+      if constexpr (kMma) cmp_probabilities_mma(s, nc, cmp_key, p.scale_log2, p.q);
+      for (i64 j0 = 0; !kMma && j0 < nc; j0 += kKT) {
         __syncthreads();
         load_tile<false>(s, j0, nc, cmp_key);
         __syncthreads();
@@ -341,7 +496,10 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       // The chosen blocks' tokens s <= t: every block whole except the last, block jt (the largest), cut at t.
       const i64 n_slc = static_cast<i64>(want - 1) * p.lsel + (t - jt * p.lsel + 1);
       auto slc_key = [&](i64 kk) { return paged(p.k_slc, p.v_slc, s.sel[kk / p.lsel] * static_cast<i64>(p.lsel) + kk % p.lsel); };
-      attend(s, n_slc, slc_key, acc);
+      if constexpr (kMma)
+        attend_mma(s, n_slc, slc_key, acc, p.scale_log2, p.q);
+      else
+        attend(s, n_slc, slc_key, acc);
 #pragma unroll
       for (int e = 0; e < kE; ++e) {
         const int idx = threadIdx.x + e * kThreads;
@@ -356,7 +514,10 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     if (p.g_win != nullptr && p.w > 0) {
       const i64 s0 = t - p.w + 1 > 0 ? t - p.w + 1 : 0;
       auto win_key = [&](i64 kk) { return paged(p.k_win, p.v_win, s0 + kk); };
-      attend(s, t - s0 + 1, win_key, acc);
+      if constexpr (kMma)
+        attend_mma(s, t - s0 + 1, win_key, acc, p.scale_log2, p.q);
+      else
+        attend(s, t - s0 + 1, win_key, acc);
 #pragma unroll
       for (int e = 0; e < kE; ++e) {
         const int idx = threadIdx.x + e * kThreads;

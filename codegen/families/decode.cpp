@@ -35,10 +35,12 @@ void check_decode_dims(const char* who, const Problem& p) {
 }
 
 // The decode kernel's shared memory (templates/decode.cuh's layout), in bytes.
-int64_t decode_smem(const Problem& p, int threads, int kt) {
+int64_t decode_smem(const Problem& p, int threads, int kt, bool mma = false) {
   const int64_t G = p.HQ / p.H, gg = threads / kt, warps = threads / 32;
-  const int64_t floats = G * p.dk + kt * (p.dk + 1) + static_cast<int64_t>(kt) * p.dv + G * kt + gg * kt + 4 * G +
-                         max_cmp_entries(p) + max_sel_blocks(p) + 2 * warps + kDecodeMaxN;
+  const int64_t q = mma ? std::max<int64_t>(16 * p.dk / 2, G * p.dk) : G * p.dk;
+  const int64_t kv = mma ? warps * kt * (p.dk + p.dv) * 2 / 4 : kt * (p.dk + 1) + static_cast<int64_t>(kt) * p.dv;
+  const int64_t floats = q + kv + G * kt + gg * kt + 4 * G + max_cmp_entries(p) + max_sel_blocks(p) + 2 * warps +
+                         kDecodeMaxN;
   return floats * 4 + (max_sel_blocks(p) + 15) / 16 * 16;
 }
 
@@ -53,8 +55,10 @@ public:
   std::vector<std::string_view> support_files() const override { return {"templates/decode_params.h"}; }
   std::string_view harness_path() const override { return "templates/harness_decode.cuh"; }
   const std::vector<ParamDecl>& params() const override {
-    static const std::vector<ParamDecl> decls = {{"THREADS", {128, 256, 512}, "threads per CTA"},
-                                                 {"KT", {16, 32}, "keys per shared-memory tile"}};
+    static const std::vector<ParamDecl> decls = {
+        {"THREADS", {128, 256, 512}, "threads per CTA"},
+        {"KT", {16, 32}, "keys per shared-memory tile"},
+        {"MMA", {0, 1}, "1: the branches' attention on tensor cores (G <= 16, dims multiples of 64, 4 warps, KT 32)"}};
     return decls;
   }
   void check_problem(const Problem& p) const override {
@@ -71,32 +75,35 @@ public:
   }
   std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
     const int threads = c.at("THREADS"), kt = c.at("KT");
+    const bool mma = c.at("MMA") != 0;
     const int64_t G = p.HQ / p.H;
+    if (mma && (G > 16 || p.dk % 64 != 0 || p.dv % 64 != 0 || kt != 32 || threads != 128))
+      return std::string("MMA=1 needs G <= 16, dk and dv multiples of 64, KT=32 and THREADS=128");
     if ((G * p.dv + threads - 1) / threads > 64)
       return fmt::format("G x dv = {} accumulators over {} threads: more than 64 per thread", G * p.dv, threads);
-    if (decode_smem(p, threads, kt) > max_smem)
-      return fmt::format("shared memory {} B > {} B", decode_smem(p, threads, kt), max_smem);
+    if (decode_smem(p, threads, kt, mma) > max_smem)
+      return fmt::format("shared memory {} B > {} B", decode_smem(p, threads, kt, mma), max_smem);
     return std::nullopt;
   }
   TileConfig default_config(const Problem& p) const override {
     const int64_t G = p.HQ / p.H;
     int threads = 128;
     while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;
-    return {{"THREADS", threads}, {"KT", 32}};
+    return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}};
   }
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
     LaunchGeometry g;
     g.grid = {static_cast<unsigned>(p.H), 1, static_cast<unsigned>(p.B)};  // y: the query tokens (the API's Tq)
     g.block = {static_cast<unsigned>(c.at("THREADS")), 1, 1};
-    g.smem_bytes = static_cast<int>(decode_smem(p, c.at("THREADS"), c.at("KT")));
+    g.smem_bytes = static_cast<int>(decode_smem(p, c.at("THREADS"), c.at("KT"), c.at("MMA") != 0));
     return g;
   }
   std::string preamble(const Problem& p, const TileConfig& c) const override {
     return fmt::format(
         "typedef {} elem;\nconstexpr int kDK = {}, kDV = {}, kG = {}, kThreads = {}, kKT = {}, kMaxCmp = {}, "
-        "kMaxSel = {}, kMaxN = {};\n",
+        "kMaxSel = {}, kMaxN = {}, kMma = {};\n",
         p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.dv, p.HQ / p.H, c.at("THREADS"), c.at("KT"),
-        max_cmp_entries(p), max_sel_blocks(p), kDecodeMaxN);
+        max_cmp_entries(p), max_sel_blocks(p), kDecodeMaxN, c.at("MMA"));
   }
   std::string_view params_type() const override { return "nsa::DecodeParams"; }
   std::string entry_body() const override { return "nsa::decode::run(p);"; }

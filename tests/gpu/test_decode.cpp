@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/decode_api.h"
 #include "runtime/device.h"
@@ -177,7 +178,7 @@ struct DecodeCheck {
 
 // Decodes the last Tq tokens of every sequence (gates all on unless told) and checks every row.
 DecodeCheck run_decode(const Batch& b, int Tq, uint64_t seed, bool gate_cmp = true, bool gate_slc = true,
-                       bool gate_win = true) {
+                       bool gate_win = true, const TileConfig* config = nullptr) {
   const Problem& p = b.p;
   const size_t nq = static_cast<size_t>(p.B * Tq) * p.HQ;
   const std::vector<uint16_t> qb = random_normal_bits(nq * p.dk, p.dtype, seed + 11);
@@ -208,7 +209,7 @@ DecodeCheck run_decode(const Batch& b, int Tq, uint64_t seed, bool gate_cmp = tr
   t.k_cmp = contiguous(b.kcmp.get(), b.max_cmp, p.H, p.dk), t.v_cmp = contiguous(b.vcmp.get(), b.max_cmp, p.H, p.dv);
   t.max_cmp = b.max_cmp;
   t.idx = static_cast<int32_t*>(didx.get()), t.cnt = static_cast<int32_t*>(dcnt.get());
-  decode(p, Tq, t, nullptr);
+  decode(p, Tq, t, nullptr, config);
   decode_gpu().synchronize();
   std::vector<uint16_t> ob(nq * p.dv);
   dout.download(ob.data(), ob.size() * 2);
@@ -288,6 +289,24 @@ void require_ok(const DecodeCheck& c, const Problem& p) {
   CHECK(c.o.ok(tolerance(p.dtype)));
 }
 
+// The tensor-core path (MMA=1), where the problem allows it.
+const TileConfig* mma_config(const Problem& p) {
+  static const TileConfig c = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}};
+  return find_family("decode").reject(p, c, kHopperMaxSmemOptin) ? nullptr : &c;
+}
+
+// Both kernels (CUDA cores, and tensor cores where allowed) on the same cache and inputs.
+void check_both(const Batch& b, int Tq, uint64_t seed, bool gc = true, bool gs = true, bool gw = true) {
+  {
+    INFO("MMA=0");
+    require_ok(run_decode(b, Tq, seed, gc, gs, gw), b.p);
+  }
+  if (const TileConfig* c = mma_config(b.p)) {
+    INFO("MMA=1");
+    require_ok(run_decode(b, Tq, seed, gc, gs, gw, c), b.p);
+  }
+}
+
 Problem base(const char* preset_name, int HQ, int H, Dtype dt) {
   Problem p = preset(preset_name);
   p.HQ = HQ, p.H = H, p.dtype = dt;
@@ -314,7 +333,7 @@ TEST_CASE("decode: ragged lengths, shuffled pages, Tq 1, 2, 7, 16, G 1, 2, 4, 8,
     for (int64_t len : lens) at_least_tq.push_back(std::max<int64_t>(len, c.Tq));
     const Batch b = make_batch(p, at_least_tq, 128, false, ++seed);
     CHECK(check_cmp_cache(b) < tolerance(p.dtype) / 4);
-    require_ok(run_decode(b, c.Tq, ++seed), b.p);
+    check_both(b, c.Tq, ++seed);
   }
 }
 
@@ -335,13 +354,13 @@ TEST_CASE("decode: the four (dk, dv), the (l, d, l') combinations, separate per-
     CAPTURE(p.describe());
     CAPTURE(c.separate);
     const Batch b = make_batch(p, lens, c.page, c.separate, ++seed);
-    require_ok(run_decode(b, 2, ++seed), b.p);
+    check_both(b, 2, ++seed);
   }
   // Each branch off in turn (the selection still runs with the compressed gate off).
   const Batch b = make_batch(base("paper", 8, 2, Dtype::bf16), lens, 128, false, 300);
   for (int off = 0; off < 3; ++off) {
     CAPTURE(off);
-    require_ok(run_decode(b, 1, 301 + off, off != 0, off != 1, off != 2), b.p);
+    check_both(b, 1, 301 + off, off != 0, off != 1, off != 2);
   }
 }
 
@@ -352,9 +371,9 @@ TEST_CASE("decode: a batch with a 60000-token sequence (fla and paper)") {
     CAPTURE(p.describe());
     const Batch b = make_batch(p, lens, 128, false, 400);
     CHECK(check_cmp_cache(b) < tolerance(p.dtype) / 4);
-    require_ok(run_decode(b, 1, 401), b.p);
+    check_both(b, 1, 401);
     const Batch b16 = make_batch(p, {16, 63, 64, 65, 4097, 60000}, 128, false, 403);
-    require_ok(run_decode(b16, 16, 402), b16.p);
+    check_both(b16, 16, 402);
   }
 }
 
