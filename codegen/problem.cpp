@@ -46,6 +46,16 @@ void Problem::validate() const {
   if (T > (int64_t{1} << 31) - 1) throw UsageError(fmt::format("bad T = {}: must be < 2^31", T));
 }
 
+void check_head_dims(std::string_view who, const Problem& p, bool with_dv) {
+  auto check = [&](const char* name, int v) {
+    if (v % 8 != 0 || v < kMinHeadDim || v > kMaxHeadDim)
+      throw UsageError(fmt::format("{} does not support {} = {}: head dims must be multiples of 8 from {} to {}", who,
+                                   name, v, kMinHeadDim, kMaxHeadDim));
+  };
+  check("dk", p.dk);
+  if (with_dv) check("dv", p.dv);
+}
+
 std::string Problem::describe() const {
   std::string s = fmt::format("{} B={} T={} HQ={} H={} dk={} dv={} l={} d={} l'={} n={} w={}", dtype_name(dtype), B,
                               T, HQ, H, dk, dv, l, d, lsel, n, w);

@@ -30,6 +30,15 @@ struct Problem {
   std::string describe() const;
 };
 
+// Head dims of the attention kernels: dk and dv independently, any multiple of 8 from 32 to 256.
+constexpr int kMinHeadDim = 32, kMaxHeadDim = 256;
+// Throws UsageError naming `who`, the value and the rule when dk (and dv, when `with_dv`) is not a supported head dim.
+void check_head_dims(std::string_view who, const Problem& p, bool with_dv = true);
+// How the kernels lay a head dim out (templates/common.cuh): shared-memory rows padded to a multiple of 64 elements,
+// MMA loops and accumulators to a multiple of 16; global memory holds the true dim.
+constexpr int head_dim_smem(int d) { return (d + 63) / 64 * 64; }
+constexpr int head_dim_mma(int d) { return (d + 15) / 16 * 16; }
+
 // "paper" or "fla" (NSA.md); throws UsageError listing the presets for any other name.
 Problem preset(std::string_view name);
 std::vector<std::string> preset_names();

@@ -36,11 +36,17 @@ namespace attn_bwd {
 using namespace spec;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// This thread's accumulators of a warp's 16 rows x D columns, written to a packed fp32 array (row r of the warp
-// at row_ptr(r), nullptr for a row that does not exist), scaled by `mul`, added to what is there when `add`.
+// Head dims: kDK and kDV are the true ones (global memory and the packed fp32 arrays); shared tiles are dim_smem
+// wide, the MMA loops and the accumulators dim_mma (common.cuh). (Written out where used: a namespace-scope constant
+// would be a symbol of the CUBIN, and those of the head dims that were always multiples of 64 stay as they were.)
+static_assert(kDK % 8 == 0 && kDV % 8 == 0, "head dims must be multiples of 8");
+
+// This thread's accumulators of a warp's 16 rows x D columns (D the true dim; the accumulators hold dim_mma(D)),
+// written to a packed fp32 array (row r of the warp at row_ptr(r), nullptr for a row that does not exist), scaled by
+// `mul`, added to what is there when `add`.
 template <int D, class RowPtr>
-__device__ __forceinline__ void store_rows_f32(const float (&acc)[D / 8][4], RowPtr row_ptr, float mul, bool add,
-                                               int lane) {
+__device__ __forceinline__ void store_rows_f32(const float (&acc)[dim_mma(D) / 8][4], RowPtr row_ptr, float mul,
+                                               bool add, int lane) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float* row = row_ptr(lane / 4 + 8 * r);
@@ -109,10 +115,10 @@ namespace dq_dense {
 
 constexpr int kWarpsDq = kBM / 16;
 constexpr int kThreads = kWarpsDq * 32;
-constexpr int kSmemQ = kBM * kDK * 2;
-constexpr int kSmemDO = kBM * kDV * 2;
-constexpr int kSmemK = kBN * kDK * 2;
-constexpr int kSmemV = kBN * kDV * 2;
+constexpr int kSmemQ = kBM * dim_smem(kDK) * 2;
+constexpr int kSmemDO = kBM * dim_smem(kDV) * 2;
+constexpr int kSmemK = kBN * dim_smem(kDK) * 2;
+constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
 constexpr int kSmem = kSmemQ + kSmemDO + 2 * (kSmemK + kSmemV);
 
 __device__ __forceinline__ void run(const AttnBwdParams& p) {
@@ -190,7 +196,7 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
                     : padding_row();
   }
 
-  float dq[kDK / 8][4];
+  float dq[dim_mma(kDK) / 8][4];
   zero(dq);
   const u32 qf_unused[1][4] = {{0, 0, 0, 0}};
 
@@ -248,25 +254,36 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kSlices = (kG + 15) / 16;        // warps' worth of rows per position (G > 16)
 constexpr int kP = kG <= 16 ? 16 / kG : 1;     // positions per warp
 constexpr int kMaxUnion = kP * 32;             // n <= 32 blocks per position
-constexpr int kSmemQ = 16 * kDK * 2;
-constexpr int kSmemDO = 16 * kDV * 2;
-constexpr int kSmemK = kBN * kDK * 2;
-constexpr int kSmemV = kBN * kDV * 2;
+constexpr int kSmemQ = 16 * dim_smem(kDK) * 2;
+constexpr int kSmemDO = 16 * dim_smem(kDV) * 2;
+constexpr int kSmemK = kBN * dim_smem(kDK) * 2;
+constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
 constexpr int kSmemUnion = kMaxUnion * 8;
 constexpr int kSmemWarp = kSmemQ + kSmemDO + 2 * (kSmemK + kSmemV) + kSmemUnion;
 constexpr int kSmem = kWarps * kSmemWarp;
-static_assert(kL % kBN == 0, "a selection block must be a whole number of key tiles");
+// (Every backward source holds this namespace; only the selected branch's dq runs it.)
+static_assert(kMask != kMaskSelected || kPart != 0 || kL % kBN == 0,
+              "a selection block must be a whole number of key tiles");
 
-// A warp's copy of kRows rows of D elements into a swizzled tile (rows with a null pointer zero-filled).
+// A warp's copy of kRows rows of D elements (the true dim) into a swizzled tile of dim_smem(D)-wide rows (rows with a
+// null pointer zero-filled, and chunks D / 8 .. dim_mma(D) / 8 of every row). kRows * dim_mma(D) / 8 is a multiple of
+// 32: kRows is of 16, dim_mma(D) / 8 even.
 template <int kRows, int D, class RowPtr>
 __device__ __forceinline__ void warp_load(u32 tile, RowPtr row_ptr, const void* any_valid, int lane) {
-  constexpr int kChunks = D / 8;
+  constexpr int kChunks = dim_smem(D) / 8;  // row pitch
+  constexpr int kCopy = dim_mma(D) / 8;     // chunks written per row
+  static_assert(kRows * kCopy % 32 == 0, "the copy divides evenly over the warp");
 #pragma unroll 4
-  for (int i = 0; i < kRows * kChunks / 32; ++i) {
+  for (int i = 0; i < kRows * kCopy / 32; ++i) {
     const int linear = i * 32 + lane;
-    const int row = linear / kChunks, chunk = linear % kChunks;
+    const int row = linear / kCopy, chunk = linear % kCopy;
     const char* src = static_cast<const char*>(row_ptr(row));
-    cp_async_16(tile + swz<kChunks>(row, chunk), src ? src + chunk * 16 : any_valid, src != nullptr);
+    if constexpr (kCopy == D / 8) {
+      cp_async_16(tile + swz<kChunks>(row, chunk), src ? src + chunk * 16 : any_valid, src != nullptr);
+    } else {
+      const bool ok = src != nullptr && chunk < D / 8;
+      cp_async_16(tile + swz<kChunks>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+    }
   }
 }
 
@@ -353,7 +370,7 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
     }
     __syncwarp();
   }
-  constexpr int kTilesPerBlock = kL / kBN;
+  constexpr int kTilesPerBlock = kL >= kBN ? kL / kBN : 1;  // kL / kBN where this runs (the static_assert above)
   const int n_tiles = ulen * kTilesPerBlock;
 
   auto load_kv = [&](int tile, int stage) {
@@ -378,7 +395,7 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
                                     static_cast<int>(t0 + rpos[r]), kvh * kG + row_head(row))
                          : padding_row();
   }
-  float dq[kDK / 8][4];
+  float dq[dim_mma(kDK) / 8][4];
   zero(dq);
   const u32 qf_unused[1][4] = {{0, 0, 0, 0}};
 
@@ -433,16 +450,18 @@ namespace dkv {
 
 constexpr int kKeys = 16 * kWarps;
 constexpr int kThreads = kWarps * 32;
-constexpr int kSmemK = kKeys * kDK * 2;
-constexpr int kSmemV = kKeys * kDV * 2;
-constexpr int kSmemQ = kBM * kDK * 2;
-constexpr int kSmemDO = kBM * kDV * 2;
+constexpr int kSmemK = kKeys * dim_smem(kDK) * 2;
+constexpr int kSmemV = kKeys * dim_smem(kDV) * 2;
+constexpr int kSmemQ = kBM * dim_smem(kDK) * 2;
+constexpr int kSmemDO = kBM * dim_smem(kDV) * 2;
 constexpr int kSmemRows = kBM * 16;  // RowScalars
 constexpr int kSmem = kSmemK + kSmemV + 2 * (kSmemQ + kSmemDO + kSmemRows);
-static_assert(kMask != kMaskSelected || kKeys == kL, "the selected dkv kernel owns one whole selection block");
+static_assert(kMask != kMaskSelected || kPart == 0 || kKeys == kL,
+              "the selected dkv kernel owns one whole selection block");
 
 // The inner step for one tile of query rows already in shared memory.
-__device__ __forceinline__ void step(const AttnBwdParams& p, float (&dk)[kDK / 8][4], float (&dv)[kDV / 8][4],
+__device__ __forceinline__ void step(const AttnBwdParams& p, float (&dk)[dim_mma(kDK) / 8][4],
+                                     float (&dv)[dim_mma(kDV) / 8][4],
                                      u32 sK, u32 sV, u32 sQ, u32 sDO, const RowScalars* rows, i64 key0, i64 key_end,
                                      int warp, int lane) {
   const u32 unused[1][4] = {{0, 0, 0, 0}};
@@ -646,7 +665,7 @@ __device__ __forceinline__ void run(const AttnBwdParams& p) {
   load_rows(w.m_begin, 0);
   cp_async_commit();
 
-  float dk[kDK / 8][4], dv[kDV / 8][4];
+  float dk[dim_mma(kDK) / 8][4], dv[dim_mma(kDV) / 8][4];
   zero(dk);
   zero(dv);
   for (int j = 0; j < n_tiles; ++j) {

@@ -25,11 +25,13 @@ namespace attn_fwd {
 using namespace spec;
 constexpr int kWarps = kBM / 16;
 constexpr int kThreads = kWarps * 32;
-constexpr int kSmemQ = kBM * kDK * 2;
-constexpr int kSmemK = kBN * kDK * 2;
-constexpr int kSmemV = kBN * kDV * 2;
+// Head dims: kDK and kDV are the true ones (global memory); shared tiles are dim_smem wide, the MMA loops and the
+// accumulators dim_mma (common.cuh).
+constexpr int kSmemQ = kBM * dim_smem(kDK) * 2;
+constexpr int kSmemK = kBN * dim_smem(kDK) * 2;
+constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
 static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
-static_assert(kDK % 64 == 0 && kDV % 64 == 0, "head dims must be multiples of 64");
+static_assert(kDK % 8 == 0 && kDV % 8 == 0, "head dims must be multiples of 8");
 
 __device__ __forceinline__ void run(const AttnFwdParams& p) {
   extern __shared__ __align__(128) char smem[];
@@ -90,12 +92,12 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
   const int row0 = warp * 16 + lane / 4;
   const i64 t_row[2] = {(m0 + row0) / kG, (m0 + row0 + 8) / kG};
 
-  float acc[kDV / 8][4];
+  float acc[dim_mma(kDV) / 8][4];
 #pragma unroll
-  for (int i = 0; i < kDV / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int i = 0; i < dim_mma(kDV) / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   float row_max[2] = {neg_inf(), neg_inf()};
   float row_sum[2] = {0.f, 0.f};
-  u32 qf[kQInRegs ? kDK / 16 : 1][4];
+  u32 qf[kQInRegs ? dim_mma(kDK) / 16 : 1][4];
 
   for (int j = 0; j < n_tiles; ++j) {
     const int stage = j & 1;
@@ -107,8 +109,8 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
     if constexpr (kQInRegs) {
       if (j == 0) {
 #pragma unroll
-        for (int kk = 0; kk < kDK / 16; ++kk)
-          ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1],
+        for (int kk = 0; kk < dim_mma(kDK) / 16; ++kk)
+          ldmatrix_x4(sQ + swz<dim_smem(kDK) / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1],
                       qf[kk][2], qf[kk][3]);
       }
     }
@@ -149,7 +151,7 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
   }
   cp_async_wait<0>();
 
-  // Epilogue: normalize; write o, lse and the gated output for the rows that exist.
+  // Epilogue: normalize; write o, lse and the gated output for the rows that exist (the true kDV columns).
   elem* o = p.o ? static_cast<elem*>(p.o) + o_off + static_cast<i64>(kvh) * kG * p.o_sh : nullptr;
   const elem* gate = static_cast<const elem*>(p.gate);
   elem* out = static_cast<elem*>(p.out);

@@ -18,7 +18,9 @@ namespace attn_fwd_ref {
 using namespace spec;
 constexpr int kWarpsPerBlock = 4;
 constexpr int kThreads = kWarpsPerBlock * 32;
-static_assert(kDK % 32 == 0 && kDV % 32 == 0, "head dims must be multiples of 32");
+// Lane i holds elements i, i + 32, ... of a row: (dim + 31) / 32 of them, the last one partial unless 32 divides the
+// dim. (Functions rather than namespace-scope constants: each of those is a symbol of the CUBIN.)
+__device__ __forceinline__ bool in_dim(int dim, int e) { return dim % 32 == 0 || e < dim; }
 
 __device__ __forceinline__ void run(const AttnFwdParams& p) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -42,12 +44,12 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
   const elem* k = static_cast<const elem*>(p.k) + k_off + kvh * p.k_sh;
   const elem* v = static_cast<const elem*>(p.v) + v_off + kvh * p.v_sh;
 
-  float qv[kDK / 32];
+  float qv[(kDK + 31) / 32];
 #pragma unroll
-  for (int i = 0; i < kDK / 32; ++i) qv[i] = to_float(q[lane + 32 * i]);
-  float acc[kDV / 32];
+  for (int i = 0; i < (kDK + 31) / 32; ++i) qv[i] = in_dim(kDK, lane + 32 * i) ? to_float(q[lane + 32 * i]) : 0.f;
+  float acc[(kDV + 31) / 32];
 #pragma unroll
-  for (int i = 0; i < kDV / 32; ++i) acc[i] = 0.f;
+  for (int i = 0; i < (kDV + 31) / 32; ++i) acc[i] = 0.f;
   float mx = neg_inf(), sum = 0.f;
   const float scale = p.scale_log2 * 0.6931471805599453f;  // back to the natural-log scale
   const i64 lo = kMask == kMaskWindow ? (t - p.w + 1 > 0 ? t - p.w + 1 : 0) : 0;
@@ -55,7 +57,8 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
   for (i64 s = lo; s <= hi; ++s) {
     float dot = 0.f;
 #pragma unroll
-    for (int i = 0; i < kDK / 32; ++i) dot += qv[i] * to_float(k[s * p.k_st + lane + 32 * i]);
+    for (int i = 0; i < (kDK + 31) / 32; ++i)
+      if (in_dim(kDK, lane + 32 * i)) dot += qv[i] * to_float(k[s * p.k_st + lane + 32 * i]);
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
     const float x = dot * scale;
@@ -64,12 +67,14 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
     const float e = expf(x - m_new);
     sum = sum * alpha + e;
 #pragma unroll
-    for (int i = 0; i < kDV / 32; ++i) acc[i] = acc[i] * alpha + e * to_float(v[s * p.v_st + lane + 32 * i]);
+    for (int i = 0; i < (kDV + 31) / 32; ++i)
+      if (in_dim(kDV, lane + 32 * i)) acc[i] = acc[i] * alpha + e * to_float(v[s * p.v_st + lane + 32 * i]);
     mx = m_new;
   }
   elem* o = static_cast<elem*>(p.o) + o_off + t * p.o_st + h * p.o_sh;
 #pragma unroll
-  for (int i = 0; i < kDV / 32; ++i) o[lane + 32 * i] = from_float<elem>(sum > 0.f ? acc[i] / sum : 0.f);
+  for (int i = 0; i < (kDV + 31) / 32; ++i)
+    if (in_dim(kDV, lane + 32 * i)) o[lane + 32 * i] = from_float<elem>(sum > 0.f ? acc[i] / sum : 0.f);
   if (p.lse != nullptr && lane == 0) p.lse[l_off + t * p.lse_st + h] = sum > 0.f ? mx + logf(sum) : neg_inf();
 }
 

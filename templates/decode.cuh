@@ -223,17 +223,19 @@ struct KeyRows {
 // are zero-filled. Waits for the copies.
 template <bool kWithV, class KeyFn>
 __device__ __forceinline__ void warp_load(u32 sK, u32 sV, i64 j0, i64 n, KeyFn key, int lane, const void* any) {
-  constexpr int kKC = kDK / 8, kVC = kDV / 8;
+  // (The path needs dims that are multiples of 64; the pitches are written as the shared helpers' so that the
+  // template compiles for every dim.)
+  constexpr int kKC = kDK / 8, kVC = kDV / 8, kKP = dim_smem(kDK) / 8, kVP = dim_smem(kDV) / 8;
   for (int item = lane; item < kKT * kKC; item += 32) {
     const int r = item / kKC, c = item % kKC;
     const bool valid = j0 + r < n;
-    cp_async_16(sK + swz<kKC>(r, c), valid ? static_cast<const void*>(key(j0 + r).k + c * 8) : any, valid);
+    cp_async_16(sK + swz<kKP>(r, c), valid ? static_cast<const void*>(key(j0 + r).k + c * 8) : any, valid);
   }
   if constexpr (kWithV)
     for (int item = lane; item < kKT * kVC; item += 32) {
       const int r = item / kVC, c = item % kVC;
       const bool valid = j0 + r < n;
-      cp_async_16(sV + swz<kVC>(r, c), valid ? static_cast<const void*>(key(j0 + r).v + c * 8) : any, valid);
+      cp_async_16(sV + swz<kVP>(r, c), valid ? static_cast<const void*>(key(j0 + r).v + c * 8) : any, valid);
     }
   cp_async_commit();
   cp_async_wait<0>();
@@ -257,9 +259,9 @@ __device__ __forceinline__ void attend_mma(const Smem& s, i64 n, KeyFn key, floa
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const u32 sQ = smem_addr(s.q);
   const u32 sK = smem_addr(s.k) + warp * kTileBytes, sV = sK + kKT * kDK * 2;
-  float o[kDV / 8][4];
+  float o[dim_mma(kDV) / 8][4];
 #pragma unroll
-  for (int i = 0; i < kDV / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  for (int i = 0; i < dim_mma(kDV) / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
   const u32 dummy[1][4] = {{0, 0, 0, 0}};
   __syncthreads();  // the previous branch's readers of the merge area are done
@@ -372,7 +374,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
         const int g = item / (kDK / 8), c = item % (kDK / 8);
         uint4 v = {0u, 0u, 0u, 0u};
         if (g < kG) v = *reinterpret_cast<const uint4*>(q + (h * kG + g) * p.q_sh + c * 8);
-        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(s.q) + swz<kDK / 8>(g, c)) = v;
+        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(s.q) + swz<dim_smem(kDK) / 8>(g, c)) = v;
       }
     } else {
       for (int item = threadIdx.x; item < kG * kDK; item += kThreads) {

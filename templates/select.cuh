@@ -52,18 +52,20 @@ constexpr int kNJ = kR4 * kD / kLSel;              // selection blocks a run cov
 constexpr bool kSpill = kL > kD;                   // a run's last blocks reach into the next run's first block
 constexpr int kNOut = kNJ + (kSpill ? 1 : 0);
 constexpr int kPStride = kBN + 8;  // floats per row of the probability buffer (padded against bank conflicts)
-constexpr int kSmemQ = kWR * kRowsW * kDK * 2;
-constexpr int kSmemK = kTile * kDK * 2;
+// kDK is the true head dim (global memory); shared tiles are dim_smem(kDK) wide, the MMA loop runs to dim_mma(kDK).
+// (Written out where used: a namespace-scope constant would be a symbol of the CUBIN.)
+constexpr int kSmemQ = kWR * kRowsW * dim_smem(kDK) * 2;
+constexpr int kSmemK = kTile * dim_smem(kDK) * 2;
 constexpr int kSmemP = kPath == kPathSmem ? kW * kRowsW * kPStride * 4 : 0;
 constexpr int kNone = 0x7fffffff;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
 
 static_assert(kBN % 32 == 0, "key tiles hold a multiple of 32 compressed blocks");
-static_assert(kDK % 64 == 0, "head dim must be a multiple of 64");
+static_assert(kDK % 8 == 0, "head dim must be a multiple of 8");
 static_assert(kL % kD == 0 && kLSel % kD == 0, "d must divide l and l'");
 static_assert((kR4 * kD) % kLSel == 0, "a run must cover whole selection blocks");
-static_assert(kL - kD < kLSel, "a compressed block may reach at most one selection block past its first");
+static_assert(kL - kD <= kLSel, "a compressed block may reach at most one selection block past its first");
 static_assert(kN >= 3 && kN <= 32, "n must be 3 .. 32 (one lane per selected block)");
 static_assert(kPPW >= 1 && kPPW * kG <= kRowsW, "a warp holds whole positions");
 static_assert(kOcc == 1 || kOcc == 2, "kOcc (CTAs' register budget, applied by the entry's launch bounds) is 1 or 2");
@@ -251,19 +253,23 @@ __device__ __forceinline__ void run(const SelectParams& p) {
     reinterpret_cast<float4*>(scores)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
 
   // A key tile, rows permuted within each split's kBN (key_of_row). Unrolled at most 4 deep: with few threads, a
-  // full unroll would keep every row's address live across the key loop.
+  // full unroll would keep every row's address live across the key loop. Chunks kDK / 8 .. dim_mma(kDK) / 8 are
+  // zero-filled.
   auto load_k = [&](int tile, int stage) {
-    constexpr int kChunks = kDK / 8;
-    static_assert((kTile * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
+    constexpr int kChunks = dim_smem(kDK) / 8;  // row pitch
+    constexpr int kCopy = dim_mma(kDK) / 8;    // chunks written per row
+    constexpr int kTotal = kTile * kCopy;
     const int i0 = tile * kTile;
     const u32 dst = sK0 + stage * kSmemK;
 #pragma unroll 4
-    for (int it = 0; it < kTile * kChunks / kThreads; ++it) {
+    for (int it = 0; it < (kTotal + kThreads - 1) / kThreads; ++it) {
       const int linear = it * kThreads + static_cast<int>(threadIdx.x);
-      const int r = linear / kChunks, chunk = linear % kChunks;
+      if (kTotal % kThreads != 0 && linear >= kTotal) break;
+      const int r = linear / kCopy, chunk = linear % kCopy;
       const int i = i0 + (r / kBN) * kBN + key_of_row(r % kBN);
-      cp_async_16(dst + swz<kChunks>(r, chunk), i < n_keys ? k + static_cast<i64>(i) * p.k_st + chunk * 8 : k,
-                  i < n_keys);
+      bool ok = i < n_keys;
+      if constexpr (kCopy != kDK / 8) ok = ok && chunk < kDK / 8;
+      cp_async_16(dst + swz<kChunks>(r, chunk), ok ? k + static_cast<i64>(i) * p.k_st + chunk * 8 : k, ok);
     }
   };
   load_tile_async<kThreads, kWR * kRowsW, kDK>(
@@ -319,7 +325,7 @@ __device__ __forceinline__ void run(const SelectParams& p) {
     row[h] = scores + (wr * kPPW + pos) * ns_row;
   }
 
-  u32 qf[kQInRegs ? kMT : 1][kQInRegs ? kDK / 16 : 1][4];
+  u32 qf[kQInRegs ? kMT : 1][kQInRegs ? dim_mma(kDK) / 16 : 1][4];
 
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int stage = kt & 1;
@@ -334,12 +340,12 @@ __device__ __forceinline__ void run(const SelectParams& p) {
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-            for (int kk = 0; kk < kDK / 16; ++kk)
-              ldmatrix_x4(sQ + swz<kDK / 8>(wr * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), qf[mt][kk][0],
-                          qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
+            for (int kk = 0; kk < dim_mma(kDK) / 16; ++kk)
+              ldmatrix_x4(sQ + swz<dim_smem(kDK) / 8>(wr * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16),
+                          qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
         }
       }
-      const u32 sK = sK0 + stage * kSmemK + ks * (kBN * kDK * 2);  // this split's kBN rows
+      const u32 sK = sK0 + stage * kSmemK + ks * (kBN * dim_smem(kDK) * 2);  // this split's kBN rows
       const int i0 = kt * kTile + ks * kBN;
       const int run0 = i0 + q4 * kR4;  // first compressed block of this thread's run
       const bool full = i0 + kBN <= vis_first;
@@ -356,19 +362,19 @@ __device__ __forceinline__ void run(const SelectParams& p) {
 #pragma unroll
         for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < kDK / 16; ++kk) {
+        for (int kk = 0; kk < dim_mma(kDK) / 16; ++kk) {
           u32 a[4];
           if constexpr (kQInRegs) {
             a[0] = qf[mt][kk][0], a[1] = qf[mt][kk][1], a[2] = qf[mt][kk][2], a[3] = qf[mt][kk][3];
           } else {
-            ldmatrix_x4(sQ + swz<kDK / 8>(wr * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2],
-                        a[3]);
+            ldmatrix_x4(sQ + swz<dim_smem(kDK) / 8>(wr * kRowsW + mt * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1],
+                        a[2], a[3]);
           }
 #pragma unroll
           for (int nn = 0; nn < kBN / 16; ++nn) {
             u32 b0, b1, b2, b3;
-            ldmatrix_x4(sK + swz<kDK / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0, b1,
-                        b2, b3);
+            ldmatrix_x4(sK + swz<dim_smem(kDK) / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)),
+                        b0, b1, b2, b3);
             mma_16816<elem>(s[2 * nn], a, b0, b1);
             mma_16816<elem>(s[2 * nn + 1], a, b2, b3);
           }

@@ -41,13 +41,15 @@ constexpr int kPosPerWarp = kSmallGroup ? 16 / kG : 1;        // G <= 16: whole 
 constexpr int kWarpsPerPos = kSmallGroup ? 1 : (kG <= 32 ? 2 : kG <= 64 ? 4 : kG <= 128 ? 8 : 16);
 constexpr int kP = kSmallGroup ? kWarps * kPosPerWarp : kWarps / kWarpsPerPos;
 constexpr int kTilesPerBlock = kL / kBN;
-constexpr int kSmemQ = kBM * kDK * 2;
-constexpr int kSmemK = kBN * kDK * 2;
-constexpr int kSmemV = kBN * kDV * 2;
+// Head dims: kDK and kDV are the true ones (global memory); shared tiles are dim_smem wide, the MMA loops and the
+// accumulators dim_mma (common.cuh).
+constexpr int kSmemQ = kBM * dim_smem(kDK) * 2;
+constexpr int kSmemK = kBN * dim_smem(kDK) * 2;
+constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
 constexpr int kMaxN = 32;           // the merge's shared-memory lists hold kP * kMaxN entries (n <= kMaxN)
 constexpr u32 kNone = 0xffffffffu;  // "no block" in the merge
 static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
-static_assert(kDK % 64 == 0 && kDV % 64 == 0, "head dims must be multiples of 64");
+static_assert(kDK % 8 == 0 && kDV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kL % kBN == 0, "a selection block must be a whole number of key tiles");
 static_assert(kSmallGroup || kWarps % kWarpsPerPos == 0, "a CTA must hold whole positions");
 static_assert(kP >= 1 && kP <= 32, "block masks are 32-bit: 1..32 positions per CTA");
@@ -88,22 +90,26 @@ __device__ __forceinline__ float unpack_hi(u32 x) {
   return to_float<elem>(e);
 }
 
-// Copies rows [0, kRows) of D elements, row r at base + r * stride, into a swizzled shared tile; rows >= valid are
-// zero-filled and not read (`readable`, an address inside the tensor, stands in for them). The stride passes through
-// an empty asm so that the row offsets are recomputed per call: hoisted out of the main loop, they would hold one
-// 64-bit register per copied row.
+// Copies rows [0, kRows) of D elements (D the true dim), row r at base + r * stride, into a swizzled shared tile of
+// dim_smem(D)-wide rows; rows >= valid are zero-filled and not read (`readable`, an address inside the tensor, stands
+// in for them), and so are chunks D / 8 .. dim_mma(D) / 8 of every row. The stride passes through an empty asm so
+// that the row offsets are recomputed per call: hoisted out of the main loop, they would hold one 64-bit register per
+// copied row.
 template <int kRows, int D>
 __device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 stride, int valid,
                                                 const elem* readable) {
-  constexpr int kChunks = D / 8;
-  static_assert((kRows * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
+  constexpr int kChunks = dim_smem(D) / 8;  // row pitch
+  constexpr int kCopy = dim_mma(D) / 8;     // chunks written per row
+  constexpr int kTotal = kRows * kCopy;
   asm volatile("" : "+l"(stride));
 #pragma unroll 8
-  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+  for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
     const int linear = i * kThreads + static_cast<int>(threadIdx.x);
-    const int row = linear / kChunks;
-    const int chunk = linear % kChunks;
-    const bool ok = row < valid;
+    if (kTotal % kThreads != 0 && linear >= kTotal) break;
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
+    bool ok = row < valid;
+    if constexpr (kCopy != D / 8) ok = ok && chunk < D / 8;
     const elem* src = ok ? base + row * stride + chunk * 8 : readable;
     cp_async_16(tile + swz<kChunks>(row, chunk), src, ok);
   }
@@ -245,12 +251,12 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
                               v);
   };
 
-  u32 qf[kQInRegs ? kDK / 16 : 1][4];
+  u32 qf[kQInRegs ? dim_mma(kDK) / 16 : 1][4];
   if constexpr (kQInRegs) {
 #pragma unroll
-    for (int kk = 0; kk < kDK / 16; ++kk)
-      ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1], qf[kk][2],
-                  qf[kk][3]);
+    for (int kk = 0; kk < dim_mma(kDK) / 16; ++kk)
+      ldmatrix_x4(sQ + swz<dim_smem(kDK) / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1],
+                  qf[kk][2], qf[kk][3]);
   }
 
 #pragma unroll
@@ -259,9 +265,9 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
     cp_async_commit();
   }
 
-  float acc[kDV / 8][4];
+  float acc[dim_mma(kDV) / 8][4];
 #pragma unroll
-  for (int i = 0; i < kDV / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int i = 0; i < dim_mma(kDV) / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   float row_max[2] = {neg_inf(), neg_inf()};
   float row_sum[2] = {0.f, 0.f};
 
@@ -314,7 +320,7 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   }
   cp_async_wait<0>();
 
-  // Epilogue: normalize; write o_slc, the gated output and lse for the rows that exist.
+  // Epilogue: normalize; write o_slc, the gated output and lse for the rows that exist (the true kDV columns).
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float total = warp_quad_sum(row_sum[r]);

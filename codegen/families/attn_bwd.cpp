@@ -13,8 +13,7 @@
 namespace nsajit {
 namespace {
 
-constexpr std::pair<int, int> kHeadDims[] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
-constexpr int kSelBlocks[] = {32, 64, 128};
+constexpr int kSelBlocks[] = {16, 32, 64, 128};
 constexpr int kTopN[] = {8, 16, 32};
 
 enum class Branch { window, compressed, selected };
@@ -29,18 +28,14 @@ const char* mask_constant(Branch b) {
 
 void check_dims(std::string_view who, const Problem& p) {
   p.validate();
-  const bool dims_ok = std::any_of(std::begin(kHeadDims), std::end(kHeadDims),
-                                   [&](auto hd) { return hd.first == p.dk && hd.second == p.dv; });
-  if (!dims_ok)
-    throw UsageError(fmt::format("{} does not support (dk, dv) = ({}, {}): supported are (64, 64), (128, 128), "
-                                 "(192, 128), (256, 256)",
-                                 who, p.dk, p.dv));
+  check_head_dims(who, p);
 }
 
 void check_selection(std::string_view who, const Problem& p) {
   if (std::find(std::begin(kSelBlocks), std::end(kSelBlocks), p.lsel) == std::end(kSelBlocks))
     throw UsageError(
-        fmt::format("{} does not support l' = {}: supported selection block lengths are 32, 64, 128", who, p.lsel));
+        fmt::format("{} does not support l' = {}: supported selection block lengths are 16, 32, 64, 128", who,
+                    p.lsel));
   if (std::find(std::begin(kTopN), std::end(kTopN), p.n) == std::end(kTopN))
     throw UsageError(fmt::format("{} does not support n = {}: supported are 8, 16, 32 selected blocks", who, p.n));
 }
@@ -127,29 +122,40 @@ public:
     if (br_ == Branch::selected) check_selection(name_, p);
   }
 
+  // Head dims count as the MMA loops run them (rounded up to 16) in the register estimates and the defaults.
   std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
     const int smem = smem_bytes(p, c);
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
+    const int dk = head_dim_mma(p.dk), dv = head_dim_mma(p.dv);
     if (part_ == Part::dq) {
       const int BN = c.at("BN");
       if (br_ == Branch::selected && p.lsel % BN != 0) return fmt::format("BN = {} does not divide l' = {}", BN, p.lsel);
-      const int regs = p.dk / 2 + BN;  // dQ accumulators, S and dP
+      const int regs = dk / 2 + BN;  // dQ accumulators, S and dP
       if (regs > 200) return fmt::format("fragment registers {} > 200: would spill", regs);
     } else {
       const int BM = c.at("BM");
-      const int regs = p.dk / 2 + p.dv / 2 + BM;  // dK, dV accumulators, S^T and dP^T
+      const int regs = dk / 2 + dv / 2 + BM;  // dK, dV accumulators, S^T and dP^T
       // The largest head dims (256, 256) spill at every BM; keep the smallest BM for them.
-      if (regs > 200 && !(BM == 16 && p.dk + p.dv > 300)) return fmt::format("fragment registers {} > 200: would spill", regs);
+      if (regs > 200 && !(BM == 16 && dk + dv > 300)) return fmt::format("fragment registers {} > 200: would spill", regs);
     }
     return std::nullopt;
   }
 
   TileConfig default_config(const Problem& p) const override {
+    const int dk = head_dim_mma(p.dk), dv = head_dim_mma(p.dv);
     if (part_ == Part::dq) {
-      if (br_ == Branch::selected) return {{"WARPS", 4}, {"BN", p.dk >= 256 ? 16 : 32}};
-      return {{"BM", 64}, {"BN", p.dk >= 256 ? 16 : 32}};
+      if (br_ == Branch::selected) {
+        // Four warps, each with its own tiles, unless their shared memory does not fit (dims padded to 64 past
+        // 128 + 128): then fewer.
+        TileConfig c = {{"WARPS", 4}, {"BN", std::min(dk > 192 ? 16 : 32, p.lsel)}};
+        while (c["WARPS"] > 1 && reject(p, c, kHopperMaxSmemOptin)) c["WARPS"] /= 2;
+        return c;
+      }
+      return {{"BM", 64}, {"BN", dk > 192 ? 16 : 32}};
     }
-    const int BM = p.dk + p.dv > 300 ? 16 : p.dk + p.dv > 256 ? 16 : 32;
+    // BM = 32 for dk + dv <= 128 and at (128, 128) (as measured when those were the only dims), else 16: from
+    // dk + dv = 160 on, BM = 32 spills (ptxas through NVRTC, sm_90a: 52 B for cmp_bwd_dkv at (80, 80)).
+    const int BM = dk + dv <= 128 || (dk == 128 && dv == 128) ? 32 : 16;
     if (br_ == Branch::selected) return {{"BM", BM}, {"QCHUNK", 1024}};
     if (br_ == Branch::compressed) return {{"WARPS", 4}, {"BM", BM}, {"QSPLIT", 4096}};
     return {{"WARPS", 4}, {"BM", BM}};
@@ -222,8 +228,9 @@ public:
   }
 
 private:
+  // Shared-memory rows are padded to 64 elements (templates/common.cuh).
   int smem_bytes(const Problem& p, const TileConfig& c) const {
-    const int row = (p.dk + p.dv) * 2;
+    const int row = (head_dim_smem(p.dk) + head_dim_smem(p.dv)) * 2;
     if (part_ == Part::dq) {
       if (br_ == Branch::selected) {
         const int P = p.G() <= 16 ? 16 / p.G() : 1;

@@ -11,8 +11,6 @@
 namespace nsajit {
 namespace {
 
-constexpr std::pair<int, int> kHeadDims[] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
-
 enum class Mask { window, compressed };
 
 // What the dense-attention kernels share: the problems they serve, their parameter block and their work.
@@ -27,12 +25,7 @@ public:
 
   void check_problem(const Problem& p) const override {
     p.validate();
-    const bool dims_ok = std::any_of(std::begin(kHeadDims), std::end(kHeadDims),
-                                     [&](auto hd) { return hd.first == p.dk && hd.second == p.dv; });
-    if (!dims_ok)
-      throw UsageError(fmt::format("{} does not support (dk, dv) = ({}, {}): supported are (64, 64), (128, 128), "
-                                   "(192, 128), (256, 256)",
-                                   name(), p.dk, p.dv));
+    check_head_dims(name(), p);
   }
 
   double flops(const Problem& p) const override {
@@ -86,9 +79,9 @@ public:
   std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
     const int smem = smem_bytes(p, c);
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
-    // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held). Past ~200 the
-    // compiler spills (255 is the hard cap, and addressing needs the rest).
-    const int regs = p.dv / 2 + c.at("BN") / 2 + (c.at("QREGS") ? p.dk / 4 : 0);
+    // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held), dims rounded up to 16
+    // as the MMA loops run. Past ~200 the compiler spills (255 is the hard cap, and addressing needs the rest).
+    const int regs = head_dim_mma(p.dv) / 2 + c.at("BN") / 2 + (c.at("QREGS") ? head_dim_mma(p.dk) / 4 : 0);
     if (regs > 200) return fmt::format("fragment registers {} > 200: would spill", regs);
     return std::nullopt;
   }
@@ -96,8 +89,9 @@ public:
   TileConfig default_config(const Problem& p) const override {
     // The fastest of the tile sweep on the H200 at T = 65536 (bench/RESULTS.md) among the configs that do not
     // spill, until the tuner's database supplies measured winners per problem.
-    if (p.dk >= 256 || p.dv >= 256) return {{"BM", 128}, {"BN", 16}, {"QREGS", 0}};
-    if (p.dk > 128 && mask_ == Mask::compressed) return {{"BM", 64}, {"BN", 32}, {"QREGS", 0}};
+    // Head dims count as the MMA loops run them (rounded up to 16).
+    if (head_dim_mma(p.dk) > 192 || head_dim_mma(p.dv) > 192) return {{"BM", 128}, {"BN", 16}, {"QREGS", 0}};
+    if (head_dim_mma(p.dk) > 128 && mask_ == Mask::compressed) return {{"BM", 64}, {"BN", 32}, {"QREGS", 0}};
     return {{"BM", 64}, {"BN", 32}, {"QREGS", 1}};
   }
 
@@ -123,8 +117,10 @@ public:
   }
 
 private:
+  // Shared-memory rows are padded to 64 elements (templates/common.cuh).
   static int smem_bytes(const Problem& p, const TileConfig& c) {
-    return c.at("BM") * p.dk * 2 + 2 * c.at("BN") * (p.dk + p.dv) * 2;
+    const int dk = head_dim_smem(p.dk), dv = head_dim_smem(p.dv);
+    return c.at("BM") * dk * 2 + 2 * c.at("BN") * (dk + dv) * 2;
   }
 };
 

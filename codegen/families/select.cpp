@@ -10,8 +10,11 @@
 namespace nsajit {
 namespace {
 
-constexpr int kHeadDims[] = {64, 128, 192, 256};
-constexpr std::array<std::array<int, 3>, 4> kBlockShapes = {{{32, 16, 64}, {64, 64, 64}, {32, 32, 64}, {64, 32, 64}}};
+// (l, d) pairs; l' is any of kSelBlocks that d divides, with l - d <= l' (a compressed block reaches at most one
+// selection block past its first) and 8 d a multiple of l' (a thread's run of BN / 4 >= 8 compressed blocks covers
+// whole selection blocks).
+constexpr std::array<std::array<int, 2>, 4> kBlockShapes = {{{32, 16}, {64, 64}, {32, 32}, {64, 32}}};
+constexpr int kSelBlocks[] = {16, 32, 64, 128};
 constexpr int kTopN[] = {8, 16, 32};
 
 // Mirrors kMT, kPPW, kWR and kP of the template.
@@ -25,7 +28,8 @@ bool sums_through_smem(int G) { return !((G <= 8 && 8 % G == 0) || G % 16 == 0);
 
 int64_t smem_bytes(const Problem& p, const TileConfig& c) {
   const int64_t W = c.at("W"), BN = c.at("BN"), rows = 16 * row_tiles(p.G());
-  const int64_t q = row_groups(c) * rows * p.dk * 2, k = 2 * c.at("KS") * BN * p.dk * 2;
+  const int64_t dk = head_dim_smem(p.dk);  // shared-memory rows are padded to 64 elements (templates/common.cuh)
+  const int64_t q = row_groups(c) * rows * dk * 2, k = 2 * c.at("KS") * BN * dk * 2;
   const int64_t pbuf = sums_through_smem(p.G()) ? W * rows * (BN + 8) * 4 : 0;
   const int64_t scores =
       static_cast<int64_t>(positions_per_cta(p.G(), c)) * select_score_row_floats(p.T, p.lsel) * 4;
@@ -33,23 +37,23 @@ int64_t smem_bytes(const Problem& p, const TileConfig& c) {
 }
 
 // Fragment registers per thread: S accumulators (BN / 2), the run values and their butterflies (about BN / 4 per
-// position slot), Q when held (row tiles x dk / 4). Calibrated against ptxas on sm_90a (nsajit compile
+// position slot), Q when held (row tiles x dk / 4, dk rounded up to 16 as the MMA loop runs). Calibrated against ptxas on sm_90a (nsajit compile
 // --all-configs): with OCC = 1 (up to 255 registers) configs past 120 spill; within 128 registers (OCC = 2) only
 // configs up to 64 with BN = 32 stay clear of spills, or BN = 64 at dk = 64 when one row tile sums in registers;
 // and not with Q held for two row tiles or at dk = 128 with key splits, nor with shared-memory sums at dk = 256.
 int fragment_registers(const Problem& p, const TileConfig& c) {
   const int BN = c.at("BN"), G = p.G();
   const int slots = (G <= 8 && 8 % G == 0) ? 2 : 1;
-  return BN / 2 + slots * BN / 4 + (c.at("QREGS") ? row_tiles(G) * p.dk / 4 : 0);
+  return BN / 2 + slots * BN / 4 + (c.at("QREGS") ? row_tiles(G) * head_dim_mma(p.dk) / 4 : 0);
 }
 
 std::optional<std::string> register_problem(const Problem& p, const TileConfig& c) {
   const int regs = fragment_registers(p, c), BN = c.at("BN");
   if (c.at("OCC") == 2) {
-    const int G = p.G();
-    const bool light = (BN == 32 || (BN == 64 && p.dk == 64 && row_tiles(G) == 1 && !sums_through_smem(G))) &&
-                       (c.at("QREGS") == 0 || (row_tiles(G) == 1 && (p.dk <= 64 || c.at("KS") == 1))) &&
-                       !(sums_through_smem(G) && p.dk > 192);
+    const int G = p.G(), dk = head_dim_mma(p.dk);
+    const bool light = (BN == 32 || (BN == 64 && dk <= 64 && row_tiles(G) == 1 && !sums_through_smem(G))) &&
+                       (c.at("QREGS") == 0 || (row_tiles(G) == 1 && (dk <= 64 || c.at("KS") == 1))) &&
+                       !(sums_through_smem(G) && dk > 192);
     if (regs > 64 || !light)
       return fmt::format("fragment registers {} (BN = {}, dk = {}, G = {}) do not fit 128 registers per thread "
                          "(OCC = 2)",
@@ -100,14 +104,19 @@ public:
 
   void check_problem(const Problem& p) const override {
     p.validate();
-    if (std::find(std::begin(kHeadDims), std::end(kHeadDims), p.dk) == std::end(kHeadDims))
-      throw UsageError(fmt::format("select does not support dk = {}: supported are 64, 128, 192, 256", p.dk));
-    const bool shape_ok = std::any_of(kBlockShapes.begin(), kBlockShapes.end(), [&](const auto& s) {
-      return s[0] == p.l && s[1] == p.d && s[2] == p.lsel;
-    });
+    check_head_dims("select", p, false);
+    const bool shape_ok = std::any_of(kBlockShapes.begin(), kBlockShapes.end(),
+                                      [&](const auto& s) { return s[0] == p.l && s[1] == p.d; });
     if (!shape_ok)
-      throw UsageError(fmt::format("select does not support (l, d, l') = ({}, {}, {}): supported are (32, 16, 64), "
-                                   "(64, 64, 64), (32, 32, 64), (64, 32, 64)",
+      throw UsageError(fmt::format("select does not support (l, d) = ({}, {}): supported are (32, 16), (64, 64), "
+                                   "(32, 32), (64, 32)",
+                                   p.l, p.d));
+    if (std::find(std::begin(kSelBlocks), std::end(kSelBlocks), p.lsel) == std::end(kSelBlocks))
+      throw UsageError(fmt::format("select does not support l' = {}: supported are 16, 32, 64, 128", p.lsel));
+    if (p.l - p.d > p.lsel || (8 * p.d) % p.lsel != 0)
+      throw UsageError(fmt::format("select does not support (l, d, l') = ({}, {}, {}): needs l - d <= l' (a "
+                                   "compressed block reaches at most one selection block past its first) and 8 d a "
+                                   "multiple of l'",
                                    p.l, p.d, p.lsel));
     if (std::find(std::begin(kTopN), std::end(kTopN), p.n) == std::end(kTopN))
       throw UsageError(fmt::format("select does not support n = {}: supported are 8, 16, 32 selected blocks", p.n));
@@ -115,6 +124,10 @@ public:
 
   std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
     if (c.at("KS") > c.at("W")) return fmt::format("KS = {} key splits need W >= KS warps", c.at("KS"));
+    if ((c.at("BN") / 4 * p.d) % p.lsel != 0)
+      return fmt::format("a thread's run of BN / 4 = {} compressed blocks (d = {}) does not cover whole selection "
+                         "blocks of l' = {}",
+                         c.at("BN") / 4, p.d, p.lsel);
     const int64_t smem = smem_bytes(p, c);
     if (smem > max_smem)
       return fmt::format("shared memory {} B > device limit {} B ({} positions x {} score floats at T = {})", smem,
@@ -126,7 +139,7 @@ public:
   // the most resident warps per SM, on a tie the more warps per CTA, then the fewer key splits (more positions per
   // CTA: fewer k_cmp reads).
   TileConfig default_config(const Problem& p) const override {
-    const int qregs = row_tiles(p.G()) == 1 && p.dk <= 128 ? 1 : 0;
+    const int qregs = row_tiles(p.G()) == 1 && head_dim_mma(p.dk) <= 128 ? 1 : 0;
     for (int occ : {2, 1}) {
       TileConfig best;
       int64_t best_warps = 0;

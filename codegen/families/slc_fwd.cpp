@@ -10,8 +10,7 @@
 namespace nsajit {
 namespace {
 
-constexpr std::pair<int, int> kHeadDims[] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
-constexpr int kSelBlocks[] = {32, 64, 128};
+constexpr int kSelBlocks[] = {16, 32, 64, 128};
 constexpr int kTopN[] = {8, 16, 32};
 constexpr int kMaxTopN = 32;  // kMaxN of the template
 constexpr int kMaxGroup = 128;  // one position's heads must fit the 8 warps of BM = 128
@@ -57,14 +56,9 @@ public:
 
   void check_problem(const Problem& p) const override {
     p.validate();
-    const bool dims_ok = std::any_of(std::begin(kHeadDims), std::end(kHeadDims),
-                                     [&](auto hd) { return hd.first == p.dk && hd.second == p.dv; });
-    if (!dims_ok)
-      throw UsageError(fmt::format("slc_fwd does not support (dk, dv) = ({}, {}): supported are (64, 64), "
-                                   "(128, 128), (192, 128), (256, 256)",
-                                   p.dk, p.dv));
+    check_head_dims("slc_fwd", p);
     if (std::find(std::begin(kSelBlocks), std::end(kSelBlocks), p.lsel) == std::end(kSelBlocks))
-      throw UsageError(fmt::format("slc_fwd does not support l' = {}: supported selection block lengths are 32, "
+      throw UsageError(fmt::format("slc_fwd does not support l' = {}: supported selection block lengths are 16, 32, "
                                    "64, 128",
                                    p.lsel));
     if (std::find(std::begin(kTopN), std::end(kTopN), p.n) == std::end(kTopN))
@@ -82,17 +76,12 @@ public:
                          16 * warps_per_position(G));
     if (P > 32) return fmt::format("{} positions per CTA > 32 (the per-block position masks are 32-bit)", P);
     if (p.lsel % BN != 0) return fmt::format("BN = {} does not divide l' = {}", BN, p.lsel);
-    const int threads = BM / 16 * 32;
-    for (int dim : {p.dk, p.dv})
-      if (BN * dim / 8 % threads != 0)
-        return fmt::format("a {}-key tile of {}-wide rows ({} 16-byte chunks) does not divide over {} threads", BN,
-                           dim, BN * dim / 8, threads);
     const int smem = smem_bytes(p, c);
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
-    // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held). Past 140 ptxas
-    // spills (checked: dk = 192 with BN = 64 and Q held is 144 and spills; 136 does not): 255 is the hard cap, and
-    // the row masks, positions, addresses and the softmax need the rest.
-    const int regs = p.dv / 2 + BN / 2 + (c.at("QREGS") ? p.dk / 4 : 0);
+    // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held), dims rounded up to 16
+    // as the MMA loops run. Past 140 ptxas spills (checked: dk = 192 with BN = 64 and Q held is 144 and spills; 136
+    // does not): 255 is the hard cap, and the row masks, positions, addresses and the softmax need the rest.
+    const int regs = head_dim_mma(p.dv) / 2 + BN / 2 + (c.at("QREGS") ? head_dim_mma(p.dk) / 4 : 0);
     if (regs > 140) return fmt::format("fragment registers {} > 140: would spill", regs);
     return std::nullopt;
   }
@@ -124,8 +113,9 @@ public:
     // Registers decide the rest (checked with ptxas through NVRTC for every G and both dtypes): with BN = 64 and
     // Q held in registers, dk = 128 sits at the edge (a few bytes of spill for some G) and dk = 192 spills, so Q
     // stays in shared memory from dk = 128 on; dv = 256 (128 accumulator registers) needs BN = 16.
-    const int BN = p.dv >= 256 ? 16 : std::min(64, p.lsel);
-    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", p.dk <= 64 ? 1 : 0}};
+    // Head dims count as the MMA loops run them (rounded up to 16).
+    const int BN = head_dim_mma(p.dv) > 192 ? 16 : std::min(64, p.lsel);
+    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", head_dim_mma(p.dk) <= 64 ? 1 : 0}};
   }
 
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
@@ -174,9 +164,11 @@ private:
   // Q tile, the K/V pipeline stages (which also hold the raw idx rows during the merge), the merged blocks and
   // their position masks (P * 32 entries each, for any n <= 32: n is not compiled in, and the runtime loads one
   // kernel per compiled source) and the merged count.
+  // Shared-memory rows are padded to 64 elements (templates/common.cuh).
   static int smem_bytes(const Problem& p, const TileConfig& c) {
     const int P = std::max(positions_per_cta(p.G(), c.at("BM")), 1);
-    return c.at("BM") * p.dk * 2 + c.at("STAGES") * c.at("BN") * (p.dk + p.dv) * 2 + 2 * P * kMaxTopN * 4 + 16;
+    const int dk = head_dim_smem(p.dk), dv = head_dim_smem(p.dv);
+    return c.at("BM") * dk * 2 + c.at("STAGES") * c.at("BN") * (dk + dv) * 2 + 2 * P * kMaxTopN * 4 + 16;
   }
 };
 

@@ -62,6 +62,10 @@ CASES = [
     pytest.param(1, 1024, 8, 2, 64, 64, PAPER, torch.float16, id="selection-T1024-fp16"),
     pytest.param(1, 517, 16, 1, 192, 128, PAPER, torch.bfloat16, id="dk192-dv128-G16"),
     pytest.param(2, 450, 6, 3, 128, 128, FLA, torch.bfloat16, id="fla-shape-G2"),
+    # Head dims off the 64 grid, dk != dv, and l' = 16 / 128 (issue 14: any multiple of 8 from 32 to 256).
+    pytest.param(2, 333, 6, 2, 80, 80, dict(PAPER, lsel=16), torch.bfloat16, id="dk80-dv80-lsel16"),
+    pytest.param(1, 500, 8, 1, 96, 64, dict(PAPER, lsel=128), torch.float16, id="dk96-dv64-lsel128-G8"),
+    pytest.param(2, 300, 3, 1, 40, 200, FLA, torch.bfloat16, id="dk40-dv200-G3"),
 ]
 
 

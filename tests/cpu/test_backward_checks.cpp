@@ -136,8 +136,12 @@ TEST_CASE("backward checks: branches off need nothing of theirs; w = 0 turns the
 
 TEST_CASE("backward checks: unsupported shapes name the parameter") {
   Problem p = small_problem();
-  p.dk = 96, p.dv = 96;
-  CHECK(refusal_of([&] { check_backward(p, valid(p)); }).find("(dk, dv) = (96, 96)") != std::string::npos);
+  p.dk = 100, p.dv = 96;
+  CHECK(refusal_of([&] { check_backward(p, valid(p)); }).find("dk = 100: head dims must be multiples of 8 from 32 to 256") !=
+        std::string::npos);
+  p = small_problem();
+  p.dv = 264;
+  CHECK(refusal_of([&] { check_backward(p, valid(p)); }).find("dv = 264") != std::string::npos);
   p = small_problem();
   p.n = 12;
   CHECK(refusal_of([&] { check_backward(p, valid(p)); }).find("n = 12") != std::string::npos);

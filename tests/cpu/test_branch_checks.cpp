@@ -307,12 +307,14 @@ TEST_CASE("select: bad arguments are refused with the argument named") {
   }
   SUBCASE("unsupported problems name the parameter and the supported values") {
     Problem q = p;
-    q.dk = 96;
-    CHECK_CONTAINS(error(q, a), "dk = 96: supported are 64, 128, 192, 256");
+    q.dk = 100;
+    CHECK_CONTAINS(error(q, a), "select does not support dk = 100: head dims must be multiples of 8 from 32 to 256");
     q = p;
-    q.l = 32, q.d = 16, q.lsel = 32;
-    CHECK_CONTAINS(error(q, a), "(l, d, l') = (32, 16, 32): supported are (32, 16, 64), (64, 64, 64), (32, 32, 64), "
-                                "(64, 32, 64)");
+    q.l = 128, q.d = 64, q.lsel = 128;
+    CHECK_CONTAINS(error(q, a), "(l, d) = (128, 64): supported are (32, 16), (64, 64), (32, 32), (64, 32)");
+    q = p;
+    q.l = 32, q.d = 16, q.lsel = 256;
+    CHECK_CONTAINS(error(q, a), "l' = 256: supported are 16, 32, 64, 128");
     q = p;
     q.n = 12;
     CHECK_CONTAINS(error(q, a), "n = 12: supported are 8, 16, 32");
@@ -434,8 +436,8 @@ TEST_CASE("slc_fwd: argument validation") {
   CHECK_CONTAINS(err(bad, a), "n = 12");
   bad = p, bad.lsel = 48, bad.l = bad.d = 16;
   CHECK_CONTAINS(err(bad, a), "l' = 48");
-  bad = p, bad.dk = 96;
-  CHECK_CONTAINS(err(bad, a), "(dk, dv) = (96, 128)");
+  bad = p, bad.dk = 20;
+  CHECK_CONTAINS(err(bad, a), "slc_fwd does not support dk = 20: head dims must be multiples of 8 from 32 to 256");
   bad = p, bad.B = 2;
   SlcFwdArgs varlen = a;
   const std::vector<int32_t> cu = {0, 50, 100};

@@ -526,3 +526,104 @@ TEST_CASE("phase times: nested phases count only their own time; jit_compile rec
   CHECK(j.count[static_cast<size_t>(nsajit::Phase::cache_read)] == 2);
   CHECK(j.count[static_cast<size_t>(nsajit::Phase::compile)] == 1);
 }
+
+// Issue 14: dk and dv independently any multiple of 8 from 32 to 256 and l' in {16, 32, 64, 128}, in every family.
+// The default config (and each overlap bucket's) of every family that takes the head dims or l', at a sample of
+// dims that are not multiples of 64 (padded inside the kernels: shared-memory rows to 64, MMA loops to 16) or differ
+// between dk and dv, each with its own dtype, G and blocking. No spills, except in the backward's attention kernels
+// past dk + dv = 256 (rounded up to 16), which spill at the old dims too ((192, 128): about 130 B in each dkv
+// kernel; (256, 256): 1 to 6 KB).
+TEST_CASE("compile: any head dim: every family's default config at dims off the 64 grid and l' = 16 .. 128") {
+  TempCacheDir dir;
+  const nsajit::CubinCache cache(dir.path);
+  struct Case {
+    Dtype dtype;
+    int dk, dv, G, l, d, lsel;
+  };
+  const Case cases[] = {
+      {Dtype::fp16, 32, 32, 1, 32, 16, 16},    {Dtype::bf16, 40, 72, 3, 32, 16, 64},
+      {Dtype::bf16, 80, 80, 16, 32, 16, 16},   {Dtype::fp16, 96, 64, 8, 64, 32, 32},
+      {Dtype::bf16, 160, 160, 2, 64, 64, 128}, {Dtype::bf16, 200, 120, 3, 32, 32, 32},
+      {Dtype::fp16, 256, 128, 16, 32, 16, 128},
+  };
+  std::vector<KernelSpec> specs;
+  std::map<std::string, size_t> seen;
+  for (const Case& k : cases) {
+    Problem p = problem_for(k.dtype, k.dk, k.dv, k.G);
+    // T = 32768: select keeps T / l' scores per position in shared memory, and at l' = 16 with G = 1 (16 positions
+    // per row group) T = 65536 does not fit.
+    p.l = k.l, p.d = k.d, p.lsel = k.lsel, p.T = 32768;
+    for (const nsajit::KernelFamily* f : nsajit::families()) {
+      const std::string name(f->name());
+      if (name == "compare" || name == "fault_test") continue;
+      INFO(name, " on ", p.describe());
+      REQUIRE_NOTHROW(f->check_problem(p));
+      std::vector<TileConfig> configs = {f->default_config(p)};
+      if (f->overlap_dependent())
+        for (nsajit::OverlapBucket b : nsajit::kAllOverlapBuckets) configs.push_back(f->bucket_default_config(p, b));
+      for (const TileConfig& c : configs) {
+        CHECK_FALSE(f->reject(p, c, nsajit::kHopperMaxSmemOptin));
+        const KernelSpec spec{f, p, c, "sm_90a"};
+        if (seen.emplace(nsajit::generate_source(spec), specs.size()).second) specs.push_back(spec);
+      }
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<nsajit::JitOutcome> outcomes = nsajit::jit_compile_all(specs, cache, 0);
+  MESSAGE(specs.size() << " distinct default kernels at new head dims compiled in "
+                       << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const nsajit::JitOutcome& o = outcomes[i];
+    INFO(specs[i].describe());
+    REQUIRE_MESSAGE(o.result.has_value(), o.error);
+    CHECK(is_elf(o.result->cubin));
+    CHECK(o.result->usage.parsed);
+    const Problem& p = specs[i].problem;
+    const bool large = nsajit::head_dim_mma(p.dk) + nsajit::head_dim_mma(p.dv) > 256;
+    const bool bwd = std::string(specs[i].family->name()).find("_bwd_d") != std::string::npos;
+    if (large && bwd) {
+      if (o.result->usage.spill_store_bytes > 0)
+        MESSAGE(specs[i].describe() << ": " << o.result->usage.spill_store_bytes << " B spilled");
+      continue;
+    }
+    CHECK(o.result->usage.spill_store_bytes == 0);
+    CHECK(o.result->usage.spill_load_bytes == 0);
+  }
+}
+
+TEST_CASE("compile: any head dim: refused dims and l' name the value and the rule") {
+  for (const nsajit::KernelFamily* f : nsajit::families()) {
+    const std::string name(f->name());
+    const bool attention = name.find("_fwd") != std::string::npos || name.find("_bwd_d") != std::string::npos ||
+                           name == "select";
+    if (!attention) continue;
+    CAPTURE(name);
+    for (int bad : {24, 100, 264, 0}) {
+      Problem p = nsajit::preset("fla");
+      p.dk = bad;
+      std::string e;
+      try {
+        f->check_problem(p);
+      } catch (const nsajit::UsageError& x) {
+        e = x.what();
+      }
+      CAPTURE(bad);
+      if (bad == 0) {
+        CHECK_CONTAINS(e, "dk = 0");
+        continue;
+      }
+      CHECK_CONTAINS(e, "dk = " + std::to_string(bad));
+      CHECK_CONTAINS(e, "multiples of 8 from 32 to 256");
+      if (name == "select") continue;  // dv does not reach it
+      Problem q = nsajit::preset("fla");
+      q.dv = bad;
+      e.clear();
+      try {
+        f->check_problem(q);
+      } catch (const nsajit::UsageError& x) {
+        e = x.what();
+      }
+      CHECK_CONTAINS(e, "dv = " + std::to_string(bad));
+    }
+  }
+}

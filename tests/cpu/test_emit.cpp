@@ -1,5 +1,5 @@
 // `nsajit emit` for every family: each declares a standalone harness (a family without one fails here), the
-// program is generated for two problems, and nvcc builds a sample of them (compile only: one problem per family,
+// program is generated for three problems, and nvcc builds a sample of them (compile only: one problem per family,
 // alternating, so that the whole set stays within a minute or two on two cores). The GPU run of every program is
 // scripts/gpu_check.sh's `emit` part.
 #include <doctest/doctest.h>
@@ -23,14 +23,17 @@ namespace fs = std::filesystem;
 using nsajit::KernelSpec;
 using nsajit::Problem;
 
-// The paper's shapes (bf16, dk 192, dv 128, G 16, l 32, d 16) and fla's in fp16 with G = 4, both short.
+// The paper's shapes (bf16, dk 192, dv 128, G 16, l 32, d 16) and fla's in fp16 with G = 4, both short; and head
+// dims off the 64 grid with l' = 16 (bf16, dk 80, dv 48, G 3).
 std::vector<Problem> emit_problems() {
   Problem a = nsajit::preset("paper");
   a.T = 2048;
   Problem b = nsajit::preset("fla");
   b.dtype = nsajit::Dtype::fp16;
   b.HQ = 16, b.H = 4, b.T = 1500;
-  return {a, b};
+  Problem c = nsajit::preset("paper");
+  c.dk = 80, c.dv = 48, c.lsel = 16, c.HQ = 6, c.H = 2, c.T = 1000;
+  return {a, b, c};
 }
 
 KernelSpec spec_for(const nsajit::KernelFamily& f, const Problem& p) {

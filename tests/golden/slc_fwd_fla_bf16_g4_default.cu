@@ -157,21 +157,37 @@ __device__ __forceinline__ u32 swz(int row, int chunk) {
   return static_cast<u32>((row * kChunks + (chunk ^ (row & 7))) * 16);
 }
 
-// Copy kRows rows of D 16-bit elements from global memory into a swizzled shared tile. row_ptr(r) gives the
-// start of row r, or nullptr for a row that is to be zero-filled (nothing is read for it; `any_valid` is a
-// readable address handed to the copy instead).
+// Head dims. The kernels take any multiple of 8 from 32 to 256 for dk and dv. A shared-memory tile's rows are
+// padded to a multiple of 64 elements (dim_smem: the swizzle's rows of 128-byte multiples) and the MMA loops run over
+// the dim rounded up to 16 (dim_mma: whole k steps of m16n8k16, whole pairs of n8 tiles); the columns between the
+// true dim and dim_mma are zero-filled in every tile, never read from global memory, so that Q K^T and dO V^T are
+// exact and the extra output columns (never stored) are finite. Global memory holds the true dim only: no copy of
+// the caller's tensors, no padding in them. For multiples of 64 the three are one and the code is what it was.
+__host__ __device__ constexpr int dim_smem(int d) { return (d + 63) / 64 * 64; }
+__host__ __device__ constexpr int dim_mma(int d) { return (d + 15) / 16 * 16; }
+
+// Copy kRows rows of D 16-bit elements from global memory into a swizzled shared tile (rows of dim_smem(D)). row_ptr(r)
+// gives the start of row r, or nullptr for a row that is to be zero-filled (nothing is read for it; `any_valid` is a
+// readable address handed to the copy instead). Chunks D / 8 .. dim_mma(D) / 8 of every row are zero-filled too.
 template <int kThreads, int kRows, int D, class RowPtr>
 __device__ __forceinline__ void load_tile_async(u32 tile, RowPtr row_ptr, const void* any_valid) {
-  constexpr int kChunks = D / 8;
-  constexpr int kTotal = kRows * kChunks;
+  static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
+  constexpr int kChunks = dim_smem(D) / 8;  // the tile's row pitch, in chunks
+  constexpr int kCopy = dim_mma(D) / 8;     // chunks written per row (the MMA loops read no further)
+  constexpr int kTotal = kRows * kCopy;
 #pragma unroll
   for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
     const int linear = i * kThreads + static_cast<int>(threadIdx.x);
     if (kTotal % kThreads != 0 && linear >= kTotal) break;
-    const int row = linear / kChunks;
-    const int chunk = linear % kChunks;
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
     const char* src = static_cast<const char*>(row_ptr(row));
-    cp_async_16(tile + swz<kChunks>(row, chunk), src ? src + chunk * 16 : any_valid, src != nullptr);
+    if constexpr (kCopy == D / 8) {
+      cp_async_16(tile + swz<kChunks>(row, chunk), src ? src + chunk * 16 : any_valid, src != nullptr);
+    } else {
+      const bool ok = src != nullptr && chunk < D / 8;
+      cp_async_16(tile + swz<kChunks>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+    }
   }
 }
 
@@ -188,38 +204,40 @@ __device__ __forceinline__ float warp_quad_sum(float v) {
 
 // ---- the flash-attention inner step, shared by the attention kernels --------------------------------------------
 // A warp owns 16 rows; this thread holds two of them (lane / 4 and lane / 4 + 8). s holds the warp's S = Q K^T tile
-// as m16n8 accumulators (kBN / 8 of them, masked entries -inf), acc the O accumulators (kDV / 8 m16n8 tiles).
+// as m16n8 accumulators (kBN / 8 of them, masked entries -inf), acc the O accumulators (dim_mma(kDV) / 8 m16n8 tiles).
 
-// S = Q K^T for this warp's 16 rows against a kBN x kDK tile of K in swizzled shared memory at sK. Q comes from
-// qf (its A fragments, when kQInRegs) or from the swizzled Q tile at sQ, rows warp * 16 ...
+// S = Q K^T for this warp's 16 rows against a kBN x kDK tile of K in swizzled shared memory at sK (kDK the true
+// head dim: the tiles' rows are dim_smem(kDK) wide, the loop runs to dim_mma(kDK)). Q comes from qf (its A
+// fragments, when kQInRegs) or from the swizzled Q tile at sQ, rows warp * 16 ...
 template <class T, int kBN, int kDK, bool kQInRegs>
-__device__ __forceinline__ void qk_tile(float (&s)[kBN / 8][4], const u32 (&qf)[kQInRegs ? kDK / 16 : 1][4], u32 sQ,
-                                        u32 sK, int warp, int lane) {
+__device__ __forceinline__ void qk_tile(float (&s)[kBN / 8][4], const u32 (&qf)[kQInRegs ? dim_mma(kDK) / 16 : 1][4],
+                                        u32 sQ, u32 sK, int warp, int lane) {
 #pragma unroll
   for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < kDK / 16; ++kk) {
+  for (int kk = 0; kk < dim_mma(kDK) / 16; ++kk) {
     u32 a[4];
     if constexpr (kQInRegs) {
       a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
     } else {
-      ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2], a[3]);
+      ldmatrix_x4(sQ + swz<dim_smem(kDK) / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), a[0], a[1], a[2], a[3]);
     }
 #pragma unroll
     for (int nn = 0; nn < kBN / 16; ++nn) {
       u32 b0, b1, b2, b3;
-      ldmatrix_x4(sK + swz<kDK / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0, b1, b2,
-                  b3);
+      ldmatrix_x4(sK + swz<dim_smem(kDK) / 8>(nn * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + ((lane / 8) & 1)), b0,
+                  b1, b2, b3);
       mma_16816<T>(s[2 * nn], a, b0, b1);
       mma_16816<T>(s[2 * nn + 1], a, b2, b3);
     }
   }
 }
 
-// Online softmax in base 2: rescales acc and the running (max, sum) of both rows, turns s into P.
+// Online softmax in base 2: rescales acc (dim_mma(kDV) columns) and the running (max, sum) of both rows, turns s
+// into P.
 template <int kBN, int kDV>
-__device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], float (&acc)[kDV / 8][4], float (&row_max)[2],
-                                               float (&row_sum)[2], float scale_log2) {
+__device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], float (&acc)[dim_mma(kDV) / 8][4],
+                                               float (&row_max)[2], float (&row_sum)[2], float scale_log2) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = neg_inf();
@@ -239,27 +257,27 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], float (&a
     }
     row_sum[r] = row_sum[r] * alpha + sum;
 #pragma unroll
-    for (int dn = 0; dn < kDV / 8; ++dn) {
+    for (int dn = 0; dn < dim_mma(kDV) / 8; ++dn) {
       acc[dn][2 * r] *= alpha;
       acc[dn][2 * r + 1] *= alpha;
     }
   }
 }
 
-// acc += P V for a kBN x kDV tile of V in swizzled shared memory at sV; P straight from the S accumulators (their
-// layout is the A-fragment layout).
+// acc += P V for a kBN x kDV tile of V in swizzled shared memory at sV (dim_mma(kDV) columns); P straight from the
+// S accumulators (their layout is the A-fragment layout).
 template <class T, int kBN, int kDV>
-__device__ __forceinline__ void accumulate_pv(const float (&s)[kBN / 8][4], float (&acc)[kDV / 8][4], u32 sV,
+__device__ __forceinline__ void accumulate_pv(const float (&s)[kBN / 8][4], float (&acc)[dim_mma(kDV) / 8][4], u32 sV,
                                               int lane) {
 #pragma unroll
   for (int kk = 0; kk < kBN / 16; ++kk) {
     const u32 a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                       pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-    for (int dn = 0; dn < kDV / 16; ++dn) {
+    for (int dn = 0; dn < dim_mma(kDV) / 16; ++dn) {
       u32 b0, b1, b2, b3;
-      ldmatrix_x4_trans(sV + swz<kDV / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16), b0, b1, b2,
-                        b3);
+      ldmatrix_x4_trans(sV + swz<dim_smem(kDV) / 8>(kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, dn * 2 + lane / 16),
+                        b0, b1, b2, b3);
       mma_16816<T>(acc[2 * dn], a, b0, b1);
       mma_16816<T>(acc[2 * dn + 1], a, b2, b3);
     }
@@ -368,13 +386,15 @@ constexpr int kPosPerWarp = kSmallGroup ? 16 / kG : 1;        // G <= 16: whole 
 constexpr int kWarpsPerPos = kSmallGroup ? 1 : (kG <= 32 ? 2 : kG <= 64 ? 4 : kG <= 128 ? 8 : 16);
 constexpr int kP = kSmallGroup ? kWarps * kPosPerWarp : kWarps / kWarpsPerPos;
 constexpr int kTilesPerBlock = kL / kBN;
-constexpr int kSmemQ = kBM * kDK * 2;
-constexpr int kSmemK = kBN * kDK * 2;
-constexpr int kSmemV = kBN * kDV * 2;
+// Head dims: kDK and kDV are the true ones (global memory); shared tiles are dim_smem wide, the MMA loops and the
+// accumulators dim_mma (common.cuh).
+constexpr int kSmemQ = kBM * dim_smem(kDK) * 2;
+constexpr int kSmemK = kBN * dim_smem(kDK) * 2;
+constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
 constexpr int kMaxN = 32;           // the merge's shared-memory lists hold kP * kMaxN entries (n <= kMaxN)
 constexpr u32 kNone = 0xffffffffu;  // "no block" in the merge
 static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
-static_assert(kDK % 64 == 0 && kDV % 64 == 0, "head dims must be multiples of 64");
+static_assert(kDK % 8 == 0 && kDV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kL % kBN == 0, "a selection block must be a whole number of key tiles");
 static_assert(kSmallGroup || kWarps % kWarpsPerPos == 0, "a CTA must hold whole positions");
 static_assert(kP >= 1 && kP <= 32, "block masks are 32-bit: 1..32 positions per CTA");
@@ -415,22 +435,26 @@ __device__ __forceinline__ float unpack_hi(u32 x) {
   return to_float<elem>(e);
 }
 
-// Copies rows [0, kRows) of D elements, row r at base + r * stride, into a swizzled shared tile; rows >= valid are
-// zero-filled and not read (`readable`, an address inside the tensor, stands in for them). The stride passes through
-// an empty asm so that the row offsets are recomputed per call: hoisted out of the main loop, they would hold one
-// 64-bit register per copied row.
+// Copies rows [0, kRows) of D elements (D the true dim), row r at base + r * stride, into a swizzled shared tile of
+// dim_smem(D)-wide rows; rows >= valid are zero-filled and not read (`readable`, an address inside the tensor, stands
+// in for them), and so are chunks D / 8 .. dim_mma(D) / 8 of every row. The stride passes through an empty asm so
+// that the row offsets are recomputed per call: hoisted out of the main loop, they would hold one 64-bit register per
+// copied row.
 template <int kRows, int D>
 __device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 stride, int valid,
                                                 const elem* readable) {
-  constexpr int kChunks = D / 8;
-  static_assert((kRows * kChunks) % kThreads == 0, "tile copy must divide evenly over the threads");
+  constexpr int kChunks = dim_smem(D) / 8;  // row pitch
+  constexpr int kCopy = dim_mma(D) / 8;     // chunks written per row
+  constexpr int kTotal = kRows * kCopy;
   asm volatile("" : "+l"(stride));
 #pragma unroll 8
-  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+  for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
     const int linear = i * kThreads + static_cast<int>(threadIdx.x);
-    const int row = linear / kChunks;
-    const int chunk = linear % kChunks;
-    const bool ok = row < valid;
+    if (kTotal % kThreads != 0 && linear >= kTotal) break;
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
+    bool ok = row < valid;
+    if constexpr (kCopy != D / 8) ok = ok && chunk < D / 8;
     const elem* src = ok ? base + row * stride + chunk * 8 : readable;
     cp_async_16(tile + swz<kChunks>(row, chunk), src, ok);
   }
@@ -572,12 +596,12 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
                               v);
   };
 
-  u32 qf[kQInRegs ? kDK / 16 : 1][4];
+  u32 qf[kQInRegs ? dim_mma(kDK) / 16 : 1][4];
   if constexpr (kQInRegs) {
 #pragma unroll
-    for (int kk = 0; kk < kDK / 16; ++kk)
-      ldmatrix_x4(sQ + swz<kDK / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1], qf[kk][2],
-                  qf[kk][3]);
+    for (int kk = 0; kk < dim_mma(kDK) / 16; ++kk)
+      ldmatrix_x4(sQ + swz<dim_smem(kDK) / 8>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1],
+                  qf[kk][2], qf[kk][3]);
   }
 
 #pragma unroll
@@ -586,9 +610,9 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
     cp_async_commit();
   }
 
-  float acc[kDV / 8][4];
+  float acc[dim_mma(kDV) / 8][4];
 #pragma unroll
-  for (int i = 0; i < kDV / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int i = 0; i < dim_mma(kDV) / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   float row_max[2] = {neg_inf(), neg_inf()};
   float row_sum[2] = {0.f, 0.f};
 
@@ -641,7 +665,7 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   }
   cp_async_wait<0>();
 
-  // Epilogue: normalize; write o_slc, the gated output and lse for the rows that exist.
+  // Epilogue: normalize; write o_slc, the gated output and lse for the rows that exist (the true kDV columns).
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float total = warp_quad_sum(row_sum[r]);

@@ -537,3 +537,43 @@ TEST_CASE("win_fwd and cmp_fwd at T = 65536 and 131072 (B = 2, offsets past 2^31
                         sl.describe()));
   }
 }
+
+// Issue 14: head dims off the 64 grid (multiples of 8 from 32 to 256, dk != dv), both branches, both dtypes, G in
+// {1, 3, 8, 16, 32}, B = 2, strided views (the padding after each o head must stay poisoned), the gated epilogue,
+// the simple reference kernels, and every valid tile config of two new pairs.
+TEST_CASE("win_fwd and cmp_fwd: any head dim") {
+  const int dims[][2] = {{32, 32}, {40, 72}, {80, 80}, {96, 64},  {96, 96},  {128, 64},
+                         {160, 160}, {200, 120}, {256, 128}, {72, 40}, {248, 248}, {112, 208}};
+  const int groups[] = {1, 3, 8, 16, 32};
+  uint64_t seed = 1600;
+  int i = 0;
+  for (Branch br : {Branch::window, Branch::compressed})
+    for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+      for (auto& d : dims) {
+        const int G = groups[i % 5];
+        const int w = br == Branch::window ? 100 : 0;
+        Problem p = window_problem(dt, d[0], d[1], G, G >= 8 ? 1 : 2, 300 + 173 * (i % 5), w, 2);
+        p.l = kBlocking[i % 4][0], p.d = kBlocking[i % 4][1];
+        const Layout layout = i % 2 ? Layout::strided : Layout::contiguous;
+        const Gate gate = i % 3 == 0 ? Gate::none : i % 3 == 1 ? Gate::write : Gate::accumulate;
+        ++i;
+        expect_ok(p, check_attn(br, p, seed += 7, nullptr, layout, {}, false, gate), "dims");
+        if (i % 4 == 0)
+          expect_ok(p, check_attn(br, p, seed += 7, nullptr, Layout::contiguous, {}, true), "dims, reference kernel");
+      }
+  for (auto [dk, dv] : {std::pair{80, 80}, std::pair{40, 120}})
+    for (Branch br : {Branch::window, Branch::compressed}) {
+      Problem p = window_problem(Dtype::bf16, dk, dv, 8, 1, 1100, br == Branch::window ? 300 : 0);
+      p.l = 32, p.d = 16;
+      for (const SpacePoint& pt :
+           enumerate_space(find_family(br == Branch::window ? "win_fwd" : "cmp_fwd"), p, gpu().info().max_smem_optin))
+        if (!pt.rejected)
+          expect_ok(p, check_attn(br, p, seed += 5, &pt.config), "dims, config " + describe(pt.config));
+    }
+  // Varlen at a new pair.
+  Problem v = window_problem(Dtype::fp16, 96, 64, 3, 2, 1000, 100);
+  v.l = 32, v.d = 16;
+  const std::vector<int32_t> cu = {0, 5, 5, 6, 300, 1000};
+  for (Branch br : {Branch::window, Branch::compressed})
+    expect_ok(v, check_attn(br, v, seed += 5, nullptr, Layout::strided, cu), "dims, varlen strided");
+}

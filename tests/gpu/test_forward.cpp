@@ -325,6 +325,34 @@ TEST_CASE("forward: pooling inside, separate k/v per branch, disabled branches, 
   check_forward(v, seed += 7, ov);
 }
 
+// Issue 14: the whole forward at head dims off the 64 grid (dk != dv), l' = 16 .. 128, G in {1, 3, 8}, B = 2, the
+// mean pool on the GPU or given, separate k/v, varlen.
+TEST_CASE("forward: any head dim, l' = 16 .. 128") {
+  struct Case {
+    int dk, dv, G, l, d, lsel, n;
+  };
+  const Case cases[] = {{32, 32, 1, 32, 16, 16, 16},  {40, 72, 3, 32, 16, 64, 8},   {80, 80, 8, 32, 32, 32, 16},
+                        {96, 64, 3, 64, 32, 128, 8},  {96, 96, 1, 64, 64, 128, 8},  {160, 160, 8, 32, 16, 32, 16},
+                        {200, 120, 3, 32, 16, 16, 32}, {256, 128, 1, 64, 32, 32, 8}, {72, 40, 8, 32, 16, 128, 8}};
+  uint64_t seed = 3400;
+  int i = 0;
+  for (const Case& c : cases) {
+    Problem p = small("fla", i % 2 ? Dtype::fp16 : Dtype::bf16, c.G, c.G == 8 ? 1 : 2, 300 + 113 * (i % 6));
+    p.B = 2, p.dk = c.dk, p.dv = c.dv, p.l = c.l, p.d = c.d, p.lsel = c.lsel, p.n = c.n, p.w = i % 3 ? 128 : 0;
+    Options o;
+    o.pool_on_gpu = i % 2 == 0;
+    o.separate_kv = i % 3 == 1;
+    ++i;
+    CAPTURE(p.describe());
+    check_forward(p, seed += 11, o);
+  }
+  Problem v = small("paper", Dtype::bf16, 3, 2, 1000);
+  v.dk = 80, v.dv = 48;
+  Options ov;
+  ov.cu = {0, 1, 1, 70, 100, 1000};
+  check_forward(v, seed += 11, ov);
+}
+
 // A call refused for a bad argument of the last branch (the window's k) must not have launched anything: o, idx,
 // cnt and lse_cmp keep the caller's values, and the caller's workspace is not written.
 TEST_CASE("forward: a refused call leaves every output untouched") {

@@ -120,3 +120,19 @@ TEST_CASE("pool: batches, varlen, strided input, T = 65536") {
   CHECK(e3 >= 0);
   CHECK(e3 <= 1e-2);
 }
+
+// Issue 14: the head dims off the 64 grid (any multiple of 8 from 32 to 256), both dtypes, B = 2, strided input.
+TEST_CASE("pool: any head dim, multiples of 8 from 32 to 256") {
+  uint64_t seed = 2200;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (int dim : {32, 40, 72, 80, 96, 120, 160, 200, 248}) {
+      Problem p = preset(i % 2 ? "fla" : "paper");
+      p.dtype = dt, p.B = 2, p.T = 300 + 97 * (i % 7), p.H = 3, p.HQ = 6, p.dk = p.dv = dim;
+      const double err = check_pool(p, dim, seed += 3, i % 3 == 0 ? 8 : 0);
+      ++i;
+      INFO(p.describe(), " dim ", dim, " err ", err);
+      CHECK(err >= 0);
+      CHECK(err <= (dt == Dtype::bf16 ? 1e-2 : 2e-3));
+    }
+}

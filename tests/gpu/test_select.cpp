@@ -152,6 +152,38 @@ std::vector<Case> config_cases() {
   };
 }
 
+// Issue 14: dk off the 64 grid (multiples of 8 from 32 to 256) and l' = 16 .. 128 with every (l, d) that allows
+// it, both dtypes, G in {1, 3, 8, 16, 32}, B = 2, strided views, varlen.
+const int kAnyDks[] = {32, 40, 72, 80, 96, 120, 160, 200, 248};
+const BlockShape kAnyShapes[] = {{32, 16, 16}, {32, 16, 32}, {32, 16, 128}, {64, 64, 128},
+                                 {32, 32, 32}, {64, 32, 32}, {64, 32, 128}, {32, 32, 128}};
+std::vector<Case> any_dim_cases() {
+  std::vector<Case> out;
+  const int groups[] = {1, 3, 8, 16, 32};
+  const int64_t lengths[] = {300, 517, 1000, 777};
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (int dk : kAnyDks) {
+      const int G = groups[i % 5];
+      const Problem p = select_problem(dt, dk, G, G >= 8 ? 1 : 2, lengths[i % 4], kAnyShapes[i % 8], kTopNs[i % 3], 2);
+      out.push_back({p, {}, i % 2 == 1, 5000 + 7 * static_cast<uint64_t>(i), "any head dim"});
+      ++i;
+    }
+  // Every block shape with l' != 64 once more at dk = 64, and varlen at new pairs.
+  for (const BlockShape& sh : kAnyShapes)
+    out.push_back({select_problem(Dtype::bf16, 64, 4, 1, 2000, sh, 16), {}, false, 5200 + static_cast<uint64_t>(i++),
+                   "any l'"});
+  const std::vector<int32_t> cu = {0, 5, 5, 6, 300, 1000, 1100};
+  out.push_back({select_problem(Dtype::fp16, 80, 3, 2, 1100, kAnyShapes[0], 8), cu, true, 5300, "varlen strided"});
+  out.push_back({select_problem(Dtype::bf16, 200, 16, 1, 1100, kAnyShapes[5], 16), cu, false, 5301, "varlen"});
+  return out;
+}
+
+// Every valid tile config at a new dk and l' = 16.
+Case any_dim_config_case() {
+  return {select_problem(Dtype::bf16, 80, 3, 2, 700, kAnyShapes[0], 8), {}, false, 5400, "configs dk=80 l'=16"};
+}
+
 Problem long_problem(int which) {
   if (which == 0) {
     Problem p = preset("fla");
@@ -639,6 +671,18 @@ TEST_CASE("select: every valid tile config of the space") {
                       per_case[1], per_case[2]));
   CHECK(plan.size() >= 40);
   for (int n : per_case) CHECK(n >= 10);
+}
+
+TEST_CASE("select: any head dim, l' = 16 .. 128") {
+  check_cases(any_dim_cases());
+  const Case c = any_dim_config_case();
+  const Prepared in = prepare(c);
+  int runs = 0;
+  for (const TileConfig& cfg : valid_configs(launch_problem(c.p, c.cu), gpu().info().max_smem_optin)) {
+    expect_ok(c, run(in, &cfg), "config " + describe(cfg));
+    ++runs;
+  }
+  CHECK(runs >= 10);
 }
 
 TEST_CASE("select at T = 65536 (fla) and T = 131072 (dk = 256, q offsets past 2^31)") {

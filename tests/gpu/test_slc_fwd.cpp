@@ -740,3 +740,33 @@ TEST_CASE("slc_fwd at T = 65536 (preset fla) on sampled positions") {
                         samples.size(), eo.describe(), el.describe()));
   }
 }
+
+// Issue 14: head dims off the 64 grid (multiples of 8 from 32 to 256, dk != dv), l' = 16 .. 128, G in {1, 3, 8, 16,
+// 32}, B = 2, strided views (the padding after o must stay poisoned), every epilogue, the default config and every
+// other valid config of one new pair.
+TEST_CASE("slc_fwd: any head dim, l' = 16 .. 128") {
+  struct Dims {
+    int dk, dv, G, lsel;
+  };
+  const Dims dims[] = {{32, 32, 1, 16},  {40, 72, 3, 64},    {80, 80, 8, 16},   {96, 64, 16, 32},
+                       {96, 96, 3, 128}, {160, 160, 1, 64},  {200, 120, 8, 32}, {256, 128, 3, 16},
+                       {72, 40, 32, 64}, {128, 64, 16, 128}, {248, 248, 1, 64}};
+  const Pick picks[] = {Pick::standard, Pick::correlated, Pick::arbitrary};
+  uint64_t seed = 9000;
+  int i = 0;
+  for (Dtype dt : {Dtype::bf16, Dtype::fp16})
+    for (const Dims& d : dims) {
+      const int H = d.G >= 8 ? 1 : 2;
+      const Problem p = slc_problem(dt, d.dk, d.dv, d.G, H, 300 + 131 * (i % 6), kTopN[i % 3], 2, d.lsel);
+      const Layout layout = i % 2 ? Layout::strided : Layout::contiguous;
+      const SlcCase c(p, seed += 7, picks[i % 3], layout);
+      const Epilogue ep = i % 3 == 0 ? Epilogue::plain : i % 3 == 1 ? Epilogue::gated : Epilogue::accumulate;
+      const std::string what = fmt::format("dims, {}{}", pick_name(picks[i % 3]), i % 2 ? ", strided" : "");
+      ++i;
+      check_case(c, nullptr, ep, what);
+    }
+  const Problem p = slc_problem(Dtype::bf16, 80, 48, 4, 1, 700, 16);
+  const SlcCase c(p, seed += 7);
+  for (const SpacePoint& pt : enumerate_space(find_family("slc_fwd"), p, gpu().info().max_smem_optin))
+    if (!pt.rejected) check_case(c, &pt.config, Epilogue::plain, "config " + describe(pt.config));
+}
