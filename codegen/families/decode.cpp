@@ -85,7 +85,11 @@ public:
       return fmt::format("shared memory {} B > {} B", decode_smem(p, threads, kt, mma), max_smem);
     return std::nullopt;
   }
+  // The tensor-core path where it applies (measured on the H200: 233 us against 1276 us at B = 64, 64k, fla), else
+  // CUDA cores with enough threads for the group's accumulators.
   TileConfig default_config(const Problem& p) const override {
+    const TileConfig mma = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}};
+    if (!reject(p, mma, kHopperMaxSmemOptin)) return mma;
     const int64_t G = p.HQ / p.H;
     int threads = 128;
     while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;

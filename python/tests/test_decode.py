@@ -118,6 +118,46 @@ def test_bad_arguments_are_refused_with_a_message():
 # ---- GPU ---------------------------------------------------------------------------------------------------------------
 
 
+def judge_against_reference(q, g, ks, vs, kc, lens, Tq, o, idx, cnt):
+    """Every decoded row against the prefill reference attended over the GPU's own selection and the GPU's compressed
+    cache, and each selection row against the reference's by NSA.md's rule (a block swapped against the reference's
+    set must be a near tie: within 1e-3 of the row's largest score). Returns the worst relative error of o."""
+    worst = 0.0
+    for b, n in enumerate(lens):
+        HQ, dk = q.shape[2], q.shape[3]
+        qf = torch.zeros(1, n, HQ, dk, dtype=torch.float64)
+        qf[0, n - Tq:] = q[b].double().cpu()
+        gf = torch.zeros(1, n, HQ, dtype=torch.float64)
+        gf[0, n - Tq:] = g[b].double().cpu()
+        nc = nsajit.num_cmp_blocks(n, L, D)
+        kcb = kc["k"][b:b + 1, :nc].double().cpu()
+        vcb = kc["v"][b:b + 1, :nc].double().cpu()
+        args = dict(l=L, d=D, lsel=LSEL, n=N, w=W, k_cmp=kcb, v_cmp=vcb)
+        own = reference.forward(qf, ks[b][None].double(), vs[b][None].double(), gf, gf, gf, **args)
+        full_idx, full_cnt = own.idx.clone(), own.cnt.clone()
+        full_idx[0, n - Tq:] = idx[b].cpu()
+        full_cnt[0, n - Tq:] = cnt[b].cpu()
+        scores = reference.selection_scores(qf[0], kcb[0], l=L, d=D, lsel=LSEL)
+        for i in range(Tq):
+            t = n - Tq + i
+            for h in range(full_idx.shape[2]):
+                mine = set(full_idx[0, t, h, :int(full_cnt[0, t, h])].tolist())
+                ref = set(own.idx[0, t, h, :int(own.cnt[0, t, h])].tolist())
+                assert int(full_cnt[0, t, h]) == int(own.cnt[0, t, h]), (b, t, h)
+                if mine != ref:
+                    sc = scores[t, h]
+                    top = float(sc[:t // LSEL + 1].max())
+                    unchosen = [j for j in range(t // LSEL + 1) if j not in mine]
+                    best_unchosen = max(float(sc[j]) for j in unchosen)
+                    for j in mine - ref:
+                        assert float(sc[j]) >= best_unchosen - 1e-3 * top, (b, t, h, j, "not a near tie")
+        r = reference.forward(qf, ks[b][None].double(), vs[b][None].double(), gf, gf, gf, idx=full_idx,
+                              cnt=full_cnt, **args)
+        ro = r.o[0, n - Tq:]
+        worst = max(worst, float((o[b].double().cpu() - ro).norm() / ro.norm()))
+    return worst
+
+
 @pytest.mark.gpu
 @pytest.mark.fwd_numeric
 @pytest.mark.parametrize("Tq", [1, 3])
@@ -135,10 +175,9 @@ def test_cuda_decode_and_append_equal_the_cpu_path(Tq):
     args = dict(l=L, d=D, lsel=LSEL, n=N, w=W)
     o, idx, cnt = nsajit.decode(q.cuda(), gpu["kp"], gpu["vp"], gpu["table"], gpu["lens"], gpu["kc"], gpu["vc"],
                                 g.cuda(), g.cuda(), g.cuda(), **args)
-    for b, (ro, ridx) in enumerate(prefill_rows(q, g, gpu["ks"], gpu["vs"], lens, Tq)):
-        err = (o[b].double().cpu() - ro).norm() / ro.norm()
-        assert err < 1e-2, (b, err)
-        assert torch.equal(idx[b].cpu(), ridx)
+    worst = judge_against_reference(q, g, gpu["ks"], gpu["vs"], {"k": gpu["kc"], "v": gpu["vc"]}, lens, Tq, o, idx,
+                                    cnt)
+    assert worst < 1e-2, worst
 
 
 @pytest.mark.gpu

@@ -295,11 +295,20 @@ const TileConfig* mma_config(const Problem& p) {
   return find_family("decode").reject(p, c, kHopperMaxSmemOptin) ? nullptr : &c;
 }
 
+// The CUDA-core path with the threads its default would take.
+TileConfig cuda_core_config(const Problem& p) {
+  const int64_t G = p.HQ / p.H;
+  int threads = 128;
+  while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;
+  return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}};
+}
+
 // Both kernels (CUDA cores, and tensor cores where allowed) on the same cache and inputs.
 void check_both(const Batch& b, int Tq, uint64_t seed, bool gc = true, bool gs = true, bool gw = true) {
   {
     INFO("MMA=0");
-    require_ok(run_decode(b, Tq, seed, gc, gs, gw), b.p);
+    const TileConfig c = cuda_core_config(b.p);
+    require_ok(run_decode(b, Tq, seed, gc, gs, gw, &c), b.p);
   }
   if (const TileConfig* c = mma_config(b.p)) {
     INFO("MMA=1");
