@@ -365,6 +365,18 @@ TEST_CASE("decode: the four (dk, dv), the (l, d, l') combinations, separate per-
     const Batch b = make_batch(p, lens, c.page, c.separate, ++seed);
     check_both(b, 2, ++seed);
   }
+  // The configuration of the Python test that failed once on the H200 at Tq = 3 (dv = 32, G = 4, l' = 32, n = 4,
+  // w = 40, pages of 64; lengths 40, 130, 256), judged here with the near-tie rule and the errors reported.
+  {
+    Problem p = base("fla", 8, 2, Dtype::bf16);
+    p.dk = 64, p.dv = 32, p.l = 32, p.d = 16, p.lsel = 32, p.n = 4, p.w = 40;
+    CAPTURE(p.describe());
+    const Batch b = make_batch(p, {40, 130, 256}, 64, false, 250);
+    for (int tq : {1, 3}) {
+      CAPTURE(tq);
+      check_both(b, tq, 251 + tq);
+    }
+  }
   // Each branch off in turn (the selection still runs with the compressed gate off).
   const Batch b = make_batch(base("paper", 8, 2, Dtype::bf16), lens, 128, false, 300);
   for (int off = 0; off < 3; ++off) {
