@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -13,6 +14,8 @@
 #include "codegen/family.h"
 #include "reference/reference.h"
 #include "runtime/decode_api.h"
+#include "runtime/driver.h"
+#include "runtime/nsajit_c.h"
 #include "base/error.h"
 
 using namespace nsajit;
@@ -204,4 +207,82 @@ TEST_CASE("decode_append: every bad argument is refused with a message naming it
   const int32_t full[2] = {1024, 0};
   t.seqlens_host = full;
   CHECK(refused(1, t).find("seqlens[0] = 1024 (+ 1 appended)") != std::string::npos);
+}
+
+// The C ABI's decode calls given random bad inputs (fixed seed): every call returns NSAJIT_USAGE with a message, or
+// (when the mutation left the call valid) NSAJIT_ERROR from the missing driver, never a crash.
+TEST_CASE("decode C ABI: randomized bad inputs are refused with a message, never a crash") {
+  if (nsajit::driver_available()) {
+    MESSAGE("skipped: a GPU is present, and a mutation that stays valid would launch on fake pointers");
+    return;
+  }
+  std::mt19937_64 rng(20261130);
+  auto pick = [&](uint64_t n) { return static_cast<int64_t>(rng() % n); };
+  auto any64 = [&]() -> int64_t {
+    switch (pick(6)) {
+      case 0: return static_cast<int64_t>(rng());
+      case 1: return -pick(100000) - 1;
+      case 2: return pick(1000);
+      case 3: return std::numeric_limits<int64_t>::min();
+      case 4: return std::numeric_limits<int64_t>::max();
+      default: return 0;
+    }
+  };
+  auto anyptr = [&]() -> void* {
+    switch (pick(3)) {
+      case 0: return nullptr;
+      case 1: return fake(0x100000 + 1 + static_cast<uintptr_t>(pick(15)));
+      default: return fake(static_cast<uintptr_t>(rng()) & ~uintptr_t{255});
+    }
+  };
+  nsajit_problem base{};
+  REQUIRE(nsajit_preset("fla", &base) == NSAJIT_OK);
+  base.B = 2, base.HQ = 16, base.H = 4, base.T = 1024;
+  auto valid = [&] {
+    nsajit_decode_tensors t{};
+    t.q = {fake(0x100000), 16 * 128, 16 * 128, 128};
+    t.o = {fake(0x200000), 16 * 128, 16 * 128, 128};
+    t.g_cmp = t.g_slc = t.g_win = fake(0x300000);
+    t.gate_stride_b = 16, t.gate_stride_t = 16;
+    t.k_pool = fake(0x400000), t.v_pool = fake(0x500000), t.num_pages = 16;
+    t.page_table = static_cast<const int32_t*>(fake(0x600000)), t.page_table_stride = 8, t.page_size = 128;
+    t.seqlens = static_cast<const int32_t*>(fake(0x700000));
+    t.k_cmp = {fake(0x800000), 16 * 4 * 128, 4 * 128, 128}, t.v_cmp = {fake(0x900000), 16 * 4 * 128, 4 * 128, 128};
+    t.max_cmp = 16;
+    return t;
+  };
+  int usage = 0, errors = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    nsajit_problem p = base;
+    nsajit_decode_tensors t = valid();
+    int Tq = 1;
+    for (int m = 0, count = 1 + static_cast<int>(pick(3)); m < count; ++m) {
+      switch (pick(9)) {
+        case 0: t.q.data = anyptr(); break;
+        case 1: (pick(2) ? t.q.stride_t : t.o.stride_h) = any64(); break;
+        case 2: t.page_size = any64(); break;
+        case 3: t.page_table_stride = any64(); break;
+        case 4: (pick(2) ? t.num_pages : t.max_cmp) = any64(); break;
+        case 5: (pick(2) ? t.k_pool : t.v_pool) = anyptr(); break;
+        case 6: Tq = static_cast<int>(any64()); break;
+        case 7: t.seqlens = static_cast<const int32_t*>(anyptr()); break;
+        default: (pick(2) ? p.B : p.T) = any64(); break;
+      }
+    }
+    const int rc = nsajit_decode(&p, Tq, &t, nullptr);
+    CAPTURE(trial);
+    CHECK((rc == NSAJIT_USAGE || rc == NSAJIT_ERROR));
+    CHECK(std::string(nsajit_last_error()).size() > 0);
+    (rc == NSAJIT_USAGE ? usage : errors) += 1;
+    nsajit_decode_append_tensors a{};
+    a.k_new = {anyptr(), any64(), 4 * 128, 128}, a.v_new = {fake(0x200000), 0, 4 * 128, 128};
+    a.k_pool = fake(0x400000), a.v_pool = fake(0x500000), a.num_pages = any64();
+    a.page_table = static_cast<const int32_t*>(fake(0x600000)), a.page_table_stride = any64(), a.page_size = any64();
+    a.seqlens = static_cast<const int32_t*>(anyptr());
+    const int rc2 = nsajit_decode_append(&p, static_cast<int>(any64()), &a, nullptr);
+    CHECK((rc2 == NSAJIT_USAGE || rc2 == NSAJIT_ERROR));
+    CHECK(std::string(nsajit_last_error()).size() > 0);
+  }
+  MESSAGE("400 random decode calls: " << usage << " usage errors, " << errors << " driver errors (valid calls)");
+  CHECK(usage > 300);
 }
