@@ -32,6 +32,9 @@ int64_t check_table(const char* who, const Problem& p, const PageTable& t) {
     throw UsageError(fmt::format("{}: page_size = {} must be a positive multiple of l' = {} and of 8", who,
                                  t.page_size, p.lsel));
   if (t.stride < 1) throw UsageError(fmt::format("{}: page_table stride = {} must be >= 1 (max pages)", who, t.stride));
+  if (t.stride > (int64_t{1} << 40) / t.page_size)
+    throw UsageError(fmt::format("{}: page_table stride = {} pages of {} tokens: more than 2^40 tokens per sequence",
+                                 who, t.stride, t.page_size));
   const int64_t capacity = t.stride * t.page_size;
   if (capacity > p.T)
     throw UsageError(fmt::format("{}: the page table holds {} pages of {} tokens = {} tokens per sequence, more than "
