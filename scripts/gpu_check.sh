@@ -3,7 +3,7 @@
 #   scripts/gpu_check.sh BUILD tests   devices, GPU tests (TESTS="doctest filter flags" runs a part of them), the
 #                                      checks watched failing on planted faults, compute-sanitizer memcheck and
 #                                      racecheck on a small case of every family, every family's emitted
-#                                      standalone program (two problems each) built with nvcc and run, PASS
+#                                      standalone program (three problems each: fla, paper fp16 G = 4, dk 80 dv 48 l' 16 G 3) built with nvcc and run, PASS
 #                                      required (PARTS="gpu plant sanitize emit" picks steps)
 #   scripts/gpu_check.sh BUILD bench   tile sweeps of the dense kernels, the forward benchmark, torch baselines
 #   scripts/gpu_check.sh BUILD tuner   the autotuner: a planted faulting family, the fla sweep at 65536 timed,
@@ -77,13 +77,14 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   fi
 
   if [[ " $parts " == *" emit "* ]]; then
-  step "emit, nvcc, run: every family of nsajit families on two problems; each program must print PASS"
+  step "emit, nvcc, run: every family of nsajit families on three problems; each program must print PASS"
   emit_dir=$(mktemp -d)
   : > "$out/emit_run.log"
   # One line per program: NAME then the problem flags.
   "$build/nsajit" families | grep -v '^ ' | while read -r fam; do
     echo "${fam}_fla --family $fam --preset fla --seq 4096"
     echo "${fam}_paper_fp16_g4 --family $fam --preset paper --dtype fp16 --group 4 --seq 3000"
+    echo "${fam}_dk80_dv48_l16_g3 --family $fam --preset paper --dk 80 --dv 48 --lsel 16 --heads 6 --kv-heads 2 --seq 1000"
   done > "$emit_dir/jobs"
   while read -r name flags; do
     # shellcheck disable=SC2086
