@@ -404,7 +404,8 @@ int run(int argc, char** argv) {
   tune->add_option("--families", tf.families,
                    "Families to tune (default: pool, cmp_fwd, select, slc_fwd, win_fwd; `fwd` and `bwd` name the "
                    "forward's and the backward's: cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, win_bwd_dq, "
-                   "win_bwd_dkv)")
+                   "win_bwd_dkv; decode: one decode step of --batch sequences over a full cache of --seq tokens, "
+                   "keyed by B and the cache's T bucket)")
       ->delimiter(',');
   tune->add_option("--strategy", tf.strategy, "exhaustive | random | halving (successive halving)")
       ->capture_default_str();

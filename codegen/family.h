@@ -62,6 +62,9 @@ public:
   virtual bool overlap_dependent() const { return false; }
   virtual TileConfig bucket_default_config(const Problem& p, OverlapBucket) const { return default_config(p); }
   virtual LaunchGeometry geometry(const Problem& p, const TileConfig& c) const = 0;
+  // The config as far as it reaches the generated source: parameters the kernel takes at run time (decode's SPLIT)
+  // are left out, so that variants differing only there share one source and one CUBIN.
+  virtual TileConfig source_config(const TileConfig& c) const { return c; }
   // `constexpr` declarations (inside namespace nsa::spec) that specialize the template.
   virtual std::string preamble(const Problem& p, const TileConfig& c) const = 0;
   // The body of the extern "C" entry, e.g. "nsa::win_fwd::run(p);", the parameter struct and the launch bounds.

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "codegen/codegen.h"
 #include "runtime/device.h"
+#include "runtime/driver.h"
 #include "base/error.h"
 #include "runtime/kernels.h"
 #include "runtime/prepared_launch.h"
@@ -82,6 +84,26 @@ struct CheckedDecode {
   TileConfig config;
 };
 
+// The split-KV workspace's parts (templates/decode_params.h), byte offsets from its start, each 256-byte aligned.
+struct DecodeLayout {
+  size_t part = 0, ml = 0, pc = 0, sel = 0, total = 0;
+  int64_t pc_stride = 0;
+};
+DecodeLayout decode_layout(const Problem& p, int Tq, const TileConfig& c) {
+  DecodeLayout l;
+  const int64_t split = c.at("SPLIT");
+  if (split <= 1) return l;
+  const int64_t rows = p.B * Tq * p.H, G = p.HQ / p.H;
+  auto align = [](size_t v) { return (v + 255) / 256 * 256; };
+  l.pc_stride = (num_cmp(p.T, p) + 63) / 64 * 64;
+  l.part = 0;
+  l.ml = align(l.part + static_cast<size_t>(rows * 3 * split * G * p.dv) * 4);
+  l.pc = align(l.ml + static_cast<size_t>(rows * 3 * split * G * 2) * 4);
+  l.sel = align(l.pc + static_cast<size_t>(rows * l.pc_stride) * 4);
+  l.total = align(l.sel + static_cast<size_t>(rows * (nsa::kDecodeMaxSelected + 1)) * 4);
+  return l;
+}
+
 CheckedDecode checked_decode(const Problem& p, int Tq, const DecodeTensors& t, const TileConfig* config) {
   const char* who = "decode";
   const KernelFamily& family = find_family("decode");
@@ -125,6 +147,14 @@ CheckedDecode checked_decode(const Problem& p, int Tq, const DecodeTensors& t, c
       throw UsageError(fmt::format("{}: tile config [{}] is not valid: {}", who, describe(*config), *why));
     c.config = *config;
   }
+  if (t.workspace != nullptr) {
+    if (reinterpret_cast<uintptr_t>(t.workspace) % 256 != 0)
+      throw UsageError(fmt::format("{}: workspace is not 256-byte aligned", who));
+    const size_t need = decode_workspace_bytes(p, Tq, config);
+    if (t.workspace_bytes < need)
+      throw UsageError(fmt::format("{}: workspace of {} bytes is too small: this call needs {} "
+                                   "(decode_workspace_bytes)", who, t.workspace_bytes, need));
+  }
   return c;
 }
 
@@ -140,6 +170,21 @@ void check_decode(const Problem& p, int Tq, const DecodeTensors& t, const TileCo
   (void)checked_decode(p, Tq, t, config);
 }
 
+size_t decode_workspace_bytes(const Problem& p, int Tq, const TileConfig* config) {
+  const KernelFamily& family = find_family("decode");
+  family.check_problem(p);
+  if (Tq < 1 || Tq > kDecodeMaxTq)
+    throw UsageError(fmt::format("decode: Tq = {} query tokens per sequence: must be in 1 .. {}", Tq, kDecodeMaxTq));
+  TileConfig c;
+  if (config != nullptr) {
+    check_config("decode", family, *config);
+    c = *config;
+  } else {
+    c = resolve_config(family, p, p).config;
+  }
+  return decode_layout(p, Tq, c).total;
+}
+
 void decode(const Problem& p, int Tq, const DecodeTensors& t, CUstream stream, const TileConfig* config) {
   CheckedDecode c = checked_decode(p, Tq, t, config);
   const DeviceScope scope(t.q.data, "decode", "q");
@@ -150,6 +195,14 @@ void decode(const Problem& p, int Tq, const DecodeTensors& t, CUstream stream, c
   r.kernel = &runtime_kernel(spec);
   r.geometry = family.geometry(c.launch, c.config);
   r.geometry.grid = {static_cast<unsigned>(p.H), static_cast<unsigned>(Tq), static_cast<unsigned>(p.B)};
+  const DecodeLayout layout = decode_layout(p, Tq, c.config);
+  std::optional<DeviceBuffer> owned;
+  uintptr_t scratch = reinterpret_cast<uintptr_t>(t.workspace);
+  if (layout.total > 0 && t.workspace == nullptr) {
+    check_not_capturing(stream, "decode");
+    owned.emplace(layout.total);
+    scratch = static_cast<uintptr_t>(owned->ptr());
+  }
   nsa::DecodeParams d{};
   d.q = t.q.data, d.q_sb = t.q.stride_b, d.q_st = t.q.stride_t, d.q_sh = t.q.stride_h;
   d.g_cmp = t.g_cmp, d.g_slc = t.g_slc, d.g_win = t.g_win;
@@ -165,8 +218,34 @@ void decode(const Problem& p, int Tq, const DecodeTensors& t, CUstream stream, c
   d.idx = t.idx, d.cnt = t.cnt;
   d.scale_log2 = static_cast<float>(p.softmax_scale() * 1.4426950408889634);
   d.Tq = Tq, d.H = p.H, d.page_size = t.table.page_size, d.l = p.l, d.d = p.d, d.lsel = p.lsel, d.n = p.n, d.w = p.w;
-  r.set_params(d);
-  r.launch(stream);
+  const int split = c.config.at("SPLIT");
+  d.split = split;
+  if (split <= 1) {
+    d.phase = 0;
+    r.set_params(d);
+    r.launch(stream);
+    return;
+  }
+  d.ws_part = reinterpret_cast<float*>(scratch + layout.part);
+  d.ws_ml = reinterpret_cast<float*>(scratch + layout.ml);
+  d.ws_pc = reinterpret_cast<float*>(scratch + layout.pc);
+  d.ws_sel = reinterpret_cast<int32_t*>(scratch + layout.sel);
+  d.pc_stride = layout.pc_stride;
+  // Five launches of the one kernel: partials, probabilities, selection (one CTA per row), selected, merge.
+  try {
+    for (int phase = 1; phase <= 5; ++phase) {
+      const bool split_grid = phase != 3;  // the selection: one CTA per (sequence, query token, KV head)
+      if ((phase == 2 || phase == 3 || phase == 4) && t.g_slc == nullptr) continue;
+      d.phase = phase;
+      r.geometry.grid.x = static_cast<unsigned>(p.H * (split_grid ? split : 1));
+      r.set_params(d);
+      r.launch(stream);
+    }
+  } catch (...) {
+    if (owned) (void)driver().cuStreamSynchronize_(stream);
+    throw;
+  }
+  if (owned) check_cu(driver().cuStreamSynchronize_(stream), "cuStreamSynchronize");
 }
 
 void check_decode_append(const Problem& p, int Tn, const AppendTensors& t, const TileConfig* config) {

@@ -59,6 +59,11 @@ struct DecodeTensors {
   int64_t max_cmp = 0;                    // entries per sequence the compressed cache holds
   int32_t* idx = nullptr;                 // optional [B, Tq, H, n] chosen blocks (ascending, -1 padded) and
   int32_t* cnt = nullptr;                 // cnt [B, Tq, H]: both or neither; written when g_slc is given
+  // Scratch for split-KV (a config with SPLIT > 1): at least decode_workspace_bytes(problem, Tq) bytes (with the
+  // same config argument as the call), 256-byte aligned. Without it such a call allocates and frees its own and
+  // synchronizes `stream`, and is refused while `stream` is capturing; a SPLIT=1 call needs none.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // Checks everything it can (throws UsageError naming the argument), then launches on `stream`: every output row of
@@ -66,6 +71,9 @@ struct DecodeTensors {
 void decode(const Problem& problem, int Tq, const DecodeTensors& t, CUstream stream,
             const TileConfig* config = nullptr);
 void check_decode(const Problem& problem, int Tq, const DecodeTensors& t, const TileConfig* config = nullptr);
+// The workspace a decode step of Tq query tokens needs with `config` (null: the config decode() would resolve, the
+// tuned one or the default); 0 when it needs none.
+size_t decode_workspace_bytes(const Problem& problem, int Tq, const TileConfig* config = nullptr);
 
 struct AppendTensors {
   TensorView k_new, v_new;  // [B, Tn, H, dk|dv]: written at positions seqlens[b] .. seqlens[b] + Tn

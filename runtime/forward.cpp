@@ -109,9 +109,11 @@ Needs check_arguments(const Problem& p, const ForwardTensors& t) {
   if ((t.idx == nullptr) != (t.cnt == nullptr)) throw UsageError("forward: give both idx and cnt, or neither");
   if ((t.k_cmp.data == nullptr) != (t.v_cmp.data == nullptr))
     throw UsageError("forward: give both k_cmp and v_cmp, or neither (then they are the mean pool of k and v)");
-  n.selection = t.g_slc != nullptr || t.idx != nullptr;
-  n.cmp = t.g_cmp != nullptr || n.selection || t.o_cmp.data != nullptr || t.lse_cmp != nullptr;
   n.slc = t.g_slc != nullptr || t.o_slc.data != nullptr || t.lse_slc != nullptr;
+  // The selected branch reads the selection: asking for o_slc or lse_slc alone (g_slc null, no idx) selects too
+  // (the fuzz test found the selected branch reading a selection this call never wrote).
+  n.selection = n.slc || t.idx != nullptr;
+  n.cmp = t.g_cmp != nullptr || n.selection || t.o_cmp.data != nullptr || t.lse_cmp != nullptr;
   n.win = t.g_win != nullptr || t.o_win.data != nullptr || t.lse_win != nullptr;
   n.pool = n.cmp && t.k_cmp.data == nullptr;
   // The problem shapes each running branch supports, before any size is computed from them.

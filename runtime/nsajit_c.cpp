@@ -221,7 +221,8 @@ const FieldLayout kLayouts[] = {
     NSAJIT_FIELD(nsajit_decode_tensors, v_cmp),
     NSAJIT_FIELD(nsajit_decode_tensors, max_cmp),
     NSAJIT_FIELD(nsajit_decode_tensors, idx),
-    NSAJIT_FIELD(nsajit_decode_tensors, cnt),
+    NSAJIT_FIELD(nsajit_decode_tensors, cnt), NSAJIT_FIELD(nsajit_decode_tensors, workspace),
+    NSAJIT_FIELD(nsajit_decode_tensors, workspace_bytes),
     NSAJIT_FIELD(nsajit_decode_append_tensors, k_new),
     NSAJIT_FIELD(nsajit_decode_append_tensors, v_new),
     NSAJIT_FIELD(nsajit_decode_append_tensors, k_pool),
@@ -423,7 +424,16 @@ int nsajit_decode(const nsajit_problem* cp, int Tq, const nsajit_decode_tensors*
     t.seqlens = c.seqlens, t.seqlens_host = c.seqlens_host;
     t.k_cmp = view(c.k_cmp), t.v_cmp = view(c.v_cmp), t.max_cmp = c.max_cmp;
     t.idx = c.idx, t.cnt = c.cnt;
+    t.workspace = c.workspace, t.workspace_bytes = c.workspace_bytes;
     decode(p, Tq, t, static_cast<CUstream>(stream));
+  });
+}
+
+int nsajit_decode_workspace_size(const nsajit_problem* cp, int Tq, size_t* bytes) {
+  return guarded([&] {
+    if (bytes == nullptr) throw UsageError("nsajit_decode_workspace_size: bytes is a null pointer");
+    *bytes = 0;
+    *bytes = decode_workspace_bytes(to_problem("nsajit_decode_workspace_size", cp), Tq);
   });
 }
 

@@ -41,7 +41,7 @@ extern "C" {
 
 enum { NSAJIT_OK = 0, NSAJIT_ERROR = 1, NSAJIT_USAGE = 2 };
 /* Bumped whenever a struct below or a function's meaning changes. */
-#define NSAJIT_ABI_VERSION 3
+#define NSAJIT_ABI_VERSION 4
 enum { NSAJIT_BF16 = 0, NSAJIT_FP16 = 1 };
 
 typedef struct nsajit_problem {
@@ -203,8 +203,14 @@ typedef struct nsajit_decode_tensors {
   nsajit_tensor k_cmp, v_cmp;
   int64_t max_cmp;
   int32_t *idx, *cnt;                        /* optional [B, Tq, H, n] / [B, Tq, H]: the chosen blocks */
+  void* workspace;                           /* split-KV scratch of nsajit_decode_workspace_size() bytes, 256-byte */
+  size_t workspace_bytes;                    /* aligned; null: a split-KV call allocates, synchronizes, and is
+                                                refused while the stream is capturing (ABI 4) */
 } nsajit_decode_tensors;
 int nsajit_decode(const nsajit_problem* p, int Tq, const nsajit_decode_tensors* t, void* stream);
+/* The workspace nsajit_decode needs for Tq query tokens per sequence with the config it resolves (tuned or
+ * default); 0 when the config runs without one. */
+int nsajit_decode_workspace_size(const nsajit_problem* p, int Tq, size_t* bytes);
 
 /* Appends Tn tokens to every sequence at positions seqlens[b] .. seqlens[b] + Tn (seqlens: the lengths before; not
  * updated here) and, when k_cmp is given, writes the compressed entries they complete (mean pool). */

@@ -13,6 +13,9 @@
 
 namespace nsa {
 
+// The most selected blocks per query decode supports (n): the kernel's and the workspace's bound.
+constexpr int kDecodeMaxSelected = 32;
+
 struct DecodeParams {
   const void* q;  // [B, Tq, HQ, dk]
   i64 q_sb, q_st, q_sh;
@@ -37,7 +40,17 @@ struct DecodeParams {
   i32* cnt;
   float scale_log2;  // softmax scale * log2(e)
   i32 Tq, H, page_size, l, d, lsel, n, w;
-  i32 unused;
+  // Split-KV (the config's SPLIT > 1): the step runs as five launches of the same kernel, `phase` 1 .. 5 (0: the
+  // one-launch path). Row r = (b * Tq + qi) * H + h of the workspace belongs to one (sequence, query token, KV head):
+  //   ws_part [rows, 3 branches, split, G * dv] unnormalized partial outputs (fp32), ws_ml [rows, 3, split, G, 2]
+  //   their base-2 running max and sum, ws_pc [rows, pc_stride] the compressed entries' selection probabilities,
+  //   ws_sel [rows, kMaxN + 1] the chosen block count then the blocks.
+  i32 phase, split;
+  float* ws_part;
+  float* ws_ml;
+  float* ws_pc;
+  i32* ws_sel;
+  i64 pc_stride;
 };
 
 struct DecodeAppendParams {

@@ -2,7 +2,7 @@
 // in reverse order), their compressed cache pooled on the host, one query token per sequence (the last, t = T - 1).
 // First with only the window gate, checked against the window attention computed on the host (double); then with
 // all three gates, checking that every output is written and finite and that each selection row is ascending,
-// causal, -1 padded and holds the forced blocks.
+// causal, -1 padded and holds the forced blocks. With SPLIT > 1 a step is the five split-KV launches.
 #ifndef NSA_HARNESS_DECODE_CUH
 #define NSA_HARNESS_DECODE_CUH
 
@@ -74,7 +74,43 @@ int main(int argc, char** argv) {
   p.scale_log2 = static_cast<float>(kScale * 1.4426950408889634);
   p.Tq = 1, p.H = kH, p.page_size = kPage, p.l = kL, p.d = kD, p.lsel = kLSel, p.n = kN, p.w = kW;
   const dim3 grid(kGridX, kGridY, kGridZ), block(kThreads);
-  harness::launch_entry(grid, block, kSmemBytes, p);
+  // Split-KV (SPLIT > 1): five launches of the kernel (DecodeParams.phase 1 .. 5) through a workspace laid out as
+  // runtime/decode_api.cpp lays it out.
+#ifdef NSA_TILE_SPLIT
+  constexpr int kSplit = NSA_TILE_SPLIT;
+#else
+  constexpr int kSplit = 1;
+#endif
+  p.split = kSplit;
+  if (kSplit > 1) {
+    const long long rows = kB * kH, pc_stride = (nc + 63) / 64 * 64;
+    p.ws_part = harness::device_array<float>(static_cast<size_t>(rows * 3 * kSplit * G * kDV), 0);
+    p.ws_ml = harness::device_array<float>(static_cast<size_t>(rows * 3 * kSplit * G * 2), 0);
+    p.ws_pc = harness::device_array<float>(static_cast<size_t>(std::max(1LL, rows * pc_stride)), 0);
+    p.ws_sel = harness::device_array<int>(static_cast<size_t>(rows * (nsa::kDecodeMaxSelected + 1)), 0);
+    p.pc_stride = pc_stride;
+  }
+  auto step = [&](bool check) {
+    if (kSplit == 1) {
+      p.phase = 0;
+      if (check)
+        harness::launch_entry(grid, block, kSmemBytes, p);
+      else
+        kEntry<<<grid, block, kSmemBytes>>>(p);
+      return;
+    }
+    for (int phase = 1; phase <= 5; ++phase) {
+      if ((phase >= 2 && phase <= 4) && p.g_slc == nullptr) continue;
+      p.phase = phase;
+      const bool split_grid = phase != 3;
+      const dim3 g(kGridX * (split_grid ? kSplit : 1), kGridY, kGridZ);
+      if (check)
+        harness::launch_entry(g, block, kSmemBytes, p);
+      else
+        kEntry<<<g, block, kSmemBytes>>>(p);
+    }
+  };
+  step(true);
   HARNESS_CHECK(cudaDeviceSynchronize());
   std::vector<uint16_t> out = harness::download(dout, no);
 
@@ -111,7 +147,7 @@ int main(int argc, char** argv) {
   // All three branches: every output written and finite, every selection row well formed.
   HARNESS_CHECK(cudaMemset(dout, 0xff, no * 2));
   p.g_cmp = dg, p.g_slc = dg, p.idx = didx, p.cnt = dcnt;
-  harness::launch_entry(grid, block, kSmemBytes, p);
+  step(true);
   HARNESS_CHECK(cudaDeviceSynchronize());
   out = harness::download(dout, no);
   long long bad = 0;
@@ -137,7 +173,7 @@ int main(int argc, char** argv) {
   std::printf("all branches: non-finite outputs %lld of %zu; malformed selection rows %lld of %lld\n", bad, no,
               bad_rows, kB * kH);
   pass = pass && bad == 0 && bad_rows == 0;
-  const float ms = harness::median_ms([&] { kEntry<<<grid, block, kSmemBytes>>>(p); });
+  const float ms = harness::median_ms([&] { step(false); });
   return harness::report(pass, ms);
 }
 

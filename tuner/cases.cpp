@@ -9,6 +9,7 @@
 #include "codegen/codegen.h"
 #include "runtime/attn_fwd_api.h"
 #include "runtime/backward.h"
+#include "runtime/decode_api.h"
 #include "runtime/forward.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
@@ -417,6 +418,93 @@ private:
   std::map<TileConfig, std::vector<BackwardStage>> stages_;
 };
 
+// One decode step (Tq = 1) of B sequences filled to the problem's T (the cache's capacity: pages of 128 tokens,
+// identity page tables; every sequence holds the same random tokens, appended once with the compressed entries
+// completed by decode_append). Trusted: the CUDA-core kernel in one launch (MMA=0, SPLIT=1), an implementation
+// independent of the tensor-core and split-KV paths; a candidate's output must match it at NSA.md's tolerance.
+class DecodeCase final : public TuneCase {
+public:
+  explicit DecodeCase(const Problem& p) : p_(p), cmp_(p) {
+    constexpr int kPage = 128;
+    const int64_t max_pages = (p.T + kPage - 1) / kPage, pages = p.B * max_pages;
+    if (max_pages * kPage != p.T)
+      throw UsageError(fmt::format("decode tuning: T = {} must be a multiple of the tuning cache's page of {} tokens",
+                                   p.T, kPage));
+    max_cmp_ = std::max<int64_t>(num_cmp(p), 1);
+    std::vector<int32_t> table(static_cast<size_t>(pages)), lens(static_cast<size_t>(p.B), static_cast<int32_t>(p.T)),
+        zeros(static_cast<size_t>(p.B), 0);
+    for (int64_t i = 0; i < pages; ++i) table[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    table_ = DeviceBuffer(table.size() * 4), lens_ = DeviceBuffer(lens.size() * 4);
+    DeviceBuffer zero(zeros.size() * 4);
+    table_.upload(table.data(), table.size() * 4), lens_.upload(lens.data(), lens.size() * 4);
+    zero.upload(zeros.data(), zeros.size() * 4);
+    kpool_ = DeviceBuffer(static_cast<size_t>(pages * kPage) * p.H * p.dk * 2);
+    vpool_ = DeviceBuffer(static_cast<size_t>(pages * kPage) * p.H * p.dv * 2);
+    kcmp_ = DeviceBuffer(static_cast<size_t>(p.B * max_cmp_) * p.H * p.dk * 2);
+    vcmp_ = DeviceBuffer(static_cast<size_t>(p.B * max_cmp_) * p.H * p.dv * 2);
+    PageTable pt;
+    pt.pages = static_cast<const int32_t*>(table_.get()), pt.stride = max_pages, pt.page_size = kPage;
+    {
+      DeviceBuffer k = random_device_tensor(static_cast<size_t>(p.T) * p.H * p.dk, p.dtype, 61);
+      DeviceBuffer v = random_device_tensor(static_cast<size_t>(p.T) * p.H * p.dv, p.dtype, 62);
+      AppendTensors a;
+      a.k_new = {k.get(), 0, static_cast<int64_t>(p.H) * p.dk, p.dk};  // batch stride 0: the same tokens for all
+      a.v_new = {v.get(), 0, static_cast<int64_t>(p.H) * p.dv, p.dv};
+      a.k_pool = kpool_.get(), a.v_pool = vpool_.get(), a.num_pages = pages, a.table = pt;
+      a.seqlens = static_cast<const int32_t*>(zero.get());
+      a.k_cmp = contiguous(kcmp_.get(), max_cmp_, p.H, p.dk), a.v_cmp = contiguous(vcmp_.get(), max_cmp_, p.H, p.dv);
+      a.max_cmp = max_cmp_;
+      decode_append(p, static_cast<int>(p.T), a, nullptr);
+    }
+    q_ = random_device_tensor(static_cast<size_t>(p.B) * p.HQ * p.dk, p.dtype, 63);
+    std::vector<uint16_t> gbits = random_normal_bits(static_cast<size_t>(p.B) * p.HQ, p.dtype, 64);
+    for (auto& g : gbits) g &= 0x7fff;  // positive gates
+    gate_ = DeviceBuffer(gbits.size() * 2);
+    gate_.upload(gbits.data(), gbits.size() * 2);
+    o_ = DeviceBuffer(static_cast<size_t>(p.B) * p.HQ * p.dv * 2), ref_o_ = DeviceBuffer(o_.bytes());
+    t_.q = contiguous(q_.get(), 1, p.HQ, p.dk);
+    t_.g_cmp = t_.g_slc = t_.g_win = gate_.get();
+    t_.gate_stride_b = p.HQ, t_.gate_stride_t = p.HQ;
+    t_.cache = {kpool_.get(), vpool_.get(), pages}, t_.table = pt;
+    t_.seqlens = static_cast<const int32_t*>(lens_.get());
+    t_.k_cmp = contiguous(kcmp_.get(), max_cmp_, p.H, p.dk), t_.v_cmp = contiguous(vcmp_.get(), max_cmp_, p.H, p.dv);
+    t_.max_cmp = max_cmp_;
+    // One workspace for every candidate: the largest split's.
+    const KernelFamily& f = find_family("decode");
+    TileConfig widest = f.default_config(p);
+    widest["SPLIT"] = 64;
+    ws_bytes_ = decode_workspace_bytes(p, 1, &widest);
+    ws_ = DeviceBuffer(std::max<size_t>(ws_bytes_, 256));
+    TileConfig trusted = f.default_config(p);
+    trusted["MMA"] = 0, trusted["SPLIT"] = 1;
+    int threads = 128;
+    while (threads < 512 && (p.HQ / p.H * p.dv + threads - 1) / threads > 32) threads *= 2;
+    trusted["THREADS"] = threads, trusted["KT"] = 32;
+    ref_o_.fill_bytes(0xff);  // poisoned: an unwritten trusted value is caught
+    decode(p, 1, tensors(ref_o_), nullptr, &trusted);
+  }
+  void launch(const TileConfig& c, CUstream s) override { decode(p_, 1, tensors(o_), s, &c); }
+  std::optional<std::string> check(const TileConfig& c) override {
+    o_.fill_bytes(0xff);
+    launch(c, nullptr);
+    return cmp_.check("o", o_.get(), ref_o_.get(), p_.B * p_.HQ * p_.dv, kind_of(p_.dtype), tolerance(p_.dtype));
+  }
+
+private:
+  DecodeTensors tensors(const DeviceBuffer& o) const {
+    DecodeTensors t = t_;
+    t.o = contiguous(o.get(), 1, p_.HQ, p_.dv);
+    t.workspace = ws_.get(), t.workspace_bytes = ws_bytes_;
+    return t;
+  }
+  Problem p_;
+  Comparer cmp_;
+  int64_t max_cmp_ = 0;
+  size_t ws_bytes_ = 0;
+  DeviceBuffer table_, lens_, kpool_, vpool_, kcmp_, vcmp_, q_, gate_, o_, ref_o_, ws_;
+  DecodeTensors t_;
+};
+
 class FaultCase final : public TuneCase {
 public:
   explicit FaultCase(const Problem& p) : p_(p), cmp_(p) {
@@ -464,7 +552,7 @@ bool is_backward_family(const KernelFamily& f) {
 bool is_tunable(const KernelFamily& f) {
   const std::string_view n = f.name();
   return n == "pool" || n == "cmp_fwd" || n == "select" || n == "slc_fwd" || n == "win_fwd" || n == "fault_test" ||
-         is_backward_family(f);
+         n == "decode" || is_backward_family(f);
 }
 
 std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p, InputKind inputs) {
@@ -475,10 +563,11 @@ std::unique_ptr<TuneCase> make_tune_case(const KernelFamily& f, const Problem& p
   if (n == "select") return std::make_unique<SelectCase>(p, inputs);
   if (n == "slc_fwd") return std::make_unique<SlcCase>(p, inputs);
   if (n == "fault_test") return std::make_unique<FaultCase>(p);
+  if (n == "decode") return std::make_unique<DecodeCase>(p);
   if (is_backward_family(f)) return std::make_unique<BwdCase>(f, p, inputs);
   throw UsageError(fmt::format("the tuner cannot measure family {}: tunable are pool, cmp_fwd, select, slc_fwd, "
-                               "win_fwd and the backward's cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, "
-                               "win_bwd_dq, win_bwd_dkv",
+                               "win_fwd, decode and the backward's cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, "
+                               "slc_bwd_dkv, win_bwd_dq, win_bwd_dkv",
                                n));
 }
 

@@ -210,12 +210,14 @@ private:
     std::vector<const KernelFamily*> fams;
     if (o_.families.empty()) {
       for (const KernelFamily* f : families())
-        if (is_tunable(*f) && f->name() != "fault_test" && !is_backward_family(*f)) fams.push_back(f);
+        if (is_tunable(*f) && f->name() != "fault_test" && f->name() != "decode" && !is_backward_family(*f))
+          fams.push_back(f);
     } else {
       for (const std::string& n : o_.families) {
         if (n == "fwd" || n == "bwd") {  // shorthands: every forward or every backward family
           for (const KernelFamily* f : families())
-            if (is_tunable(*f) && f->name() != "fault_test" && is_backward_family(*f) == (n == "bwd"))
+            if (is_tunable(*f) && f->name() != "fault_test" && f->name() != "decode" &&
+                is_backward_family(*f) == (n == "bwd"))
               fams.push_back(f);
           continue;
         }
@@ -223,7 +225,8 @@ private:
         if (!is_tunable(f))
           throw UsageError(fmt::format("family {} is not tunable: tunable are pool, cmp_fwd, select, slc_fwd, win_fwd "
                                        "(fwd), cmp_bwd_dq, cmp_bwd_dkv, slc_bwd_dq, slc_bwd_dkv, win_bwd_dq, "
-                                       "win_bwd_dkv (bwd)",
+                                       "win_bwd_dkv (bwd), decode (with --batch: the batch and the cache's "
+                                       "capacity --seq key its configs)",
                                        n));
         fams.push_back(&f);
       }

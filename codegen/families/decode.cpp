@@ -9,6 +9,7 @@
 
 #include "codegen/family.h"
 #include "base/error.h"
+#include "templates/decode_params.h"
 
 namespace nsajit {
 
@@ -20,7 +21,7 @@ int64_t decode_pow2_at_least(int64_t v) {
 
 namespace {
 
-constexpr int kDecodeMaxN = 32;
+constexpr int kDecodeMaxN = nsa::kDecodeMaxSelected;
 
 int64_t max_cmp_entries(const Problem& p) {
   return std::max<int64_t>(decode_pow2_at_least(p.T >= p.l ? (p.T - p.l) / p.d + 1 : 1), 32);
@@ -44,12 +45,22 @@ int64_t decode_smem(const Problem& p, int threads, int kt, bool mma = false) {
   return floats * 4 + (max_sel_blocks(p) + 15) / 16 * 16;
 }
 
+// Split-KV by default where the batch's (sequence, KV head) pairs alone would not fill the GPU: enough CTAs for two
+// per SM of an H200 (132 SMs), at most 32 per pair, and no more than the compressed entries' 32-key tiles.
+int decode_default_split(const Problem& p) {
+  const int64_t pairs = p.B * p.H, tiles = std::max<int64_t>(1, max_cmp_entries(p) / 32);
+  int split = 1;
+  while (split < 32 && pairs * split < 2 * 132 && split * 2 <= tiles) split *= 2;
+  return split;
+}
+
 class DecodeFamily final : public KernelFamily {
 public:
   std::string_view name() const override { return "decode"; }
   std::string_view description() const override {
-    return "NSA decode over a paged KV cache: one CTA per (KV head, query token, sequence), the group's heads as "
-           "rows; compressed branch, selection, selected and window branches, gated sum (fp32, CUDA cores)";
+    return "NSA decode over a paged KV cache: the group's heads as the rows, per (KV head, query token, sequence) "
+           "one CTA (SPLIT=1) or SPLIT CTAs per branch with a merge; compressed branch, selection, selected and "
+           "window branches, gated sum (tensor cores with MMA=1, else fp32 CUDA cores)";
   }
   std::string_view template_path() const override { return "templates/decode.cuh"; }
   std::vector<std::string_view> support_files() const override { return {"templates/decode_params.h"}; }
@@ -58,7 +69,10 @@ public:
     static const std::vector<ParamDecl> decls = {
         {"THREADS", {128, 256, 512}, "threads per CTA"},
         {"KT", {16, 32}, "keys per shared-memory tile"},
-        {"MMA", {0, 1}, "1: the branches' attention on tensor cores (G <= 16, dims multiples of 64, 4 warps, KT 32)"}};
+        {"MMA", {0, 1}, "1: the branches' attention on tensor cores (G <= 16, dims multiples of 64, 4 warps, KT 32)"},
+        {"SPLIT", {1, 2, 4, 8, 16, 32, 64},
+         "split-KV: CTAs per (sequence, query token, KV head) over each branch's keys; > 1 runs the step as five "
+         "launches (partials, selection probabilities, selection, selected branch, merge) through a workspace"}};
     return decls;
   }
   void check_problem(const Problem& p) const override {
@@ -88,12 +102,13 @@ public:
   // The tensor-core path where it applies (measured on the H200: 233 us against 1276 us at B = 64, 64k, fla), else
   // CUDA cores with enough threads for the group's accumulators.
   TileConfig default_config(const Problem& p) const override {
-    const TileConfig mma = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}};
+    const int split = decode_default_split(p);
+    const TileConfig mma = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}, {"SPLIT", split}};
     if (!reject(p, mma, kHopperMaxSmemOptin)) return mma;
     const int64_t G = p.HQ / p.H;
     int threads = 128;
     while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;
-    return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}};
+    return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}, {"SPLIT", split}};
   }
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
     LaunchGeometry g;
@@ -101,6 +116,11 @@ public:
     g.block = {static_cast<unsigned>(c.at("THREADS")), 1, 1};
     g.smem_bytes = static_cast<int>(decode_smem(p, c.at("THREADS"), c.at("KT"), c.at("MMA") != 0));
     return g;
+  }
+  TileConfig source_config(const TileConfig& c) const override {
+    TileConfig s = c;
+    s.erase("SPLIT");  // DecodeParams.split: the same kernel serves every split
+    return s;
   }
   std::string preamble(const Problem& p, const TileConfig& c) const override {
     return fmt::format(

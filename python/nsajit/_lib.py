@@ -14,7 +14,7 @@ from ctypes import POINTER, byref, c_char_p, c_double, c_int, c_int64, c_size_t,
 from importlib import resources
 
 # The ABI this module mirrors (runtime/nsajit_c.h NSAJIT_ABI_VERSION).
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 NSAJIT_OK, NSAJIT_ERROR, NSAJIT_USAGE = 0, 1, 2
 NSAJIT_BF16, NSAJIT_FP16 = 0, 1
@@ -99,6 +99,7 @@ class DecodeTensors(ctypes.Structure):
         + [("page_table_host", c_void_p), ("seqlens", c_void_p), ("seqlens_host", c_void_p)]
         + _tensor_fields("k_cmp v_cmp")
         + [("max_cmp", c_int64), ("idx", c_void_p), ("cnt", c_void_p)]
+        + [("workspace", c_void_p), ("workspace_bytes", c_size_t)]
     )
 
 
@@ -130,6 +131,7 @@ _SIGNATURES = {
     "nsajit_backward_workspace_size": (c_int, [POINTER(Problem), POINTER(BackwardTensors), POINTER(c_size_t)]),
     "nsajit_backward": (c_int, [POINTER(Problem), POINTER(BackwardTensors), c_void_p]),
     "nsajit_decode": (c_int, [POINTER(Problem), c_int, POINTER(DecodeTensors), c_void_p]),
+    "nsajit_decode_workspace_size": (c_int, [POINTER(Problem), c_int, POINTER(c_size_t)]),
     "nsajit_decode_append": (c_int, [POINTER(Problem), c_int, POINTER(DecodeAppendTensors), c_void_p]),
     "nsajit_varlen_cmp_rows": (c_int, [POINTER(Problem), c_int64, c_int64, POINTER(c_int64)]),
     "nsajit_version": (c_char_p, []),
@@ -257,6 +259,12 @@ def preset(name: str) -> Problem:
     p = Problem()
     check(load().nsajit_preset(name.encode(), byref(p)))
     return p
+
+
+def decode_workspace_size(p: Problem, Tq: int) -> int:
+    n = c_size_t(0)
+    check(load().nsajit_decode_workspace_size(byref(p), Tq, byref(n)))
+    return n.value
 
 
 def forward_workspace_size(p: Problem) -> int:

@@ -108,6 +108,9 @@ def _contig(t):
     return None if t is None else t.contiguous()
 
 
+_ws_bytes: dict[tuple, int] = {}  # (problem bytes, Tq) -> nsajit_decode_workspace_size
+
+
 @torch.library.impl(_lib_def, "decode", "CUDA")
 def _decode_cuda(q, k_pool, v_pool, page_table, seqlens, k_cmp, v_cmp, g_cmp, g_slc, g_win, k_pool_slc, v_pool_slc,
                  k_pool_win, v_pool_win, l, d, lsel, n, w, scale):
@@ -139,6 +142,16 @@ def _decode_cuda(q, k_pool, v_pool, page_table, seqlens, k_cmp, v_cmp, g_cmp, g_
     t.k_cmp, t.v_cmp, t.max_cmp = _tensor(k_cmp), _tensor(v_cmp), k_cmp.shape[1]
     if g_slc is not None:
         t.idx, t.cnt = idx.data_ptr(), cnt.data_ptr()
+    # Split-KV scratch from torch's caching allocator: nothing allocates or synchronizes behind torch's back, so a
+    # step can be captured in a CUDA graph.
+    key = (bytes(p), Tq)
+    nbytes = _ws_bytes.get(key)
+    if nbytes is None:
+        nbytes = _ws_bytes[key] = _lib.decode_workspace_size(p, Tq)
+    workspace = None
+    if nbytes > 0:
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+        t.workspace, t.workspace_bytes = workspace.data_ptr(), nbytes
     _lib.check(lib.nsajit_decode(byref(p), Tq, byref(t), ctypes.c_void_p(_stream(q.device))))
     from . import ops
     if ops._test_hook is not None:

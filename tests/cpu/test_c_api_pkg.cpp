@@ -457,7 +457,7 @@ TEST_CASE("C ABI (pkg): libnsajit.so exports nsajit_* only and needs only libc, 
   std::sort(exported.begin(), exported.end());
   const std::vector<std::string> api = {
       "nsajit_abi_version", "nsajit_backward", "nsajit_backward_workspace_size", "nsajit_cmp_fwd", "nsajit_decode",
-      "nsajit_decode_append", "nsajit_forward",
+      "nsajit_decode_append", "nsajit_decode_workspace_size", "nsajit_forward",
       "nsajit_forward_workspace_bytes", "nsajit_forward_workspace_size", "nsajit_last_error", "nsajit_mean_pool",
       "nsajit_nvrtc_library", "nsajit_preset", "nsajit_select", "nsajit_slc_fwd", "nsajit_struct_layout",
       "nsajit_varlen_cmp_rows", "nsajit_version", "nsajit_win_fwd"};

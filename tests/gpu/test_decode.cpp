@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -289,30 +290,34 @@ void require_ok(const DecodeCheck& c, const Problem& p) {
   CHECK(c.o.ok(tolerance(p.dtype)));
 }
 
-// The tensor-core path (MMA=1), where the problem allows it.
-const TileConfig* mma_config(const Problem& p) {
-  static const TileConfig c = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}};
-  return find_family("decode").reject(p, c, kHopperMaxSmemOptin) ? nullptr : &c;
+// The tensor-core path (MMA=1) with `split` CTAs per branch, where the problem allows it.
+std::optional<TileConfig> mma_config(const Problem& p, int split) {
+  const TileConfig c = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}, {"SPLIT", split}};
+  if (find_family("decode").reject(p, c, kHopperMaxSmemOptin)) return std::nullopt;
+  return c;
 }
 
-// The CUDA-core path with the threads its default would take.
-TileConfig cuda_core_config(const Problem& p) {
+// The CUDA-core path with enough threads for the group's accumulators (at most 32 per thread).
+TileConfig cuda_core_config(const Problem& p, int split) {
   const int64_t G = p.HQ / p.H;
   int threads = 128;
   while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;
-  return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}};
+  return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}, {"SPLIT", split}};
 }
 
-// Both kernels (CUDA cores, and tensor cores where allowed) on the same cache and inputs.
+// Both kernels (CUDA cores, and tensor cores where allowed), each in one launch and split-KV (five launches through
+// a workspace the call allocates), on the same cache and inputs.
 void check_both(const Batch& b, int Tq, uint64_t seed, bool gc = true, bool gs = true, bool gw = true) {
-  {
-    INFO("MMA=0");
-    const TileConfig c = cuda_core_config(b.p);
+  for (int split : {1, 4}) {
+    INFO("MMA=0 SPLIT=", split);
+    const TileConfig c = cuda_core_config(b.p, split);
     require_ok(run_decode(b, Tq, seed, gc, gs, gw, &c), b.p);
   }
-  if (const TileConfig* c = mma_config(b.p)) {
-    INFO("MMA=1");
-    require_ok(run_decode(b, Tq, seed, gc, gs, gw, c), b.p);
+  for (int split : {1, 8}) {
+    if (const std::optional<TileConfig> c = mma_config(b.p, split)) {
+      INFO("MMA=1 SPLIT=", split);
+      require_ok(run_decode(b, Tq, seed, gc, gs, gw, &*c), b.p);
+    }
   }
 }
 
@@ -441,6 +446,12 @@ TEST_CASE("decode: 3000 steps of append + decode from an empty cache, one CUDA g
   t.cache = {kpool.get(), vpool.get(), num_pages}, t.table = pt;
   t.seqlens = static_cast<const int32_t*>(dnew.get());
   t.k_cmp = a.k_cmp, t.v_cmp = a.v_cmp, t.max_cmp = max_cmp;
+  // The default config (split-KV at this small batch) captured with a workspace; without one a split-KV call is
+  // refused while capturing.
+  const size_t ws_bytes = decode_workspace_bytes(p, 1);
+  CHECK(ws_bytes > 0);
+  DeviceBuffer ws(std::max<size_t>(ws_bytes, 256));
+  t.workspace = ws.get(), t.workspace_bytes = ws_bytes;
 
   CUstream stream = nullptr;
   check_cu(d.cuStreamCreate_(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
@@ -533,4 +544,16 @@ TEST_CASE("decode: 3000 steps of append + decode from an empty cache, one CUDA g
   // The reference attends over its own selection here: a near tie chosen differently would show as an error far
   // above the tolerance, never at random inputs' score gaps (the ragged-batch tests judge selections one by one).
   CHECK(meter.ok(tolerance(p.dtype)));
+}
+
+// Small enough for compute-sanitizer memcheck and racecheck (gpu_check.sh's sanitize step runs it): both kernels, one
+// launch and split-KV, Tq 1 and 3, ragged lengths with a sequence shorter than Tq's window of queries.
+TEST_CASE("decode: small case of every path (sanitizer)") {
+  Problem p = base("fla", 8, 2, Dtype::bf16);
+  p.l = 32, p.d = 16, p.lsel = 32, p.n = 4, p.w = 40;
+  const Batch b = make_batch(p, {3, 70, 200}, 64, false, 600);
+  for (int tq : {1, 3}) {
+    CAPTURE(tq);
+    check_both(b, tq, 601 + tq);
+  }
 }
