@@ -386,9 +386,10 @@ __device__ __forceinline__ void cmp_probabilities_mma(const Smem& s, i64 nc, Key
   __syncthreads();
   const int r0 = lane / 4, r1 = lane / 4 + 8;
   const float l0 = r0 < kG ? s.lse[r0] : neg_inf(), l1 = r1 < kG ? s.lse[r1] : neg_inf();
-  // Two K buffers (the V tile's space is free in this pass): the next tile's copy runs while this one is scored.
+  // Two K buffers where the V tile's space (free in this pass) holds a K tile: the next tile's copy runs while this
+  // one is scored. Otherwise (dv < dk) one buffer, refilled as soon as this tile's scores are in registers.
+  constexpr bool kTwo = kDV >= kDK;
   const u32 sK2 = sK + kKT * kDK * 2;
-  static_assert(kDV >= kDK || !sizeof(KeyFn), "the V tile's space holds a K tile");
   const i64 step = static_cast<i64>(kWarps) * kKT;
   i64 j0 = static_cast<i64>(warp) * kKT;
   u64 kp, vp;
@@ -399,16 +400,28 @@ __device__ __forceinline__ void cmp_probabilities_mma(const Smem& s, i64 nc, Key
   cp_async_commit();
   for (int it = 0; j0 < nc; j0 += step, ++it) {
     const i64 jn = j0 + step;
-    const u32 cur = (it & 1) ? sK2 : sK, nxt = (it & 1) ? sK : sK2;
-    if (jn < nc) {
-      row_ptrs(jn, nc, key, lane, any, kp, vp);
-      issue_rows<kDK>(nxt, kp, jn, nc, lane, any);
+    const u32 cur = kTwo && (it & 1) ? sK2 : sK, nxt = (it & 1) ? sK : sK2;
+    if constexpr (kTwo) {
+      if (jn < nc) {
+        row_ptrs(jn, nc, key, lane, any, kp, vp);
+        issue_rows<kDK>(nxt, kp, jn, nc, lane, any);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();  // this tile's K (the next one may still be in flight)
+    } else {
+      cp_async_wait<0>();
     }
-    cp_async_commit();
-    cp_async_wait<1>();  // this tile's K (the next one may still be in flight)
     __syncwarp();
     float sc[kKT / 8][4];
     qk_tile<elem, kKT, kDK, false>(sc, dummy, sQ, cur, 0, lane);
+    if constexpr (!kTwo) {
+      __syncwarp();  // every lane has read the buffer
+      if (jn < nc) {
+        row_ptrs(jn, nc, key, lane, any, kp, vp);
+        issue_rows<kDK>(sK, kp, jn, nc, lane, any);
+      }
+      cp_async_commit();
+    }
 #pragma unroll
     for (int nt = 0; nt < kKT / 8; ++nt)
 #pragma unroll
