@@ -572,20 +572,23 @@ __device__ __forceinline__ int select_blocks(const Smem& s, const DecodeParams& 
   __syncthreads();
   const i64 jt = t / p.lsel;
   const int want = static_cast<int>(jt + 1 < p.n ? jt + 1 : p.n);
-  for (i64 j = threadIdx.x; j <= jt; j += kThreads) {
+  // 32-bit positions: the capacity is bounded by the kernel's kMaxSel blocks (shared memory), far below 2^31.
+  const int ncl = static_cast<int>(nc), jtl = static_cast<int>(jt), ls = p.lsel, l = p.l, d = p.d;
+  for (int j = threadIdx.x; j <= jtl; j += kThreads) {
     // Compressed blocks i overlapping selection block j: [i*d, i*d + l) meets [j*l', (j+1)*l').
-    const i64 lo = j * p.lsel, hi = lo + p.lsel;
-    i64 i0 = floor_div(lo - p.l, p.d) + 1;
+    const int lo = j * ls, hi = lo + ls;
+    const int x = lo - l;
+    int i0 = (x >= 0 ? x / d : -((-x + d - 1) / d)) + 1;
     i0 = i0 < 0 ? 0 : i0;
-    i64 i1 = floor_div(hi - 1, p.d);
-    i1 = i1 > nc - 1 ? nc - 1 : i1;
+    int i1 = (hi - 1) / d;
+    i1 = i1 > ncl - 1 ? ncl - 1 : i1;
     float sum = 0.f;
-    for (i64 i = i0; i <= i1; ++i) {
-      const i64 a = i * p.d > lo ? i * p.d : lo, e = i * p.d + p.l < hi ? i * p.d + p.l : hi;
-      if (e > a) sum += static_cast<float>(e - a) / static_cast<float>(p.d) * s.pc[i];
+    for (int i = i0; i <= i1; ++i) {
+      const int a = i * d > lo ? i * d : lo, e = i * d + l < hi ? i * d + l : hi;
+      if (e > a) sum += static_cast<float>(e - a) / static_cast<float>(d) * s.pc[i];
     }
     s.imp[j] = sum;
-    s.flags[j] = (j == 0 || j == jt || j == jt - 1) ? 1 : 0;
+    s.flags[j] = (j == 0 || j == jtl || j == jtl - 1) ? 1 : 0;
   }
   __syncthreads();
   const int forced = jt == 0 ? 1 : jt == 1 ? 2 : 3;
@@ -823,7 +826,7 @@ __device__ __forceinline__ void phase_selected(const DecodeParams& p) {
 // memory; then each output element is one pass over the partials (independent loads, coalesced across threads).
 __device__ __forceinline__ void phase_combine(const DecodeParams& p) {
   extern __shared__ float4 smem_raw[];
-  float* wts = reinterpret_cast<float*>(smem_raw);  // [3][split][kG]
+  float* wts = reinterpret_cast<float*>(smem_raw);  // [3][split][kG] weights, then [3][split][kG] sums
   const Where w = where(p, p.split);
   constexpr int kElems = kG * kDV;
   const int per = (kElems + p.split - 1) / p.split, e0 = w.split_idx * per;
@@ -838,18 +841,19 @@ __device__ __forceinline__ void phase_combine(const DecodeParams& p) {
   for (int item = threadIdx.x; item < 3 * kG; item += kThreads) {
     const int br = item / kG, g = item % kG;
     if (gates[br] == nullptr) continue;
+    // The partials' (m, l) pairs into shared memory first (independent loads), then the merge from there.
+    float* mk = wts + (br * p.split) * kG + g;  // m of split k at mk[k * kG], later its weight
+    float* lk = wts + (3 * p.split) * kG + (br * p.split) * kG + g;
+    const float* src = part_ml(p, w.r, br, 0) + 2 * g;
+#pragma unroll 8
+    for (int k = 0; k < p.split; ++k) mk[k * kG] = src[k * kG * 2], lk[k * kG] = src[k * kG * 2 + 1];
     float m = neg_inf();
-    for (int k = 0; k < p.split; ++k) m = fmaxf(m, part_ml(p, w.r, br, k)[2 * g]);
+    for (int k = 0; k < p.split; ++k) m = fmaxf(m, mk[k * kG]);
     float l = 0.f;
-    for (int k = 0; k < p.split; ++k) {
-      const float* ml = part_ml(p, w.r, br, k);
-      if (ml[2 * g] != neg_inf()) l += ml[2 * g + 1] * fast_exp2(ml[2 * g] - m);
-    }
+    for (int k = 0; k < p.split; ++k)
+      if (mk[k * kG] != neg_inf()) l += lk[k * kG] * fast_exp2(mk[k * kG] - m);
     const float gl = l > 0.f ? gate_at(p, gates[br], w.b, w.qi, w.h * kG + g) / l : 0.f;
-    for (int k = 0; k < p.split; ++k) {
-      const float mk = part_ml(p, w.r, br, k)[2 * g];
-      wts[(br * p.split + k) * kG + g] = mk == neg_inf() ? 0.f : gl * fast_exp2(mk - m);
-    }
+    for (int k = 0; k < p.split; ++k) mk[k * kG] = mk[k * kG] == neg_inf() ? 0.f : gl * fast_exp2(mk[k * kG] - m);
   }
   __syncthreads();
   for (int idx = e0 + threadIdx.x; idx < e1; idx += kThreads) {

@@ -45,13 +45,23 @@ int64_t decode_smem(const Problem& p, int threads, int kt, bool mma = false) {
   return floats * 4 + (max_sel_blocks(p) + 15) / 16 * 16;
 }
 
-// Split-KV by default where the batch's (sequence, KV head) pairs alone would not fill the GPU: enough CTAs for two
-// per SM of an H200 (132 SMs), at most 32 per pair, and no more than the compressed entries' 32-key tiles.
+// Split-KV by default only for small batches: measured on the H200 (fla, 64k), B = 64 (256 pairs) is fastest in one
+// launch (170 us; SPLIT=2 219, 4 255) and B = 1 (4 pairs) with 32 CTAs (SPLIT=8 68 us; 4: 73, 16: 68, 32: 71): the
+// split phases cost a fixed latency each, so the split stops at 32 CTAs, at most 8 per pair and no more than the
+// compressed entries' 32-key tiles. The tuner refines it per (B, T bucket).
 int decode_default_split(const Problem& p) {
   const int64_t pairs = p.B * p.H, tiles = std::max<int64_t>(1, max_cmp_entries(p) / 32);
   int split = 1;
-  while (split < 32 && pairs * split < 2 * 132 && split * 2 <= tiles) split *= 2;
+  while (split < 8 && pairs * split < 32 && split * 2 <= tiles) split *= 2;
   return split;
+}
+
+// The launch's shared memory: the kernel's layout, and with split-KV at least the merge's weights and sums
+// ([2][3][split][G] floats, templates/decode.cuh phase_combine).
+int64_t launch_smem(const Problem& p, const TileConfig& c) {
+  const int64_t base = decode_smem(p, c.at("THREADS"), c.at("KT"), c.at("MMA") != 0);
+  const int64_t split = c.count("SPLIT") ? c.at("SPLIT") : 1;
+  return split > 1 ? std::max<int64_t>(base, 6 * split * (p.HQ / p.H) * 4) : base;
 }
 
 class DecodeFamily final : public KernelFamily {
@@ -95,8 +105,7 @@ public:
       return std::string("MMA=1 needs G <= 16, dk and dv multiples of 64, KT=32 and THREADS=128");
     if ((G * p.dv + threads - 1) / threads > 64)
       return fmt::format("G x dv = {} accumulators over {} threads: more than 64 per thread", G * p.dv, threads);
-    if (decode_smem(p, threads, kt, mma) > max_smem)
-      return fmt::format("shared memory {} B > {} B", decode_smem(p, threads, kt, mma), max_smem);
+    if (launch_smem(p, c) > max_smem) return fmt::format("shared memory {} B > {} B", launch_smem(p, c), max_smem);
     return std::nullopt;
   }
   // The tensor-core path where it applies (measured on the H200: 233 us against 1276 us at B = 64, 64k, fla), else
@@ -114,7 +123,7 @@ public:
     LaunchGeometry g;
     g.grid = {static_cast<unsigned>(p.H), 1, static_cast<unsigned>(p.B)};  // y: the query tokens (the API's Tq)
     g.block = {static_cast<unsigned>(c.at("THREADS")), 1, 1};
-    g.smem_bytes = static_cast<int>(decode_smem(p, c.at("THREADS"), c.at("KT"), c.at("MMA") != 0));
+    g.smem_bytes = static_cast<int>(launch_smem(p, c));
     return g;
   }
   TileConfig source_config(const TileConfig& c) const override {
