@@ -14,8 +14,9 @@
 // Problem: dtype, HQ, H, dk, dv, l, d, l', n, w, scale as for the forward; B the batch; T the cache's capacity per
 // sequence (max_pages * page_size), which bounds what a query can see (the kernel is built for it).
 //
-// Nothing here synchronizes, allocates or reads device memory on the host, and the launch configuration depends only
-// on (B, Tq or Tn, the problem): a step is capturable in a CUDA graph and replayable as the sequences grow. Device
+// Given a workspace where the config needs one (split-KV, DecodeTensors.workspace), nothing here synchronizes,
+// allocates or reads device memory on the host, and the launch configuration depends only on (B, Tq or Tn, the
+// problem and its config): a step is capturable in a CUDA graph and replayable as the sequences grow. Device
 // data (seqlens, page tables) cannot be checked on the host unless the caller passes host copies (seqlens_host,
 // page_table_host), which are then checked in full; without them, lengths past the capacity, a query count larger
 // than a sequence, or page ids outside the pools are undefined behaviour.

@@ -182,8 +182,9 @@ int nsajit_varlen_cmp_rows(const nsajit_problem* p, int64_t num_seqs, int64_t ma
  * (page_table_host: an optional host copy, checked in full when given, as seqlens_host is); seqlens [B] int32: the
  * tokens of each sequence in the cache, the Tq query tokens included; the compressed cache k_cmp / v_cmp
  * [B, max_cmp, H, dk|dv]. The problem's T is the cache's capacity per sequence (page_table_stride * page_size) and B
- * the batch. Neither call allocates, synchronizes or reads device memory on the host: both can be captured into a
- * CUDA graph (after one call outside the capture) and replayed as the sequences grow. */
+ * the batch. Neither call (nsajit_decode given its workspace where its config is split-KV) allocates, synchronizes
+ * or reads device memory on the host: both can be captured into a CUDA graph (after one call outside the capture)
+ * and replayed as the sequences grow. */
 typedef struct nsajit_decode_tensors {
   nsajit_tensor q;                           /* [B, Tq, HQ, dk]: the last Tq tokens of each sequence */
   const void *g_cmp, *g_slc, *g_win;         /* [B, Tq, HQ]; null disables the branch */

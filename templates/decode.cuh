@@ -9,7 +9,12 @@
 //      both read through the page table;
 //   4. o = g_cmp o_cmp + g_slc o_slc + g_win o_win, written in the output dtype.
 // Keys stream through shared memory KT at a time, converted to fp32 (K rows padded by one float so that lanes
-// reading one column of different keys hit different banks).
+// reading one column of different keys hit different banks); with kMma on tensor cores instead (below).
+// That is the one-launch path (DecodeParams.phase 0). Split-KV (the config's SPLIT > 1, DecodeParams.split) runs the
+// same steps as five launches through a workspace: 1. each branch's partial state over a chunk of its keys (the
+// compressed and the window branch), 2. the compressed branch's lse from the partials and the selection
+// probabilities of a chunk, 3. the selection (one CTA per row), 4. the selected branch's partials, 5. the merge and
+// the gated sum.
 #ifndef NSA_DECODE_CUH
 #define NSA_DECODE_CUH
 #ifndef NSAJIT_GENERATED
@@ -218,37 +223,6 @@ struct KeyRows {
 };
 
 // ---- the tensor-core path ------------------------------------------------------------------------------------------
-
-// This warp's tile of keys j0 .. j0 + kKT (K, and V when kWithV) into its swizzled shared tiles; rows at or past n
-// are zero-filled. Waits for the copies.
-template <bool kWithV, class KeyFn>
-__device__ __forceinline__ void warp_load(u32 sK, u32 sV, i64 j0, i64 n, KeyFn key, int lane, const void* any) {
-  // (The path needs dims that are multiples of 64; the pitches are written as the shared helpers' so that the
-  // template compiles for every dim.)
-  constexpr int kKC = kDK / 8, kVC = kDV / 8, kKP = dim_smem(kDK) / 8, kVP = dim_smem(kDV) / 8;
-  static_assert(kKT == 32 || !sizeof(KeyFn), "one key row per lane");
-  // Each lane looks its own key row up once (a page-table read and a division for paged keys); the copies take
-  // the row addresses from the lanes that own them.
-  const bool mine = j0 + lane < n;
-  const KeyRows kr = mine ? key(j0 + lane) : KeyRows{static_cast<const elem*>(any), static_cast<const elem*>(any)};
-  const u64 kp = reinterpret_cast<u64>(kr.k), vp = reinterpret_cast<u64>(kr.v);
-  for (int item = lane; item < kKT * kKC; item += 32) {
-    const int r = item / kKC, c = item % kKC;
-    const bool valid = j0 + r < n;
-    const elem* row = reinterpret_cast<const elem*>(__shfl_sync(0xffffffffu, kp, r));
-    cp_async_16(sK + swz<kKP>(r, c), valid ? static_cast<const void*>(row + c * 8) : any, valid);
-  }
-  if constexpr (kWithV)
-    for (int item = lane; item < kKT * kVC; item += 32) {
-      const int r = item / kVC, c = item % kVC;
-      const bool valid = j0 + r < n;
-      const elem* row = reinterpret_cast<const elem*>(__shfl_sync(0xffffffffu, vp, r));
-      cp_async_16(sV + swz<kVP>(r, c), valid ? static_cast<const void*>(row + c * 8) : any, valid);
-    }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncwarp();
-}
 
 // The pipelined loads of the tensor-core path: each lane looks up its own key row of tile j0 (kKT = 32 rows, one per
 // lane) once; row pointers for K and V.
