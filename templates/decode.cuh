@@ -49,24 +49,20 @@ static_assert(!kMma || (kG <= 16 && kDK % 64 == 0 && kDV % 64 == 0 && kKT == 32 
 constexpr int kTileBytes = kKT * (kDK + kDV) * 2;  // one warp's K and V tile (16-bit elements)
 
 // Shared memory, in floats (then bytes for the flags and the chosen list).
-// The tensor-core path keeps only what it uses (the 16-row bf16 Q tile; no fp32 score or reduction rows) and puts
-// the selection's block weights in the key tiles' space, idle while the selection runs, where they fit: at 64k
-// (fla) a CTA then takes 73 KB and three fit on an SM.
 constexpr int kOffQ = 0;
-constexpr int kSizeQ = kMma ? 16 * dim_smem(kDK) / 2 : kG * kDK;
+constexpr int kSizeQ = kMma ? (16 * kDK / 2 > kG * kDK ? 16 * kDK / 2 : kG * kDK) : kG * kDK;
 constexpr int kOffK = kOffQ + kSizeQ;
 constexpr int kSizeK = kMma ? kWarps * kTileBytes / 4 : kKT * (kDK + 1);
 constexpr int kOffV = kOffK + kSizeK;
 constexpr int kOffP = kOffV + (kMma ? 0 : kKT * kDV);
-constexpr int kOffRed = kOffP + (kMma ? 0 : kG * kKT);
-constexpr int kOffM = kOffRed + (kMma ? 0 : kGG * kKT);
+constexpr int kOffRed = kOffP + kG * kKT;
+constexpr int kOffM = kOffRed + kGG * kKT;
 constexpr int kOffL = kOffM + kG;
 constexpr int kOffA = kOffL + kG;
 constexpr int kOffLse = kOffA + kG;
 constexpr int kOffPc = kOffLse + kG;
-constexpr bool kImpInTiles = kMma && kMaxSel <= kSizeK;
-constexpr int kOffImp = kImpInTiles ? kOffK : kOffPc + kMaxCmp;
-constexpr int kOffBestV = kOffPc + kMaxCmp + (kImpInTiles ? 0 : kMaxSel);
+constexpr int kOffImp = kOffPc + kMaxCmp;
+constexpr int kOffBestV = kOffImp + kMaxSel;
 constexpr int kOffBestJ = kOffBestV + kWarps;  // ints
 constexpr int kOffSel = kOffBestJ + kWarps;    // ints
 constexpr int kOffFlags = kOffSel + kMaxN;     // bytes from here

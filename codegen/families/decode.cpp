@@ -38,12 +38,10 @@ void check_decode_dims(const char* who, const Problem& p) {
 // The decode kernel's shared memory (templates/decode.cuh's layout), in bytes.
 int64_t decode_smem(const Problem& p, int threads, int kt, bool mma = false) {
   const int64_t G = p.HQ / p.H, gg = threads / kt, warps = threads / 32;
-  const int64_t q = mma ? 16 * ((p.dk + 63) / 64 * 64) / 2 : G * p.dk;
+  const int64_t q = mma ? std::max<int64_t>(16 * p.dk / 2, G * p.dk) : G * p.dk;
   const int64_t kv = mma ? warps * kt * (p.dk + p.dv) * 2 / 4 : kt * (p.dk + 1) + static_cast<int64_t>(kt) * p.dv;
-  const int64_t rows = mma ? 0 : G * kt + gg * kt;               // fp32 scores and reductions (CUDA cores only)
-  const bool imp_in_tiles = mma && max_sel_blocks(p) <= kv;      // the block weights in the idle key tiles
-  const int64_t floats = q + kv + rows + 4 * G + max_cmp_entries(p) + (imp_in_tiles ? 0 : max_sel_blocks(p)) +
-                         2 * warps + kDecodeMaxN;
+  const int64_t floats = q + kv + G * kt + gg * kt + 4 * G + max_cmp_entries(p) + max_sel_blocks(p) + 2 * warps +
+                         kDecodeMaxN;
   return floats * 4 + (max_sel_blocks(p) + 15) / 16 * 16;
 }
 
@@ -82,7 +80,6 @@ public:
         {"THREADS", {128, 256, 512}, "threads per CTA"},
         {"KT", {16, 32}, "keys per shared-memory tile"},
         {"MMA", {0, 1}, "1: the branches' attention on tensor cores (G <= 16, dims multiples of 64, 4 warps, KT 32)"},
-        {"MINB", {1, 2, 3, 4}, "CTAs per SM the registers are capped for (__launch_bounds__' second argument)"},
         {"SPLIT", {1, 2, 4, 8, 16, 32, 64},
          "split-KV: CTAs per (sequence, query token, KV head) over each branch's keys; > 1 runs the step as five "
          "launches (partials, selection probabilities, selection, selected branch, merge) through a workspace"}};
@@ -109,22 +106,18 @@ public:
     if ((G * p.dv + threads - 1) / threads > 64)
       return fmt::format("G x dv = {} accumulators over {} threads: more than 64 per thread", G * p.dv, threads);
     if (launch_smem(p, c) > max_smem) return fmt::format("shared memory {} B > {} B", launch_smem(p, c), max_smem);
-    // MINB CTAs must fit an SM's 228 KB of shared memory (1 KB reserved per CTA), or the cap buys nothing.
-    const int minb = c.count("MINB") ? c.at("MINB") : 1;
-    if (minb > 1 && (launch_smem(p, c) + 1024) * minb > 228 * 1024)
-      return fmt::format("MINB={}: {} CTAs of {} B of shared memory do not fit an SM", minb, minb, launch_smem(p, c));
     return std::nullopt;
   }
   // The tensor-core path where it applies (measured on the H200: 233 us against 1276 us at B = 64, 64k, fla), else
   // CUDA cores with enough threads for the group's accumulators.
   TileConfig default_config(const Problem& p) const override {
     const int split = decode_default_split(p);
-    const TileConfig mma = {{"THREADS", 128}, {"KT", 32}, {"MINB", 1}, {"MMA", 1}, {"SPLIT", split}};
+    const TileConfig mma = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}, {"SPLIT", split}};
     if (!reject(p, mma, kHopperMaxSmemOptin)) return mma;
     const int64_t G = p.HQ / p.H;
     int threads = 128;
     while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;
-    return {{"THREADS", threads}, {"KT", 32}, {"MINB", 1}, {"MMA", 0}, {"SPLIT", split}};
+    return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}, {"SPLIT", split}};
   }
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
     LaunchGeometry g;
@@ -148,7 +141,7 @@ public:
   std::string_view params_type() const override { return "nsa::DecodeParams"; }
   std::string entry_body() const override { return "nsa::decode::run(p);"; }
   std::string launch_bounds(const Problem&, const TileConfig& c) const override {
-    return std::to_string(c.at("THREADS")) + ", " + std::to_string(c.count("MINB") ? c.at("MINB") : 1);
+    return std::to_string(c.at("THREADS")) + ", 1";
   }
   // Per query token of each sequence at full capacity: the three branches' keys, 2 (dk + dv) FLOP per (head, key),
   // and the compressed keys' second pass.

@@ -292,7 +292,7 @@ void require_ok(const DecodeCheck& c, const Problem& p) {
 
 // The tensor-core path (MMA=1) with `split` CTAs per branch, where the problem allows it.
 std::optional<TileConfig> mma_config(const Problem& p, int split) {
-  const TileConfig c = {{"THREADS", 128}, {"KT", 32}, {"MINB", 1}, {"MMA", 1}, {"SPLIT", split}};
+  const TileConfig c = {{"THREADS", 128}, {"KT", 32}, {"MMA", 1}, {"SPLIT", split}};
   if (find_family("decode").reject(p, c, kHopperMaxSmemOptin)) return std::nullopt;
   return c;
 }
@@ -302,7 +302,7 @@ TileConfig cuda_core_config(const Problem& p, int split) {
   const int64_t G = p.HQ / p.H;
   int threads = 128;
   while (threads < 512 && (G * p.dv + threads - 1) / threads > 32) threads *= 2;
-  return {{"THREADS", threads}, {"KT", 32}, {"MINB", 1}, {"MMA", 0}, {"SPLIT", split}};
+  return {{"THREADS", threads}, {"KT", 32}, {"MMA", 0}, {"SPLIT", split}};
 }
 
 // Both kernels (CUDA cores, and tensor cores where allowed), each in one launch and split-KV (five launches through
