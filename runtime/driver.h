@@ -56,7 +56,8 @@ namespace nsajit {
   X(cuGraphInstantiate)            \
   X(cuGraphLaunch)                 \
   X(cuGraphExecDestroy)            \
-  X(cuGraphDestroy)
+  X(cuGraphDestroy)                \
+  X(cuTensorMapEncodeTiled)
 
 struct DriverApi {
 #define NSAJIT_DECLARE_FN(fn) decltype(&fn) fn##_ = nullptr;

@@ -5,11 +5,16 @@
 // runs the kernel (no GPU on the CPU machine).
 #include <doctest/doctest.h>
 
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "base/error.h"
 #include "codegen/embedded.h"
+#include "runtime/driver.h"
 #include "runtime/nvrtc_compiler.h"
+#include "runtime/tma.h"
 
 namespace {
 
@@ -82,4 +87,64 @@ TEST_CASE("hopper: the support header's TMA, mbarrier, wgmma and setmaxnreg wrap
   CHECK(r.seconds < 10.0);
   // The same source for plain sm_90: refused by ptxas (wgmma and setmaxnreg need the arch-specific target).
   CHECK_THROWS_AS((void)nsajit::compile_cubin(src, "hopper_probe.cu", "sm_90"), nsajit::Error);
+}
+
+// A K tile of a [T, H, 128] bf16 tensor as the Hopper kernels would load it: rank 3 (dim, head, token), boxes of
+// 64 x 1 x 64 (128 bytes per row, the 128-byte swizzle's widest).
+nsajit::TmaTensor valid_tma() {
+  nsajit::TmaTensor t;
+  t.base = reinterpret_cast<const void*>(uintptr_t{0x100000});
+  t.rank = 3;
+  t.dims[0] = 128, t.dims[1] = 4, t.dims[2] = 65536;
+  t.strides[0] = 128 * 2, t.strides[1] = 4 * 128 * 2;
+  t.box[0] = 64, t.box[1] = 1, t.box[2] = 64;
+  return t;
+}
+
+std::string tma_refusal(const nsajit::TmaTensor& t) {
+  try {
+    nsajit::check_tma_tensor("probe", t);
+  } catch (const nsajit::UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_CASE("hopper: TMA tensors breaking the driver's rules are refused with the field named") {
+  CHECK(tma_refusal(valid_tma()).empty());
+  struct Bad {
+    const char* expected;
+    std::function<void(nsajit::TmaTensor&)> mutate;
+  };
+  const std::vector<Bad> bad = {
+      {"rank 4", [](nsajit::TmaTensor& t) { t.rank = 4; }},
+      {"base is a null pointer", [](nsajit::TmaTensor& t) { t.base = nullptr; }},
+      {"not 16-byte aligned", [](nsajit::TmaTensor& t) { t.base = reinterpret_cast<const void*>(uintptr_t{0x100008}); }},
+      {"dims[2] = 0", [](nsajit::TmaTensor& t) { t.dims[2] = 0; }},
+      {"box[1] = 0", [](nsajit::TmaTensor& t) { t.box[1] = 0; }},
+      {"box[2] = 257", [](nsajit::TmaTensor& t) { t.box[2] = 257; }},
+      {"strides[1] = 1000", [](nsajit::TmaTensor& t) { t.strides[1] = 1000; }},
+      {"strides[0] = 0", [](nsajit::TmaTensor& t) { t.strides[0] = 0; }},
+      {"strides[1] = 1099511627776", [](nsajit::TmaTensor& t) { t.strides[1] = uint64_t{1} << 40; }},
+      {"shorter than a row", [](nsajit::TmaTensor& t) { t.strides[0] = 128; }},
+      {"box[0] = 12 elements = 24 bytes: must be a multiple of 16", [](nsajit::TmaTensor& t) { t.box[0] = 12; }},
+      {"at most 128 bytes with the 128-byte swizzle", [](nsajit::TmaTensor& t) { t.box[0] = 128; }},
+  };
+  for (const Bad& b : bad) {
+    CAPTURE(b.expected);
+    nsajit::TmaTensor t = valid_tma();
+    b.mutate(t);
+    const std::string why = tma_refusal(t);
+    CHECK_MESSAGE(why.find(b.expected) != std::string::npos, why);
+  }
+  // Without the swizzle a 256-byte inner box is allowed.
+  nsajit::TmaTensor wide = valid_tma();
+  wide.box[0] = 128, wide.swizzle_128b = false;
+  CHECK(tma_refusal(wide).empty());
+  if (!nsajit::driver_available()) {  // no driver: the encode says so (the checks still ran first)
+    CHECK_THROWS_AS((void)nsajit::encode_tma_tensor("probe", valid_tma()), nsajit::Error);
+    nsajit::TmaTensor t = valid_tma();
+    t.box[0] = 128;
+    CHECK_THROWS_AS((void)nsajit::encode_tma_tensor("probe", t), nsajit::UsageError);
+  }
 }
