@@ -104,6 +104,12 @@ DecodeLayout decode_layout(const Problem& p, int Tq, const TileConfig& c) {
   return l;
 }
 
+void check_workspace_size(const DecodeTensors& t, const DecodeLayout& layout) {
+  if (t.workspace != nullptr && t.workspace_bytes < layout.total)
+    throw UsageError(fmt::format("decode: workspace of {} bytes is too small: this call needs {} "
+                                 "(decode_workspace_bytes)", t.workspace_bytes, layout.total));
+}
+
 CheckedDecode checked_decode(const Problem& p, int Tq, const DecodeTensors& t, const TileConfig* config) {
   const char* who = "decode";
   const KernelFamily& family = find_family("decode");
@@ -147,14 +153,11 @@ CheckedDecode checked_decode(const Problem& p, int Tq, const DecodeTensors& t, c
       throw UsageError(fmt::format("{}: tile config [{}] is not valid: {}", who, describe(*config), *why));
     c.config = *config;
   }
-  if (t.workspace != nullptr) {
-    if (reinterpret_cast<uintptr_t>(t.workspace) % 256 != 0)
-      throw UsageError(fmt::format("{}: workspace is not 256-byte aligned", who));
-    const size_t need = decode_workspace_bytes(p, Tq, config);
-    if (t.workspace_bytes < need)
-      throw UsageError(fmt::format("{}: workspace of {} bytes is too small: this call needs {} "
-                                   "(decode_workspace_bytes)", who, t.workspace_bytes, need));
-  }
+  if (t.workspace != nullptr && reinterpret_cast<uintptr_t>(t.workspace) % 256 != 0)
+    throw UsageError(fmt::format("{}: workspace is not 256-byte aligned", who));
+  // The workspace's size depends on the config: checked here when it is given, else by decode() once it has
+  // resolved the config (in the device's context, before any launch).
+  if (config != nullptr) check_workspace_size(t, decode_layout(p, Tq, c.config));
   return c;
 }
 
@@ -175,14 +178,14 @@ size_t decode_workspace_bytes(const Problem& p, int Tq, const TileConfig* config
   family.check_problem(p);
   if (Tq < 1 || Tq > kDecodeMaxTq)
     throw UsageError(fmt::format("decode: Tq = {} query tokens per sequence: must be in 1 .. {}", Tq, kDecodeMaxTq));
-  TileConfig c;
   if (config != nullptr) {
     check_config("decode", family, *config);
-    c = *config;
-  } else {
-    c = resolve_config(family, p, p).config;
+    return decode_layout(p, Tq, *config).total;
   }
-  return decode_layout(p, Tq, c).total;
+  // The config decode() would resolve (tuned for the GPU, or the default): looked up in the current context, or
+  // with none current, in the only GPU's.
+  const DeviceScope scope(nullptr, "decode_workspace_bytes", "its GPU (the call takes no tensor)");
+  return decode_layout(p, Tq, resolve_config(family, p, p).config).total;
 }
 
 void decode(const Problem& p, int Tq, const DecodeTensors& t, CUstream stream, const TileConfig* config) {
@@ -196,6 +199,7 @@ void decode(const Problem& p, int Tq, const DecodeTensors& t, CUstream stream, c
   r.geometry = family.geometry(c.launch, c.config);
   r.geometry.grid = {static_cast<unsigned>(p.H), static_cast<unsigned>(Tq), static_cast<unsigned>(p.B)};
   const DecodeLayout layout = decode_layout(p, Tq, c.config);
+  if (config == nullptr) check_workspace_size(t, layout);
   std::optional<DeviceBuffer> owned;
   uintptr_t scratch = reinterpret_cast<uintptr_t>(t.workspace);
   if (layout.total > 0 && t.workspace == nullptr) {

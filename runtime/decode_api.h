@@ -73,7 +73,8 @@ void decode(const Problem& problem, int Tq, const DecodeTensors& t, CUstream str
             const TileConfig* config = nullptr);
 void check_decode(const Problem& problem, int Tq, const DecodeTensors& t, const TileConfig* config = nullptr);
 // The workspace a decode step of Tq query tokens needs with `config` (null: the config decode() would resolve, the
-// tuned one or the default); 0 when it needs none.
+// tuned one or the default, for the GPU of the current context, or the only GPU when none is current); 0 when it
+// needs none. check_decode() checks a given workspace's size only when it is given the config too.
 size_t decode_workspace_bytes(const Problem& problem, int Tq, const TileConfig* config = nullptr);
 
 struct AppendTensors {

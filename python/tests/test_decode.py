@@ -35,15 +35,21 @@ def make_cache(B, H, dk, dv, lens, P=32, max_pages=8, device="cpu", dtype=torch.
     return c
 
 
+def prefill_inputs(q, g, b, n, Tq):
+    """Sequence b's queries and gates as a prefill of n tokens: the last Tq rows are the decode step's, the rest zero."""
+    HQ, dk = q.shape[2], q.shape[3]
+    qf = torch.zeros(1, n, HQ, dk, dtype=torch.float64)
+    qf[0, n - Tq:] = q[b].double().cpu()
+    gf = torch.zeros(1, n, HQ, dtype=torch.float64)
+    gf[0, n - Tq:] = g[b].double().cpu()
+    return qf, gf
+
+
 def prefill_rows(q, g, ks, vs, lens, Tq):
     """Row t of the prefill reference for the last Tq tokens of each sequence: o, idx."""
     out = []
     for b, n in enumerate(lens):
-        HQ, dk = q.shape[2], q.shape[3]
-        qf = torch.zeros(1, n, HQ, dk, dtype=torch.float64)
-        qf[0, n - Tq:] = q[b].double().cpu()
-        gf = torch.zeros(1, n, HQ, dtype=torch.float64)
-        gf[0, n - Tq:] = g[b].double().cpu()
+        qf, gf = prefill_inputs(q, g, b, n, Tq)
         r = reference.forward(qf, ks[b][None].double(), vs[b][None].double(), gf, gf, gf, l=L, d=D, lsel=LSEL, n=N, w=W)
         out.append((r.o[0, n - Tq:], r.idx[0, n - Tq:]))
     return out
@@ -124,11 +130,7 @@ def judge_against_reference(q, g, ks, vs, kc, lens, Tq, o, idx, cnt):
     set must be a near tie: within 1e-3 of the row's largest score). Returns the worst relative error of o."""
     worst = 0.0
     for b, n in enumerate(lens):
-        HQ, dk = q.shape[2], q.shape[3]
-        qf = torch.zeros(1, n, HQ, dk, dtype=torch.float64)
-        qf[0, n - Tq:] = q[b].double().cpu()
-        gf = torch.zeros(1, n, HQ, dtype=torch.float64)
-        gf[0, n - Tq:] = g[b].double().cpu()
+        qf, gf = prefill_inputs(q, g, b, n, Tq)
         nc = nsajit.num_cmp_blocks(n, L, D)
         kcb = kc["k"][b:b + 1, :nc].double().cpu()
         vcb = kc["v"][b:b + 1, :nc].double().cpu()
