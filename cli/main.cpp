@@ -215,7 +215,7 @@ int cmd_compile(const ProblemFlags& pf, const SpecFlags& sf, bool all_configs) {
   const CubinCache cache(CubinCache::default_dir());
   std::vector<KernelSpec> specs;
   if (all_configs) {
-    for (const SpacePoint& pt : enumerate_space(f, base.problem, max_smem_for(base.arch))) {
+    for (const SpacePoint& pt : enumerate_space(f, base.problem, max_smem_for(base.arch), base.arch)) {
       if (pt.rejected) {
         fmt::print("  [{}] pruned: {}\n", describe(pt.config), *pt.rejected);
         continue;

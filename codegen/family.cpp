@@ -74,14 +74,23 @@ const KernelFamily& find_family(std::string_view name) {
   throw UsageError(fmt::format("unknown family '{}': available are {}", name, names));
 }
 
-std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem) {
+std::optional<std::string> arch_reject(const TileConfig& c, std::string_view arch) {
+  const auto it = c.find("IMPL");
+  if (it != c.end() && it->second == 1 && arch != "sm_90a")
+    return fmt::format("IMPL=1 (wgmma) needs sm_90a; the target is {}", arch);
+  return std::nullopt;
+}
+
+std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem, std::string_view arch) {
   std::vector<SpacePoint> out;
   const auto& params = f.params();
   std::vector<size_t> idx(params.size(), 0);
   while (true) {
     TileConfig c;
     for (size_t i = 0; i < params.size(); ++i) c[params[i].name] = params[i].domain[idx[i]];
-    out.push_back({c, f.reject(p, c, max_smem)});
+    std::optional<std::string> why = arch_reject(c, arch);
+    if (!why) why = f.reject(p, c, max_smem);
+    out.push_back({c, why});
     size_t i = 0;
     for (; i < params.size(); ++i) {
       if (++idx[i] < params[i].domain.size()) break;

@@ -85,7 +85,11 @@ struct SpacePoint {
   TileConfig config;
   std::optional<std::string> rejected;
 };
-std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem);
+// `arch` prunes what the target cannot run: IMPL=1 (the Hopper implementations: wgmma, setmaxnreg) needs sm_90a.
+std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem,
+                                        std::string_view arch = "sm_90a");
+// Why `c` cannot run on `arch` (IMPL=1 off sm_90a), or nullopt.
+std::optional<std::string> arch_reject(const TileConfig& c, std::string_view arch);
 
 // Parses "BM=128,BN=32" into overrides of a config; throws UsageError on an unknown name or a value outside the
 // declared domain.

@@ -91,7 +91,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     "$build/nsajit" emit $flags -o "$emit_dir/$name.cu" 2> "$emit_dir/$name.emit.log" || echo "emit failed: $name $flags"
   done < "$emit_dir/jobs"
   cut -d' ' -f1 "$emit_dir/jobs" | xargs -P "$(nproc)" -I NAME sh -c \
-    "nvcc -std=c++17 -O2 -arch=sm_90a '$emit_dir/NAME.cu' -o '$emit_dir/NAME' > '$emit_dir/NAME.nvcc.log' 2>&1"
+    "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a '$emit_dir/NAME.cu' -o '$emit_dir/NAME' > '$emit_dir/NAME.nvcc.log' 2>&1"
   while read -r name flags; do
     if [ ! -x "$emit_dir/$name" ]; then
       echo "FAIL $name ($flags): emit or nvcc failed:"; cat "$emit_dir/$name.emit.log" "$emit_dir/$name.nvcc.log" 2>/dev/null | tail -20

@@ -5,16 +5,20 @@
 // m = t * kG + g of one KV head, so the G query heads sharing a KV head fill the MMA rows together and every
 // key tile loaded into shared memory serves all of them. Each warp owns 16 rows; S = Q K^T and O += P V use
 // mma.sync m16n8k16 with fp32 accumulators; the softmax is online, in base 2. K/V tiles are double-buffered
-// with cp.async.
+// with cp.async. This is IMPL=0; kImpl = 1 runs the Hopper implementation instead (templates/attn_fwd_hopper.cuh:
+// wgmma, the softmax overlapped with the matrix products).
 #ifndef NSA_ATTN_FWD_CUH
 #define NSA_ATTN_FWD_CUH
 #ifndef NSAJIT_GENERATED
 // Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
 #include "common.cuh"
 #include "attn_params.cuh"
+#include "hopper.cuh"
+#include "attn_fwd_hopper.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kMask = kMaskWindow, kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1;
+constexpr int kMask = kMaskWindow, kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1, kImpl = 0,
+              kStages = 2;
 }  // namespace nsa::spec
 #endif
 
@@ -33,7 +37,7 @@ constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
 static_assert(kBM % 16 == 0 && kBN % 16 == 0, "tile sizes must be multiples of 16");
 static_assert(kDK % 8 == 0 && kDV % 8 == 0, "head dims must be multiples of 8");
 
-__device__ __forceinline__ void run(const AttnFwdParams& p) {
+__device__ __forceinline__ void run_mma(const AttnFwdParams& p) {
   extern __shared__ __align__(128) char smem[];
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -196,6 +200,18 @@ __device__ __forceinline__ void run(const AttnFwdParams& p) {
     }
   }
 }
+
+// The implementation kImpl names. A template over the element type so that the Hopper kernel's class (and its
+// static_asserts, which IMPL=0's tile sizes would fail) is instantiated only when kImpl selects it.
+template <class E>
+__device__ __forceinline__ void run_impl(const AttnFwdParams& p) {
+  if constexpr (kImpl == 1) {
+    attn_fwd_hopper::Kernel<E, kMask, kDK, kDV, kG, kBM, kBN, kQInRegs, kStages>::run(p);
+  } else {
+    run_mma(p);
+  }
+}
+__device__ __forceinline__ void run(const AttnFwdParams& p) { run_impl<elem>(p); }
 
 }  // namespace attn_fwd
 }  // namespace nsa

@@ -9,6 +9,7 @@
 #define NSA_HOPPER_CUH
 #ifndef NSAJIT_GENERATED
 #include "nsa_types.h"
+#include "common.cuh"
 #endif
 
 namespace nsa {
@@ -99,37 +100,96 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 
-// D[64 x 64] (+)= A[64 x 16] B[16 x 64], bf16 in, fp32 accumulators (32 per thread of the warpgroup, in wgmma's
-// fragment layout). A and B from shared memory through descriptors (both K-major); accumulate = 0 overwrites D.
+// D[64 x 64] (+)= A[64 x 16] B[16 x 64], 16-bit floats in (bf16, or fp16 when !kBf16), fp32 accumulators (32 per
+// thread of the warpgroup, in wgmma's fragment layout: per warp the m16n8 accumulator layout of mma.sync, n8 tile i
+// in d[4 i .. 4 i + 3]). A and B from shared memory through descriptors (both K-major); accumulate = 0 overwrites D.
+#define NSA_WGMMA_D32 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+#define NSA_WGMMA_D32_OPS \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+template <bool kBf16 = true>
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], u64 desc_a, u64 desc_b, int accumulate) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %34, 0;\n\t"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, p, 1, 1, 0, 0;\n\t}"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  if constexpr (kBf16) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %34, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " NSA_WGMMA_D32 "%32, %33, p, 1, 1, 0, 0;\n\t}"
+                 : NSA_WGMMA_D32_OPS
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  } else {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %34, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " NSA_WGMMA_D32 "%32, %33, p, 1, 1, 0, 0;\n\t}"
+                 : NSA_WGMMA_D32_OPS
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  }
 }
 
-// The same with A from registers (4 x 32-bit: 8 bf16 of this thread's rows, e.g. P after the softmax) and B from
-// shared memory; trans_b = 1 reads B as MN-major (V stored [keys][dv]).
-template <int kTransB>
+// The same with A from registers (4 x 32-bit per thread: for each warp of the warpgroup, its 16 rows in the A-fragment
+// layout of mma.sync m16n8k16, e.g. P after the softmax) and B from shared memory; kTransB = 1 reads B as MN-major
+// (V stored [keys][dv]).
+template <int kTransB, bool kBf16 = true>
 __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const u32 (&a)[4], u64 desc_b, int accumulate) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n\t}"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
+  if constexpr (kBf16) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " NSA_WGMMA_D32
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n\t}"
+                 : NSA_WGMMA_D32_OPS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
+  } else {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " NSA_WGMMA_D32
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n\t}"
+                 : NSA_WGMMA_D32_OPS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
+  }
+}
+#undef NSA_WGMMA_D32
+#undef NSA_WGMMA_D32_OPS
+
+// Pins registers in place around the asynchronous MMAs (CUTLASS's warpgroup_fence_operand): an empty asm that reads
+// and writes each one, so that the compiler neither hoists their uses above a wgmma_wait nor sinks their definitions
+// below a wgmma_fence. Without it ptxas sees accumulators touched inside the pipeline and serializes the wgmmas (C7515).
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_regs(u32 (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// ---- shared tiles in the 128-byte-swizzled K-major layout the wgmma descriptors describe ------------------------
+// A tile of R rows and D columns (16-bit) is dim_smem(D) / 64 column blocks of R rows x 128 bytes; 16-byte chunk c
+// of row r sits at chunk c ^ (r % 8) of its block's row; every block 1024-byte aligned (R a multiple of 8).
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in such a tile of kRows rows.
+template <int kRows>
+__device__ __forceinline__ u32 sw128(int row, int chunk) {
+  return static_cast<u32>((chunk >> 3) * (kRows * 128) + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+// Copies kRows rows of D elements into a sw128 tile of dim_smem(D) columns with cp.async. row_ptr(r) gives row r's
+// start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
+// zero-filled too, so that no MMA ever reads an unwritten value.
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+  static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+#pragma unroll
+  for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
+    const int linear = i * kThreads + static_cast<int>(threadIdx.x);
+    if (kTotal % kThreads != 0 && linear >= kTotal) break;
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
+    const char* src = static_cast<const char*>(row_ptr(row));
+    const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
+    cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+  }
 }
 
 // ---- register reconfiguration (per warpgroup) ---------------------------------------------------------------------

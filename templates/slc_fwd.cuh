@@ -21,9 +21,10 @@
 // Defaults so that an editor or `nvcc -arch=sm_90a -c` can read this file on its own; codegen writes these.
 #include "common.cuh"
 #include "slc_fwd_params.h"
+#include "hopper.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
-constexpr int kDK = 128, kDV = 128, kG = 16, kL = 64, kBM = 64, kBN = 64, kStages = 2, kQInRegs = 1;
+constexpr int kDK = 128, kDV = 128, kG = 16, kL = 64, kBM = 64, kBN = 64, kStages = 2, kQInRegs = 1, kImpl = 0;
 }  // namespace nsa::spec
 #endif
 
@@ -115,7 +116,62 @@ __device__ __forceinline__ void load_rows_async(u32 tile, const elem* base, i64 
   }
 }
 
-__device__ __forceinline__ void run(const SlcFwdParams& p) {
+// Merge (warp 0, lane p = position p, `count` its number of idx entries): repeatedly take the smallest head of the
+// lists, record which positions hold it, advance those. Entries that cannot contribute (negative, or a block
+// starting after t) are skipped. Every step consumes at least one entry, so the merged list has at most kP * n
+// blocks.
+__device__ __forceinline__ void merge_lists(const i32* s_lists, int count, int t0, int n, i32* s_block, u32* s_mask,
+                                            i32* s_count, int lane) {
+  const int t_lane = t0 + lane;
+  const i32* list = s_lists + lane * n;
+  int ptr = 0;
+  auto next = [&]() -> u32 {
+    for (; ptr < count; ++ptr) {
+      const i32 j = list[ptr];
+      if (j >= 0 && static_cast<i64>(j) * kL <= t_lane) return static_cast<u32>(j);
+    }
+    return kNone;
+  };
+  u32 head = next();
+  int merged = 0;
+  for (;;) {
+    const u32 m = warp_min_u32(head);
+    if (m == kNone) break;
+    const u32 who = __ballot_sync(0xffffffffu, head == m);
+    if (lane == 0) {
+      s_block[merged] = static_cast<i32>(m);
+      s_mask[merged] = who;
+    }
+    ++merged;
+    if (head == m) {
+      ++ptr;
+      head = next();
+    }
+  }
+  if (lane == 0) *s_count = merged;
+}
+
+// The CTA's live positions (bit p: position t0 + p): those before the end of the sequence and, with a plan, in a
+// span of this variant's bucket (the loop visits each span the CTA's positions fall in: one or two for the runtime's
+// 64-position spans).
+__device__ __forceinline__ u32 live_positions(const SlcFwdParams& p, int len, i64 tok0, int t0, int kvh) {
+  u32 live = len - t0 >= kP ? (kP == 32 ? 0xffffffffu : (1u << kP) - 1u) : (1u << (len - t0)) - 1u;
+  if (p.plan != nullptr) {
+    u32 mine = 0;
+    const i64 row0 = tok0 + t0;  // the packed row of position t0
+    for (int q = 0; q < kP;) {
+      const i64 span = (row0 + q) / p.plan_span;
+      const int end = static_cast<int>(min(static_cast<i64>(kP), (span + 1) * p.plan_span - row0));
+      const u32 bits = (end >= 32 ? 0xffffffffu : (1u << end) - 1u) & ~((1u << q) - 1u);
+      if ((live & bits) != 0 && p.plan[span * p.H + kvh] == p.plan_bucket) mine |= bits;
+      q = end;
+    }
+    live &= mine;
+  }
+  return live;
+}
+
+__device__ __forceinline__ void run_mma(const SlcFwdParams& p) {
   extern __shared__ __align__(128) char smem[];
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -136,21 +192,7 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   if (static_cast<i64>(blockIdx.x) * kP >= len) return;
   const int t0 = static_cast<int>(blockIdx.x) * kP;  // first query position of this CTA
 
-  // The CTA's live positions: those before the end of the sequence and, with a plan, in a span of this variant's
-  // bucket (the loop visits each span the CTA's positions fall in: one or two for the runtime's 64-position spans).
-  u32 live = len - t0 >= kP ? (kP == 32 ? 0xffffffffu : (1u << kP) - 1u) : (1u << (len - t0)) - 1u;
-  if (p.plan != nullptr) {
-    u32 mine = 0;
-    const i64 row0 = tok0 + t0;  // the packed row of position t0
-    for (int q = 0; q < kP;) {
-      const i64 span = (row0 + q) / p.plan_span;
-      const int end = static_cast<int>(min(static_cast<i64>(kP), (span + 1) * p.plan_span - row0));
-      const u32 bits = (end >= 32 ? 0xffffffffu : (1u << end) - 1u) & ~((1u << q) - 1u);
-      if ((live & bits) != 0 && p.plan[span * p.H + kvh] == p.plan_bucket) mine |= bits;
-      q = end;
-    }
-    live &= mine;
-  }
+  const u32 live = live_positions(p, len, tok0, t0, kvh);
   if (live == 0) return;
 
   const elem* q = static_cast<const elem*>(p.q) + seq_offset(p.q_sb, p.q_st) + static_cast<i64>(kvh) * kG * p.q_sh;
@@ -189,38 +231,7 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
   if (threadIdx.x == 0) *s_live = live;
   __syncthreads();
 
-  // Merge (warp 0, lane p = position p): repeatedly take the smallest head of the lists, record which positions
-  // hold it, advance those. Entries that cannot contribute (negative, or a block starting after t) are skipped.
-  // Every step consumes at least one entry, so the merged list has at most kP * n blocks.
-  if (warp == 0) {
-    const int t_lane = t0 + lane;
-    const i32* list = s_lists + lane * n;
-    int ptr = 0;
-    auto next = [&]() -> u32 {
-      for (; ptr < count; ++ptr) {
-        const i32 j = list[ptr];
-        if (j >= 0 && static_cast<i64>(j) * kL <= t_lane) return static_cast<u32>(j);
-      }
-      return kNone;
-    };
-    u32 head = next();
-    int merged = 0;
-    for (;;) {
-      const u32 m = warp_min_u32(head);
-      if (m == kNone) break;
-      const u32 who = __ballot_sync(0xffffffffu, head == m);
-      if (lane == 0) {
-        s_block[merged] = static_cast<i32>(m);
-        s_mask[merged] = who;
-      }
-      ++merged;
-      if (head == m) {
-        ++ptr;
-        head = next();
-      }
-    }
-    if (lane == 0) *s_count = merged;
-  }
+  if (warp == 0) merge_lists(s_lists, count, t0, n, s_block, s_mask, s_count, lane);
   cp_async_wait<0>();
   __syncthreads();
   const int n_steps = *s_count * kTilesPerBlock;
@@ -359,6 +370,313 @@ __device__ __forceinline__ void run(const SlcFwdParams& p) {
     }
   }
 }
+
+// ---- IMPL=1: the Hopper implementation -------------------------------------------------------------------------
+// The same CTA (kP positions, their lists merged) on warpgroup MMAs, as attn_fwd_hopper.cuh: each warpgroup owns 64
+// rows; per 64-key tile S = Q K^T and O += P V are wgmma m64n64k16 (K, V and Q in 128-byte-swizzled shared tiles, P
+// from registers), and S of the next tile runs together with P V of this one while the softmax takes the maxima and
+// exponentials. A warpgroup computes every merged tile (it cannot skip per warp): rows whose position did not select
+// the block are masked whole. A template so that it is instantiated only for kImpl = 1.
+template <class E>
+__device__ __forceinline__ void run_hopper(const SlcFwdParams& p) {
+  static_assert(kBM % 64 == 0 && kBN == 64 && kL % 64 == 0, "IMPL=1: 64 rows per warpgroup, 64-key tiles");
+  constexpr bool kBf16 = DtypeTraits<E>::is_bf16;
+  constexpr int kKSteps = dim_mma(kDK) / 16;
+  constexpr int kOB = dim_smem(kDV) / 64;
+  extern __shared__ __align__(128) char smem[];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int wg = warp / 4;
+  const int b = static_cast<int>(blockIdx.z);
+  const int kvh = static_cast<int>(blockIdx.y);
+  const int n = p.n;
+
+  const bool varlen = p.cu_seqlens != nullptr;
+  const int len = varlen ? p.cu_seqlens[b + 1] - p.cu_seqlens[b] : static_cast<int>(p.T);
+  auto seq_offset = [&](i64 sb, i64 st) -> i64 {
+    return varlen ? static_cast<i64>(p.cu_seqlens[b]) * st : static_cast<i64>(b) * sb;
+  };
+  const i64 tok0 = seq_offset(p.T, 1);
+  if (static_cast<i64>(blockIdx.x) * kP >= len) return;
+  const int t0 = static_cast<int>(blockIdx.x) * kP;
+  const u32 live = live_positions(p, len, tok0, t0, kvh);
+  if (live == 0) return;
+
+  const E* q = static_cast<const E*>(p.q) + seq_offset(p.q_sb, p.q_st) + static_cast<i64>(kvh) * kG * p.q_sh;
+
+  // The tiles 1024-byte aligned (the launch asks for 1 KB more), then the merge's arrays as in run_mma.
+  const u32 raw = smem_addr(smem);
+  const u32 sQ = (raw + 1023u) & ~1023u;
+  char* base = smem + (sQ - raw);
+  const u32 sKV = sQ + kSmemQ;
+  auto stage_k = [&](int stage) { return sKV + static_cast<u32>(stage) * (kSmemK + kSmemV); };
+  auto stage_v = [&](int stage) { return stage_k(stage) + kSmemK; };
+  i32* s_lists = reinterpret_cast<i32*>(base + kSmemQ);
+  i32* s_block = reinterpret_cast<i32*>(base + kSmemQ + kStages * (kSmemK + kSmemV));
+  u32* s_mask = reinterpret_cast<u32*>(s_block + kP * kMaxN);
+  i32* s_count = reinterpret_cast<i32*>(s_mask + kP * kMaxN);
+
+  hopper::load_tile_sw128<kThreads, kBM, kDK>(
+      sQ,
+      [&](int r) -> const void* {
+        const int pos = row_position(r / 16, r % 16);
+        return pos >= 0 && ((live >> pos) & 1u) != 0
+                   ? q + static_cast<i64>(t0 + pos) * p.q_st + row_head(r / 16, r % 16) * p.q_sh
+                   : nullptr;
+      },
+      q);
+  cp_async_commit();
+
+  const i32* idx = p.idx + ((tok0 + t0) * p.H + kvh) * static_cast<i64>(n);
+  for (int e = static_cast<int>(threadIdx.x); e < kP * n; e += kThreads) {
+    const int pos = e / n;
+    s_lists[e] = ((live >> pos) & 1u) != 0 ? idx[static_cast<i64>(pos) * p.H * n + (e - pos * n)] : -1;
+  }
+  int count = 0;
+  if (warp == 0 && lane < kP && ((live >> lane) & 1u) != 0)
+    count = min(max(p.cnt[(tok0 + t0 + lane) * p.H + kvh], 0), n);
+  __syncthreads();
+  if (warp == 0) merge_lists(s_lists, count, t0, n, s_block, s_mask, s_count, lane);
+  __syncthreads();
+  const int n_tiles = *s_count * kTilesPerBlock;
+
+  const int t_hi_cta = t0 + 31 - __clz(live);
+  auto tile_start = [&](int step) -> int {
+    return s_block[step / kTilesPerBlock] * kL + (step % kTilesPerBlock) * kBN;
+  };
+  // Keys past the CTA's last query are never used: zero-filled, not read.
+  auto load_kv = [&](int tile) {
+    const int stage = tile % kStages;
+    const int s0 = tile_start(tile);
+    const int valid = t_hi_cta + 1 - s0;
+    const E* k = static_cast<const E*>(p.k) + seq_offset(p.k_sb, p.k_st) + static_cast<i64>(kvh) * p.k_sh +
+                 static_cast<i64>(s0) * p.k_st;
+    const E* v = static_cast<const E*>(p.v) + seq_offset(p.v_sb, p.v_st) + static_cast<i64>(kvh) * p.v_sh +
+                 static_cast<i64>(s0) * p.v_st;
+    hopper::load_tile_sw128<kThreads, kBN, kDK>(
+        stage_k(stage), [&](int r) -> const void* { return r < valid ? k + r * p.k_st : nullptr; }, p.k);
+    hopper::load_tile_sw128<kThreads, kBN, kDV>(
+        stage_v(stage), [&](int r) -> const void* { return r < valid ? v + r * p.v_st : nullptr; }, p.v);
+  };
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < n_tiles) load_kv(i);
+    cp_async_commit();
+  }
+
+  // This thread's two rows: their positions (-1: padding) within the CTA.
+  const int pos_row[2] = {row_position(warp, lane / 4), row_position(warp, lane / 4 + 8)};
+
+  float acc[kOB][32];
+#pragma unroll
+  for (int i = 0; i < kOB; ++i)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) acc[i][e] = 0.f;
+  float s[32];
+  u32 pf[4][4];
+  u32 qf[kQInRegs ? kKSteps : 1][4];
+  float row_max[2] = {neg_inf(), neg_inf()};
+  float row_sum[2] = {0.f, 0.f};
+  float alpha[2], tile_sum[2];
+
+  auto desc_k = [](u32 addr) { return hopper::smem_desc(addr, 16, 1024, 1); };
+  auto desc_mn = [](u32 addr) { return hopper::smem_desc(addr, 1024, 1024, 1); };
+  auto issue_s = [&](int stage) {
+    const u32 sK = stage_k(stage);
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      const u64 db = desc_k(sK + (kk / 4) * (kBN * 128) + (kk % 4) * 32);
+      if constexpr (kQInRegs) {
+        hopper::wgmma_m64n64k16_rs<0, kBf16>(s, qf[kk], db, kk > 0);
+      } else {
+        const u64 da = desc_k(sQ + (kk / 4) * (kBM * 128) + wg * (64 * 128) + (kk % 4) * 32);
+        hopper::wgmma_m64n64k16_ss<kBf16>(s, da, db, kk > 0);
+      }
+    }
+    hopper::wgmma_commit();
+  };
+  auto issue_pv = [&](int stage) {
+    const u32 sV = stage_v(stage);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int ob = 0; ob < kOB; ++ob)
+        hopper::wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_mn(sV + ob * (kBN * 128) + kk * (16 * 128)), 1);
+    hopper::wgmma_commit();
+  };
+  // Mask row r to its position's blocks and to s <= t, then the first half of the online softmax (O and P untouched).
+  auto softmax_a = [&](int tile) {
+    const u32 bits = s_mask[tile / kTilesPerBlock];
+    const int s0 = tile_start(tile);
+    if (!(bits == live && s0 + kBN - 1 <= t0)) {
+      int hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        hi[r] = pos_row[r] >= 0 && ((bits >> pos_row[r]) & 1u) != 0 ? min(t0 + pos_row[r] - s0, kBN) : -1;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (nt * 8 + (lane % 4) * 2 + (e & 1) > hi[e / 2]) s[nt * 4 + e] = neg_inf();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = neg_inf();
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * r], s[nt * 4 + 2 * r + 1]));
+      mx = warp_quad_max(mx) * p.scale_log2;
+      const float m_new = fmaxf(row_max[r], mx);
+      const float m_use = m_new == neg_inf() ? 0.f : m_new;
+      alpha[r] = fast_exp2(row_max[r] - m_use);
+      row_max[r] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        float& x0 = s[nt * 4 + 2 * r];
+        float& x1 = s[nt * 4 + 2 * r + 1];
+        x0 = fast_exp2(x0 * p.scale_log2 - m_use);
+        x1 = fast_exp2(x1 * p.scale_log2 - m_use);
+        sum += x0 + x1;
+      }
+      tile_sum[r] = sum;
+    }
+  };
+  auto softmax_b = [&]() {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_sum[r] = row_sum[r] * alpha[r] + tile_sum[r];
+#pragma unroll
+      for (int ob = 0; ob < kOB; ++ob)
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          acc[ob][nt * 4 + 2 * r] *= alpha[r];
+          acc[ob][nt * 4 + 2 * r + 1] *= alpha[r];
+        }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      pf[kk][0] = pack2<E>(s[8 * kk + 0], s[8 * kk + 1]);
+      pf[kk][1] = pack2<E>(s[8 * kk + 2], s[8 * kk + 3]);
+      pf[kk][2] = pack2<E>(s[8 * kk + 4], s[8 * kk + 5]);
+      pf[kk][3] = pack2<E>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+  auto fence_acc = [&]() {
+#pragma unroll
+    for (int ob = 0; ob < kOB; ++ob) hopper::fence_regs(acc[ob]);
+  };
+  auto fence_p = [&]() {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) hopper::fence_regs(pf[kk]);
+  };
+
+  cp_async_wait<kStages - 2>();
+  hopper::fence_async_shared();
+  __syncthreads();
+  if (n_tiles > 0) {
+    if constexpr (kQInRegs) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk)
+        ldmatrix_x4(sQ + hopper::sw128<kBM>(warp * 16 + lane % 16, kk * 2 + lane / 16), qf[kk][0], qf[kk][1],
+                    qf[kk][2], qf[kk][3]);
+    }
+    hopper::fence_regs(s);
+    hopper::wgmma_fence();
+    issue_s(0);
+    hopper::wgmma_wait<0>();
+    hopper::fence_regs(s);
+    softmax_a(0);
+    softmax_b();
+  }
+  for (int j = 0; j + 1 < n_tiles; ++j) {
+    if constexpr (kStages >= 3) {
+      cp_async_wait<kStages - 3>();
+      hopper::fence_async_shared();
+      __syncthreads();
+      if (j + kStages - 1 < n_tiles) load_kv(j + kStages - 1);
+      cp_async_commit();
+    } else {
+      __syncthreads();
+      load_kv(j + 1);
+      cp_async_commit();
+      cp_async_wait<0>();
+      hopper::fence_async_shared();
+      __syncthreads();
+    }
+    hopper::fence_regs(s);
+    fence_acc();
+    fence_p();
+    hopper::wgmma_fence();
+    issue_s((j + 1) % kStages);
+    issue_pv(j % kStages);
+    hopper::wgmma_wait<1>();
+    hopper::fence_regs(s);
+    softmax_a(j + 1);
+    hopper::wgmma_wait<0>();
+    fence_acc();
+    fence_p();
+    softmax_b();
+  }
+  if (n_tiles > 0) {
+    fence_acc();
+    fence_p();
+    hopper::wgmma_fence();
+    issue_pv((n_tiles - 1) % kStages);
+    hopper::wgmma_wait<0>();
+    fence_acc();
+  }
+  cp_async_wait<0>();
+
+  // Epilogue, as run_mma's (acc in wgmma's layout: n8 tile dn of O in acc[dn / 8][(dn % 8) * 4 ..]).
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float total = warp_quad_sum(row_sum[r]);
+    const int i = lane / 4 + 8 * r;
+    const int pos = pos_row[r];
+    if (pos < 0 || ((live >> pos) & 1u) == 0) continue;
+    const i64 t = t0 + pos;
+    const i64 head = static_cast<i64>(kvh) * kG + row_head(warp, i);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    if (p.o != nullptr) {
+      E* orow = static_cast<E*>(p.o) + seq_offset(p.o_sb, p.o_st) + t * p.o_st + head * p.o_sh;
+#pragma unroll
+      for (int dn = 0; dn < kDV / 8; ++dn)
+        *reinterpret_cast<u32*>(orow + dn * 8 + (lane % 4) * 2) =
+            pack2<E>(acc[dn / 8][(dn % 8) * 4 + 2 * r] * inv, acc[dn / 8][(dn % 8) * 4 + 2 * r + 1] * inv);
+    }
+    if (p.gate != nullptr) {
+      const i64 g_at = seq_offset(p.gate_sb, p.gate_st) + t * p.gate_st + head * p.gate_sh;
+      const float g = to_float<E>(static_cast<const E*>(p.gate)[g_at]) * inv;
+      E* xrow = static_cast<E*>(p.out) + seq_offset(p.out_sb, p.out_st) + t * p.out_st + head * p.out_sh;
+#pragma unroll
+      for (int dn = 0; dn < kDV / 8; ++dn) {
+        u32* dst = reinterpret_cast<u32*>(xrow + dn * 8 + (lane % 4) * 2);
+        float x0 = acc[dn / 8][(dn % 8) * 4 + 2 * r] * g, x1 = acc[dn / 8][(dn % 8) * 4 + 2 * r + 1] * g;
+        if (p.accumulate) {
+          const u32 old = *dst;
+          x0 += unpack_lo(old);
+          x1 += unpack_hi(old);
+        }
+        *dst = pack2<E>(x0, x1);
+      }
+    }
+    if (p.lse != nullptr && lane % 4 == 0) {
+      const float ln2 = 0.6931471805599453f;
+      p.lse[seq_offset(p.lse_sb, p.lse_st) + t * p.lse_st + head] =
+          total > 0.f ? (row_max[r] + fast_log2(total)) * ln2 : neg_inf();
+    }
+  }
+}
+
+template <class E>
+__device__ __forceinline__ void run_impl(const SlcFwdParams& p) {
+  if constexpr (kImpl == 1) {
+    run_hopper<E>(p);
+  } else {
+    run_mma(p);
+  }
+}
+__device__ __forceinline__ void run(const SlcFwdParams& p) { run_impl<elem>(p); }
 
 }  // namespace slc_fwd
 }  // namespace nsa

@@ -238,7 +238,7 @@ private:
         Task t{f, p, problem_key(p), {}, {}};
         const std::vector<TileConfig> defs = default_configs(*f, p);
         size_t index = 0;
-        for (SpacePoint& pt : enumerate_space(*f, p, max_smem_)) {
+        for (SpacePoint& pt : enumerate_space(*f, p, max_smem_, arch_)) {
           const bool mine = o_.shard_count <= 1 ||
                             static_cast<int>(index++ % static_cast<size_t>(o_.shard_count)) == o_.shard_index ||
                             std::find(defs.begin(), defs.end(), pt.config) != defs.end();

@@ -61,9 +61,14 @@ public:
   explicit AttnFwdFamily(Mask mask) : AttnFamily(mask) {}
   std::string_view name() const override { return mask_ == Mask::window ? "win_fwd" : "cmp_fwd"; }
   std::string_view description() const override {
-    return mask_ == Mask::window
-               ? "sliding-window attention forward (branch 3): mma.sync m16n8k16, G heads packed in the tile rows"
-               : "compressed attention forward (branch 1): mma.sync m16n8k16, G heads packed in the tile rows";
+    return mask_ == Mask::window ? "sliding-window attention forward (branch 3): mma.sync m16n8k16 (IMPL=0) or Hopper "
+                                   "wgmma with the softmax overlapped (IMPL=1), G heads packed in the tile rows"
+                                 : "compressed attention forward (branch 1): mma.sync m16n8k16 (IMPL=0) or Hopper "
+                                   "wgmma with the softmax overlapped (IMPL=1), G heads packed in the tile rows";
+  }
+  std::vector<std::string_view> support_files() const override {
+    return {"templates/attn_params.h", "templates/attn_params.cuh", "templates/hopper.cuh",
+            "templates/attn_fwd_hopper.cuh"};
   }
   std::string_view template_path() const override { return "templates/attn_fwd.cuh"; }
 
@@ -72,6 +77,8 @@ public:
         {"BM", {64, 128}, "rows (query position x head-in-group) per CTA; 16 per warp"},
         {"BN", {16, 32, 64, 128}, "keys per shared-memory tile"},
         {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
+        {"IMPL", {0, 1}, "0: mma.sync (any GPU since sm_80); 1: Hopper wgmma, 64 rows per warpgroup (sm_90a)"},
+        {"STAGES", {2, 3}, "K/V shared-memory stages (IMPL=1; IMPL=0 double-buffers)"},
     };
     return decls;
   }
@@ -79,6 +86,18 @@ public:
   std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const override {
     const int smem = smem_bytes(p, c);
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
+    if (c.at("IMPL") == 0 && c.at("STAGES") != 2) return std::string("IMPL=0 double-buffers: STAGES=2 only");
+    if (c.at("IMPL") == 1) {
+      if (c.at("BN") % 64 != 0) return fmt::format("IMPL=1 takes keys in blocks of 64: BN={} is not", c.at("BN"));
+      // O (dim_smem(dv) / 2: whole 64-column blocks), S (BN / 2), P (BN / 4), Q when held (dk / 4, rounded to 16),
+      // and an eighth of dk's shared width for the descriptors and addresses. Calibrated against ptxas on sm_90a
+      // (64 rows per CTA, where spills come first): 176 for (128, 128) with BN = 128 compiles clean, 184 spills
+      // (dk 192 with BN = 128, or with BN = 64 and Q held).
+      const int regs = head_dim_smem(p.dv) / 2 + c.at("BN") * 3 / 4 +
+                       (c.at("QREGS") ? head_dim_mma(p.dk) / 4 : 0) + head_dim_smem(p.dk) / 8;
+      if (regs > 180) return fmt::format("fragment registers {} > 180: would spill", regs);
+      return std::nullopt;
+    }
     // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held), dims rounded up to 16
     // as the MMA loops run. Past ~200 the compiler spills (255 is the hard cap, and addressing needs the rest).
     const int regs = head_dim_mma(p.dv) / 2 + c.at("BN") / 2 + (c.at("QREGS") ? head_dim_mma(p.dk) / 4 : 0);
@@ -87,12 +106,22 @@ public:
   }
 
   TileConfig default_config(const Problem& p) const override {
-    // The fastest of the tile sweep on the H200 at T = 65536 (bench/RESULTS.md) among the configs that do not
+    // The Hopper kernel where it serves the problem: 128 rows (two warpgroups), 64-key tiles, Q from shared memory,
+    // three stages where they fit (H200, fla, T = 65536: win_fwd 4.22 ms against 4.96 for the mma.sync default,
+    // cmp_fwd 4.38 against 5.35; bench/RESULTS.md). Every target is sm_90a today (the runtime compiles for it).
+    for (int stages : {3, 2}) {
+      const TileConfig h = {{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
+      if (!reject(p, h, kHopperMaxSmemOptin)) return h;
+    }
+    // Otherwise the mma.sync kernel:
+    // the fastest of the tile sweep on the H200 at T = 65536 (bench/RESULTS.md) among the configs that do not
     // spill, until the tuner's database supplies measured winners per problem.
     // Head dims count as the MMA loops run them (rounded up to 16).
-    if (head_dim_mma(p.dk) > 192 || head_dim_mma(p.dv) > 192) return {{"BM", 128}, {"BN", 16}, {"QREGS", 0}};
-    if (head_dim_mma(p.dk) > 128 && mask_ == Mask::compressed) return {{"BM", 64}, {"BN", 32}, {"QREGS", 0}};
-    return {{"BM", 64}, {"BN", 32}, {"QREGS", 1}};
+    if (head_dim_mma(p.dk) > 192 || head_dim_mma(p.dv) > 192)
+      return {{"BM", 128}, {"BN", 16}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}};
+    if (head_dim_mma(p.dk) > 128 && mask_ == Mask::compressed)
+      return {{"BM", 64}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}};
+    return {{"BM", 64}, {"BN", 32}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}};
   }
 
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
@@ -100,16 +129,17 @@ public:
     const int64_t rows = p.T * p.G();
     g.grid = {static_cast<unsigned>((rows + c.at("BM") - 1) / c.at("BM")), static_cast<unsigned>(p.H),
               static_cast<unsigned>(p.B)};
-    g.block = {static_cast<unsigned>(c.at("BM") / 16 * 32), 1, 1};
+    g.block = {static_cast<unsigned>(c.at("BM") / 16 * 32), 1, 1};  // IMPL=1: BM / 64 warpgroups, the same count
     g.smem_bytes = smem_bytes(p, c);
     return g;
   }
 
   std::string preamble(const Problem& p, const TileConfig& c) const override {
     return fmt::format(
-        "typedef {} elem;\nconstexpr int kMask = {}, kDK = {}, kDV = {}, kG = {}, kBM = {}, kBN = {}, kQInRegs = {};\n",
+        "typedef {} elem;\nconstexpr int kMask = {}, kDK = {}, kDV = {}, kG = {}, kBM = {}, kBN = {}, kQInRegs = {}, "
+        "kImpl = {}, kStages = {};\n",
         p.dtype == Dtype::bf16 ? "bf16" : "f16", mask_constant(), p.dk, p.dv, p.G(), c.at("BM"), c.at("BN"),
-        c.at("QREGS"));
+        c.at("QREGS"), c.at("IMPL"), c.at("STAGES"));
   }
   std::string entry_body() const override { return "nsa::attn_fwd::run(p);"; }
   std::string launch_bounds(const Problem&, const TileConfig& c) const override {
@@ -117,10 +147,11 @@ public:
   }
 
 private:
-  // Shared-memory rows are padded to 64 elements (templates/common.cuh).
+  // Shared-memory rows are padded to 64 elements (templates/common.cuh); IMPL=1 aligns its tiles to 1 KB.
   static int smem_bytes(const Problem& p, const TileConfig& c) {
     const int dk = head_dim_smem(p.dk), dv = head_dim_smem(p.dv);
-    return c.at("BM") * dk * 2 + 2 * c.at("BN") * (dk + dv) * 2;
+    const int stages = c.at("IMPL") == 1 ? c.at("STAGES") : 2;
+    return c.at("BM") * dk * 2 + stages * c.at("BN") * (dk + dv) * 2 + (c.at("IMPL") == 1 ? 1024 : 0);
   }
 };
 

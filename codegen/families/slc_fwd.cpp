@@ -33,11 +33,14 @@ class SlcFwdFamily final : public KernelFamily {
 public:
   std::string_view name() const override { return "slc_fwd"; }
   std::string_view description() const override {
-    return "selected-block attention forward (branch 2): mma.sync m16n8k16, consecutive positions x G heads in "
-           "the tile rows, their block lists merged so each K/V block is loaded once per CTA";
+    return "selected-block attention forward (branch 2): mma.sync m16n8k16 (IMPL=0) or Hopper wgmma (IMPL=1), "
+           "consecutive positions x G heads in the tile rows, their block lists merged so each K/V block is loaded "
+           "once per CTA";
   }
   std::string_view template_path() const override { return "templates/slc_fwd.cuh"; }
-  std::vector<std::string_view> support_files() const override { return {"templates/slc_fwd_params.h"}; }
+  std::vector<std::string_view> support_files() const override {
+    return {"templates/slc_fwd_params.h", "templates/hopper.cuh"};
+  }
   std::string_view harness_path() const override { return "templates/harness_slc_fwd.cuh"; }
   std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
   std::string_view params_type() const override { return "nsa::SlcFwdParams"; }
@@ -50,6 +53,9 @@ public:
         {"BN", {16, 32, 64}, "keys per shared-memory tile (a selection block is l'/BN tiles)"},
         {"STAGES", {2, 3}, "K/V tiles in flight (cp.async pipeline depth)"},
         {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
+        {"IMPL", {0, 1},
+         "0: mma.sync, a warp skips the tiles its positions did not select; 1: Hopper wgmma (sm_90a), 64 rows per "
+         "warpgroup, 64-key tiles, the softmax overlapped with the matrix products"},
     };
     return decls;
   }
@@ -78,6 +84,15 @@ public:
     if (p.lsel % BN != 0) return fmt::format("BN = {} does not divide l' = {}", BN, p.lsel);
     const int smem = smem_bytes(p, c);
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
+    if (c.at("IMPL") == 1) {
+      if (BM % 64 != 0) return fmt::format("IMPL=1 has 64 rows per warpgroup: BM = {} is not a multiple of 64", BM);
+      if (BN != 64) return fmt::format("IMPL=1 takes 64-key tiles: BN = {} is not 64", BN);
+      if (p.lsel % 64 != 0) return fmt::format("IMPL=1 takes 64-key tiles: l' = {} is not a multiple of 64", p.lsel);
+      // O (dim_smem(dv) / 2: whole 64-column blocks), S (32), P (16), Q when held (dk / 4, rounded to 16).
+      const int regs = head_dim_smem(p.dv) / 2 + 48 + (c.at("QREGS") ? head_dim_mma(p.dk) / 4 : 0);
+      if (regs > 200) return fmt::format("fragment registers {} > 200: would spill", regs);
+      return std::nullopt;
+    }
     // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held), dims rounded up to 16
     // as the MMA loops run. Past 140 ptxas spills (checked: dk = 192 with BN = 64 and Q held is 144 and spills; 136
     // does not): 255 is the hard cap, and the row masks, positions, addresses and the softmax need the rest.
@@ -97,7 +112,7 @@ public:
     const int BM = p.G() <= 16 ? 16 : 16 * warps_per_position(p.G());
     for (int BN : {16, 32, 64})
       for (int qregs : {1, 0}) {
-        TileConfig c = {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", qregs}};
+        TileConfig c = {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", qregs}, {"IMPL", 0}};
         if (!reject(p, c, kHopperMaxSmemOptin)) return c;
       }
     return default_config(p);
@@ -106,6 +121,13 @@ public:
   // Several positions per CTA (about 64 rows): neighbouring queries share most of their blocks, so a CTA loads
   // their union once instead of each position's list; BM = 32 for G = 1 keeps P <= 32.
   TileConfig default_config(const Problem& p) const override {
+    // G >= 16 (one position per warp, so the mma.sync kernel's per-warp skipping has nothing to win over a warpgroup):
+    // the Hopper kernel, one warpgroup of 4..1 positions, two stages (two CTAs per SM; three stages leave one and
+    // were 1.4x slower). H200, fla, T = 65536, coherent inputs: 12.52 ms against 12.80 for the mma.sync default.
+    if (p.G() >= 16) {
+      const TileConfig h = {{"BM", 64}, {"BN", 64}, {"STAGES", 2}, {"QREGS", 0}, {"IMPL", 1}};
+      if (!reject(p, h, kHopperMaxSmemOptin)) return h;
+    }
     const int G = p.G();
     int BM = 64;
     while (positions_per_cta(G, BM) > 32) BM /= 2;
@@ -115,7 +137,7 @@ public:
     // stays in shared memory from dk = 128 on; dv = 256 (128 accumulator registers) needs BN = 16.
     // Head dims count as the MMA loops run them (rounded up to 16).
     const int BN = head_dim_mma(p.dv) > 192 ? 16 : std::min(64, p.lsel);
-    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", head_dim_mma(p.dk) <= 64 ? 1 : 0}};
+    return {{"BM", BM}, {"BN", BN}, {"STAGES", 2}, {"QREGS", head_dim_mma(p.dk) <= 64 ? 1 : 0}, {"IMPL", 0}};
   }
 
   LaunchGeometry geometry(const Problem& p, const TileConfig& c) const override {
@@ -130,9 +152,9 @@ public:
   std::string preamble(const Problem& p, const TileConfig& c) const override {
     return fmt::format(
         "typedef {} elem;\nconstexpr int kDK = {}, kDV = {}, kG = {}, kL = {}, kBM = {}, kBN = {}, kStages = {}, "
-        "kQInRegs = {};\n",
+        "kQInRegs = {}, kImpl = {};\n",
         p.dtype == Dtype::bf16 ? "bf16" : "f16", p.dk, p.dv, p.G(), p.lsel, c.at("BM"), c.at("BN"), c.at("STAGES"),
-        c.at("QREGS"));
+        c.at("QREGS"), c.at("IMPL"));
   }
   std::string entry_body() const override { return "nsa::slc_fwd::run(p);"; }
   // At least one CTA per SM: without it ptxas caps some variants at 168 registers (an occupancy guess) and spills.
@@ -168,7 +190,8 @@ private:
   static int smem_bytes(const Problem& p, const TileConfig& c) {
     const int P = std::max(positions_per_cta(p.G(), c.at("BM")), 1);
     const int dk = head_dim_smem(p.dk), dv = head_dim_smem(p.dv);
-    return c.at("BM") * dk * 2 + c.at("STAGES") * c.at("BN") * (dk + dv) * 2 + 2 * P * kMaxTopN * 4 + 16;
+    return c.at("BM") * dk * 2 + c.at("STAGES") * c.at("BN") * (dk + dv) * 2 + 2 * P * kMaxTopN * 4 + 16 +
+           (c.at("IMPL") == 1 ? 1024 : 0);  // IMPL=1 aligns its tiles to 1 KB
   }
 };
 

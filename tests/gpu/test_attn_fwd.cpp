@@ -47,6 +47,12 @@ void prewarm(int max_smem) {
         for (int G : kGroups) {
           const Problem p = window_problem(dt, dims[0], dims[1], G, 1, 64, 64);
           specs.push_back({&fast, p, fast.default_config(p), "sm_90a"});
+          bool found = false;  // hopper_config's choice (below), run beside the default
+          for (int bm : {64, 128})
+            for (int stages : {3, 2}) {
+              const TileConfig h{{"BM", bm}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
+              if (!found && !fast.reject(p, h, max_smem)) specs.push_back({&fast, p, h, "sm_90a"}), found = true;
+            }
           specs.push_back({&ref, p, {}, "sm_90a"});
         }
     for (auto& dims : kDims) {
@@ -96,9 +102,8 @@ int64_t keys_of(Branch br, const Problem& p, int64_t len) {
 
 // Runs win_fwd or cmp_fwd (or their GPU references) on random inputs for `p` (with optional varlen offsets) and
 // compares with the CPU reference per sequence. Compressed keys are random, not pooled.
-Outcome check_attn(Branch br, const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
-                   Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
-                   bool use_reference_kernel = false, Gate gate = Gate::none) {
+Outcome check_attn_config(Branch br, const Problem& p, uint64_t seed, const TileConfig* cfg, Layout layout,
+                          const std::vector<int32_t>& cu, bool use_reference_kernel, Gate gate) {
   gpu();
   const int64_t tokens = p.B * p.T;
   // Per sequence: (first token, length, first key).
@@ -254,12 +259,6 @@ Outcome check_attn(Branch br, const Problem& p, uint64_t seed, const TileConfig*
   return r;
 }
 
-Outcome check_window(const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
-                     Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
-                     bool use_reference_kernel = false) {
-  return check_attn(Branch::window, p, seed, cfg, layout, cu, use_reference_kernel);
-}
-
 void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
   INFO(what, " | ", p.describe(), " | o: ", r.o.describe(), " | lse: ", r.lse.describe(),
        r.gated ? " | out: " + r.out.describe() : std::string(), " | padding written ", r.pad_written);
@@ -267,6 +266,40 @@ void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
   CHECK(r.o.ok(tolerance(p.dtype)));
   CHECK(r.lse.ok(tolerance(p.dtype)));
   if (r.gated) CHECK(r.out.ok(tolerance(p.dtype)));
+}
+
+
+// The Hopper implementation's config that the tests without a config of their own run beside the default one
+// (which is IMPL=1 too where it fits, with 128 rows): IMPL=1 with 64 rows (128 where 64 do not fit), 64 keys, Q from
+// shared memory, three stages where they fit.
+// None where no IMPL=1 point fits (head dims whose accumulators would spill).
+std::optional<TileConfig> hopper_config(Branch br, const Problem& p, int max_smem) {
+  const KernelFamily& f = find_family(br == Branch::window ? "win_fwd" : "cmp_fwd");
+  for (int bm : {64, 128})
+    for (int stages : {3, 2}) {
+      const TileConfig c{{"BM", bm}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
+      if (!f.reject(p, c, max_smem)) return c;
+    }
+  return std::nullopt;
+}
+
+// check_attn_config with `cfg`; without one (and for the fast kernels), with the family's default config, after the
+// same inputs have also gone through hopper_config (checked here), so that every test of the matrix covers both
+// implementations.
+Outcome check_attn(Branch br, const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
+                   Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
+                   bool use_reference_kernel = false, Gate gate = Gate::none) {
+  if (cfg == nullptr && !use_reference_kernel) {
+    if (const auto h = hopper_config(br, p, gpu().info().max_smem_optin))
+      expect_ok(p, check_attn_config(br, p, seed, &*h, layout, cu, false, gate), "IMPL=1 [" + describe(*h) + "]");
+  }
+  return check_attn_config(br, p, seed, cfg, layout, cu, use_reference_kernel, gate);
+}
+
+Outcome check_window(const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
+                     Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
+                     bool use_reference_kernel = false) {
+  return check_attn(Branch::window, p, seed, cfg, layout, cu, use_reference_kernel);
 }
 
 }  // namespace

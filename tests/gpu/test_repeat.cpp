@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/attn_fwd_api.h"
@@ -89,11 +90,12 @@ const char* const kOutputNames[] = {"o",   "o_cmp", "o_slc",     "o_win",       
 
 }  // namespace
 
-// Small enough for compute-sanitizer's racecheck; crosses block edges (T not a multiple of 64) and has G = 4.
+// Small enough for compute-sanitizer's racecheck; crosses block edges (T not a multiple of 64) and has G = 4, and
+// G = 16 (where slc_fwd's default is the Hopper implementation, as win_fwd's and cmp_fwd's are for both).
 TEST_CASE("small case of every family: run twice, outputs identical bit for bit") {
-  for (const char* name : {"fla", "paper"}) {
+  for (auto [name, G] : {std::pair<const char*, int>{"fla", 4}, {"paper", 4}, {"fla", 16}}) {
     Problem p = preset(name);
-    p.T = 777, p.HQ = 8, p.H = 2, p.B = 2;
+    p.T = 777, p.HQ = 2 * G, p.H = 2, p.B = 2;
     const auto first = run_every_family(p, 9100), second = run_every_family(p, 9100);
     REQUIRE(first.size() == second.size());
     for (size_t i = 0; i < first.size(); ++i) {

@@ -11,6 +11,7 @@
 #include <future>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -96,6 +97,15 @@ void prewarm(int max_smem) {
       for (int G : kGroups) {
         const Problem p = matrix_problem(i++, dt, dims[0], dims[1], G);
         specs.push_back({&f, p, f.default_config(p), "sm_90a"});
+        bool found = false;  // hopper_config's choice, for the cases run beside the default
+        for (int bm : {64, 128})
+          for (int stages : {3, 2}) {
+            const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
+            if (!found && !f.reject(p, c, max_smem)) {
+              specs.push_back({&f, p, c, "sm_90a"});
+              found = true;
+            }
+          }
       }
   for (int lsel : {32, 128}) {
     const Problem p = slc_problem(Dtype::bf16, 128, 128, 4, 1, 700, 16, 1, lsel);
@@ -467,7 +477,26 @@ void expect_ok(const Problem& p, const Errors& r, Epilogue ep, const std::string
   if (ep != Epilogue::plain) CHECK(r.out.ok(tolerance(p.dtype)));
 }
 
+// The Hopper implementation's config that the cases without a config of their own run beside the default one:
+// IMPL=1 with 64 rows (128 where one position's heads need them), Q from shared memory, three stages where they
+// fit; none where IMPL=1 cannot serve the problem (l' not a multiple of 64).
+std::optional<TileConfig> hopper_config(const Problem& p, int max_smem) {
+  const KernelFamily& f = find_family("slc_fwd");
+  for (int bm : {64, 128})
+    for (int stages : {3, 2}) {
+      const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
+      if (!f.reject(p, c, max_smem)) return c;
+    }
+  return std::nullopt;
+}
+
+// With `cfg`, that config; without, the family's default, after the same inputs have also gone through
+// hopper_config (where it exists), so that every case covers both implementations.
 void check_case(const SlcCase& c, const TileConfig* cfg, Epilogue ep, const std::string& what) {
+  if (cfg == nullptr) {
+    if (const auto h = hopper_config(c.problem(), gpu().info().max_smem_optin))
+      expect_ok(c.problem(), c.run(&*h, ep), ep, what + ", IMPL=1 [" + describe(*h) + "]");
+  }
   expect_ok(c.problem(), c.run(cfg, ep), ep, what);
 }
 
