@@ -251,7 +251,7 @@ TEST_CASE("cli: compile, then the cache commands") {
   CHECK_EXIT(list, 0);
   CHECK_CONTAINS(list.output, "1 entries");
   CHECK_CONTAINS(list.output, key16);
-  CHECK_CONTAINS(list.output, "win_fwd [BM=64 BN=32 QREGS=1]");
+  CHECK_CONTAINS(list.output, "win_fwd [BM=128 BN=64 IMPL=1 QREGS=0 STAGES=3]");  // the default config
 
   const Run verify = cli("cache verify");
   CHECK_EXIT(verify, 0);
@@ -311,7 +311,7 @@ TEST_CASE("cli: emit writes a standalone program") {
   const std::string text = read_file(out);
   CHECK_CONTAINS(text, "int main(");
   CHECK_CONTAINS(text, "//   build: nvcc ");
-  CHECK_CONTAINS(text, "-arch=sm_90a");
+  CHECK_CONTAINS(text, "-gencode=arch=compute_90a,code=sm_90a");
   CHECK_CONTAINS(text, "nsa_win_fwd(");
   // Without -o the same text goes to standard output.
   const Run stdout_run = cli("emit --family win_fwd --preset fla");

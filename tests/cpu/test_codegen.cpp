@@ -125,15 +125,18 @@ void check_golden(const std::string& name, const KernelSpec& spec) {
 
 TEST_CASE("golden: win_fwd fla bf16 default config") {
   const KernelSpec spec = make_spec("win_fwd", nsajit::preset("fla"));
-  REQUIRE(spec.config == TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 1}});
+  // The Hopper kernel: two warpgroups, 64-key tiles, Q from shared memory, three stages.
+  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
   check_golden("win_fwd_fla_bf16_default", spec);
 }
 
 TEST_CASE("golden: win_fwd paper fp16 G=4 BM=128 BN=32 QREGS=0") {
   Problem p = with_group(nsajit::preset("paper"), 4);
   p.dtype = Dtype::fp16;
-  const KernelSpec spec = make_spec("win_fwd", p, "BM=128,BN=32,QREGS=0");
+  // The mma.sync kernel, named in full: the default is the Hopper one.
+  const KernelSpec spec = make_spec("win_fwd", p, "BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2");
   REQUIRE(spec.problem.G() == 4);
+  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}});
   check_golden("win_fwd_paper_fp16_g4_bm128_bn32_qregs0", spec);
 }
 
@@ -142,10 +145,15 @@ TEST_CASE("golden: win_fwd_ref fla bf16") {
 }
 
 TEST_CASE("golden: the other forward families' default configs") {
-  check_golden("cmp_fwd_paper_bf16_default", make_spec("cmp_fwd", nsajit::preset("paper")));
+  const KernelSpec cmp = make_spec("cmp_fwd", nsajit::preset("paper"));
+  REQUIRE(cmp.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  check_golden("cmp_fwd_paper_bf16_default", cmp);
   check_golden("pool_paper_bf16_default", make_spec("pool", nsajit::preset("paper")));
   check_golden("select_paper_bf16_default", make_spec("select", nsajit::preset("paper")));
-  check_golden("slc_fwd_fla_bf16_g4_default", make_spec("slc_fwd", with_group(nsajit::preset("fla"), 4)));
+  // G = 4: below the Hopper kernel's G >= 16, so the mma.sync kernel.
+  const KernelSpec slc = make_spec("slc_fwd", with_group(nsajit::preset("fla"), 4));
+  REQUIRE(slc.config == TileConfig{{"BM", 64}, {"BN", 64}, {"STAGES", 2}, {"QREGS", 0}, {"IMPL", 0}});
+  check_golden("slc_fwd_fla_bf16_g4_default", slc);
 }
 
 // ---- properties of generated source ------------------------------------------------------------------------------
@@ -164,10 +172,10 @@ TEST_CASE("codegen: the same spec gives byte-identical source") {
 }
 
 TEST_CASE("codegen: the source holds the spec's constexpr values and the extern \"C\" entry") {
-  SUBCASE("win_fwd paper fp16 G=4 BM=128 BN=32 QREGS=0") {
+  SUBCASE("win_fwd paper fp16 G=4 BM=128 BN=32 QREGS=0 IMPL=0") {
     Problem p = with_group(nsajit::preset("paper"), 4);
     p.dtype = Dtype::fp16;
-    const std::string src = nsajit::generate_source(make_spec("win_fwd", p, "BM=128,BN=32,QREGS=0"));
+    const std::string src = nsajit::generate_source(make_spec("win_fwd", p, "BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2"));
     const std::string pre = specialization(src);
     REQUIRE(!pre.empty());
     CHECK_CONTAINS(pre, "typedef f16 elem;");
@@ -177,6 +185,8 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
     CHECK_CONTAINS(pre, "kBM = 128");
     CHECK_CONTAINS(pre, "kBN = 32");
     CHECK_CONTAINS(pre, "kQInRegs = 0");
+    CHECK_CONTAINS(pre, "kImpl = 0");
+    CHECK_CONTAINS(pre, "kStages = 2");
     CHECK_CONTAINS(src, "#define NSAJIT_GENERATED 1");
     // 128 rows, 16 per warp: 8 warps.
     const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
@@ -184,7 +194,7 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
                             std::string(f.params_type()) + " p) { " + f.entry_body() + " }\n");
     // The header comment records the spec.
     CHECK_CONTAINS(src, "// family  win_fwd\n");
-    CHECK_CONTAINS(src, "// config  BM=128 BN=32 QREGS=0\n");
+    CHECK_CONTAINS(src, "// config  BM=128 BN=32 IMPL=0 QREGS=0 STAGES=2\n");
     CHECK_CONTAINS(src, "// dtype fp16 G=4 dk=192 dv=128\n");
     CHECK_CONTAINS(src, "// arch    sm_90a\n");
   }
@@ -193,8 +203,9 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
     const std::string pre = specialization(src);
     REQUIRE(!pre.empty());
     CHECK_CONTAINS(pre, "typedef bf16 elem;");
-    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 32, kQInRegs = 1;");
-    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(128) nsa_win_fwd(");
+    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 128, kBN = 64, kQInRegs = 0, kImpl = 1, kStages = 3;");
+    // 128 rows: two warpgroups.
+    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(256) nsa_win_fwd(");
     // nsa_types.h, common.cuh, then the support headers (the parameter struct among them) and the specialization,
     // then the template, then the entry.
     const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
@@ -219,6 +230,17 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
       CHECK(at_common < at_support);
       CHECK(at_support < at_template);
     }
+  }
+  SUBCASE("win_fwd fla bf16 BM=64 BN=64 QREGS=1 IMPL=1 STAGES=3") {
+    const std::string src =
+        nsajit::generate_source(make_spec("win_fwd", nsajit::preset("fla"), "BM=64,BN=64,QREGS=1,IMPL=1,STAGES=3"));
+    const std::string pre = specialization(src);
+    REQUIRE(!pre.empty());
+    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 64, kBN = 64, kQInRegs = 1, kImpl = 1, kStages = 3;");
+    CHECK_CONTAINS(src, "// config  BM=64 BN=64 IMPL=1 QREGS=1 STAGES=3\n");
+    // 64 rows: one warpgroup, 128 threads (the same count as the mma.sync kernel's four warps).
+    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(128) nsa_win_fwd(");
+    CHECK_CONTAINS(src, "// ---- templates/attn_fwd_hopper.cuh ----");
   }
   SUBCASE("win_fwd_ref paper") {
     const std::string src = nsajit::generate_source(make_spec("win_fwd_ref", nsajit::preset("paper")));
@@ -298,7 +320,7 @@ TEST_CASE("codegen: generate_standalone is the kernel plus the harness main and 
   CHECK_CONTAINS(s, nsajit::generate_source(spec));
   CHECK_CONTAINS(s, "int main(");
   CHECK_CONTAINS(s, "//   build: nvcc ");
-  CHECK_CONTAINS(s, "-arch=sm_90a win_fwd.cu -o win_fwd");
+  CHECK_CONTAINS(s, "-gencode=arch=compute_90a,code=sm_90a win_fwd.cu -o win_fwd");
   CHECK_CONTAINS(s, "//   spec:  " + spec.describe());
   CHECK_CONTAINS(s, "// ---- templates/harness_common.cuh ----");
   CHECK_CONTAINS(s, "// ---- " + std::string(spec.family->harness_path()) + " ----");
@@ -306,10 +328,18 @@ TEST_CASE("codegen: generate_standalone is the kernel plus the harness main and 
   CHECK_CONTAINS(s, "constexpr bool kIsBf16 = true;");
   CHECK_CONTAINS(s, "constexpr long long kB = 1, kT = 65536;");
   CHECK_CONTAINS(s, "constexpr int kHQ = 64, kH = 4, kDK = 128, kDV = 128, kW = 512");
-  CHECK_CONTAINS(s, "kGridX = 16384, kGridY = 4, kGridZ = 1, kThreads = 128;");
-  CHECK_CONTAINS(s, "constexpr int kSmemBytes = 49152;");
+  // The default is the Hopper kernel with BM = 128: 65536 * 16 / 128 CTAs of two warpgroups; Q, three K/V stages
+  // and the 1 KB alignment in shared memory.
+  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK_CONTAINS(s, "kGridX = 8192, kGridY = 4, kGridZ = 1, kThreads = 256;");
+  CHECK_CONTAINS(s, "constexpr int kSmemBytes = " + std::to_string(128 * 128 * 2 + 3 * 64 * (128 + 128) * 2 + 1024) +
+                        ";");
   // main comes after the kernel it launches.
   CHECK(s.find("int main(") > s.find("nsa_win_fwd("));
+  // The mma.sync kernel at BM = 64: twice the CTAs, four warps, Q and two K/V tiles without the alignment.
+  const std::string m = nsajit::generate_standalone(make_spec("win_fwd", nsajit::preset("fla"), "BM=64,BN=32,IMPL=0,STAGES=2"));
+  CHECK_CONTAINS(m, "kGridX = 16384, kGridY = 4, kGridZ = 1, kThreads = 128;");
+  CHECK_CONTAINS(m, "constexpr int kSmemBytes = 49152;");
 }
 
 // ---- Problem ---------------------------------------------------------------------------------------------------
@@ -427,13 +457,26 @@ TEST_CASE("family: apply_overrides") {
   const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
   const TileConfig base = f.default_config(nsajit::preset("fla"));
   CHECK(nsajit::apply_overrides(f, base, "") == base);
-  CHECK(nsajit::apply_overrides(f, base, "BM=128,BN=32") == TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 1}});
-  CHECK(nsajit::apply_overrides(f, base, "QREGS=0") == TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 0}});
-  CHECK(nsajit::describe(nsajit::apply_overrides(f, base, "BN=128")) == "BM=64 BN=128 QREGS=1");
+  CHECK(base == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  // Overrides replace the named parameters and keep the others.
+  CHECK(nsajit::apply_overrides(f, base, "BM=64,BN=128") ==
+        TileConfig{{"BM", 64}, {"BN", 128}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK(nsajit::apply_overrides(f, base, "QREGS=1") ==
+        TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 1}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK(nsajit::describe(nsajit::apply_overrides(f, base, "BN=128")) == "BM=128 BN=128 IMPL=1 QREGS=0 STAGES=3");
+  CHECK(nsajit::apply_overrides(f, base, "IMPL=0,STAGES=2") ==
+        TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}});
+  // From an mma.sync base to the Hopper kernel and back.
+  const TileConfig mma{{"BM", 64}, {"BN", 32}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}};
+  CHECK(nsajit::apply_overrides(f, mma, "BM=128,BN=32") ==
+        TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}});
+  CHECK(nsajit::apply_overrides(f, mma, "IMPL=1,BN=64,STAGES=3") ==
+        TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 1}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK(nsajit::apply_overrides(f, base, "BM=64,BN=32,QREGS=1,IMPL=0,STAGES=2") == mma);
 
   const std::string unknown = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BK=64"); });
   CHECK_CONTAINS(unknown, "'BK'");
-  CHECK_CONTAINS(unknown, "BM, BN, QREGS");
+  CHECK_CONTAINS(unknown, "BM, BN, QREGS, IMPL, STAGES");
 
   const std::string not_int = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM=abc"); });
   CHECK_CONTAINS(not_int, "'abc'");
@@ -445,6 +488,10 @@ TEST_CASE("family: apply_overrides") {
   CHECK_CONTAINS(outside, "bad value 7 for BM");
   CHECK_CONTAINS(outside, "64, 128");
   CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BN=64,QREGS=2"); }), "0, 1");
+  const std::string stages = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "IMPL=1,STAGES=4"); });
+  CHECK_CONTAINS(stages, "bad value 4 for STAGES");
+  CHECK_CONTAINS(stages, "2, 3");
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "IMPL=2"); }), "bad value 2 for IMPL");
 
   CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM"); }), "NAME=VALUE");
 
@@ -462,8 +509,8 @@ TEST_CASE("family: enumerate_space covers the cartesian product and says why poi
     const auto space = nsajit::enumerate_space(f, fla, nsajit::kHopperMaxSmemOptin);
     size_t expected = 1;
     for (const auto& decl : f.params()) expected *= decl.domain.size();
-    CHECK(f.params().size() == 3);
-    CHECK(expected >= 12);
+    CHECK(f.params().size() == 5);
+    CHECK(expected == 2 * 4 * 2 * 2 * 2);  // BM x BN x QREGS x IMPL x STAGES
     CHECK(space.size() == expected);
     std::set<TileConfig> seen;
     for (const auto& pt : space) {
@@ -476,33 +523,85 @@ TEST_CASE("family: enumerate_space covers the cartesian product and says why poi
       seen.insert(pt.config);
     }
     CHECK(seen.size() == expected);
-    // fla fits everything on Hopper.
-    for (const auto& pt : space) CHECK_MESSAGE(!pt.rejected, nsajit::describe(pt.config) << ": " << *pt.rejected);
+    // fla fits everything on Hopper in shared memory: the rejections are the two structural rules of the IMPL and
+    // STAGES parameters, and the Hopper kernel's registers with Q held and 128-key tiles (O 64 + S and P 96 + Q 32
+    // + 16 = 208 > 180); every other point is accepted.
+    size_t accepted = 0, single_buffered = 0, narrow_wgmma = 0, wgmma_spills = 0;
+    for (const auto& pt : space) {
+      CAPTURE(nsajit::describe(pt.config));
+      const int impl = pt.config.at("IMPL"), stages = pt.config.at("STAGES"), bn = pt.config.at("BN");
+      const int qregs = pt.config.at("QREGS");
+      if (impl == 0 && stages != 2) {
+        REQUIRE(pt.rejected);
+        CHECK(*pt.rejected == "IMPL=0 double-buffers: STAGES=2 only");
+        ++single_buffered;
+      } else if (impl == 1 && bn % 64 != 0) {
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "IMPL=1 takes keys in blocks of 64");
+        CHECK_CONTAINS(*pt.rejected, "BN=" + std::to_string(bn));
+        ++narrow_wgmma;
+      } else if (impl == 1 && bn == 128 && qregs == 1) {
+        REQUIRE(pt.rejected);
+        CHECK(*pt.rejected == "fragment registers 208 > 180: would spill");
+        ++wgmma_spills;
+      } else {
+        CHECK_MESSAGE(!pt.rejected, *pt.rejected);
+        ++accepted;
+      }
+    }
+    CHECK(single_buffered == 2 * 4 * 2);  // IMPL=0 STAGES=3: every BM, BN, QREGS
+    CHECK(narrow_wgmma == 2 * 2 * 2 * 2);  // IMPL=1 BN in {16, 32}: every BM, QREGS, STAGES
+    CHECK(wgmma_spills == 2 * 2);          // IMPL=1 BN=128 QREGS=1: every BM, STAGES
+    // The whole former space (IMPL=0 STAGES=2: 16 points) and IMPL=1 with BN in {64, 128} but for the 4 above.
+    CHECK(accepted == 32 - 4);
   }
 
   SUBCASE("dk = dv = 256 with BN = 128 exceeds shared memory; Q in registers with BN = 64 would spill") {
     Problem p = fla;
     p.dk = 256, p.dv = 256;
-    size_t checked = 0;
+    size_t checked = 0, mma_checked = 0, accepted = 0;
     for (const auto& pt : nsajit::enumerate_space(f, p, nsajit::kHopperMaxSmemOptin)) {
       CAPTURE(nsajit::describe(pt.config));
-      const int bn = pt.config.at("BN"), qregs = pt.config.at("QREGS");
+      const int bm = pt.config.at("BM"), bn = pt.config.at("BN"), qregs = pt.config.at("QREGS");
+      const int impl = pt.config.at("IMPL"), stages = pt.config.at("STAGES");
       if (bn == 128) {
-        // BM * 256 * 2 + 2 * 128 * 512 * 2 >= 294912 B
+        // BM * 256 * 2 + 2 * 128 * 512 * 2 >= 294912 B, whatever the kernel and stages.
         REQUIRE(pt.rejected);
         CHECK_CONTAINS(*pt.rejected, "shared memory");
         CHECK_CONTAINS(*pt.rejected, std::to_string(nsajit::kHopperMaxSmemOptin));
         ++checked;
-      } else if (bn == 64 && qregs == 1) {
+        if (impl == 0 && stages == 2) ++mma_checked;
+      } else if (impl == 0 && stages == 3) {
+        REQUIRE(pt.rejected);
+        CHECK(*pt.rejected == "IMPL=0 double-buffers: STAGES=2 only");
+        ++checked;
+      } else if (impl == 1 && bn != 64) {
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "IMPL=1 takes keys in blocks of 64");
+        ++checked;
+      } else if (impl == 1) {
+        // BN = 64: BM * 512 + STAGES * 64 * 1024 + 1024 B fits but for BM = 128 with 3 stages (263168 B); the
+        // fragments (O 128 + S and P 48 + the descriptors' 32 = 208, and Q 64 more when held) exceed 180 either way
+        // (BM = 64, BN = 64, Q in shared memory spills 48 B under ptxas).
+        REQUIRE(pt.rejected);
+        if (bm == 128 && stages == 3)
+          CHECK_CONTAINS(*pt.rejected, "shared memory");
+        else
+          CHECK(*pt.rejected == (qregs ? "fragment registers 272 > 180: would spill"
+                                       : "fragment registers 208 > 180: would spill"));
+        ++checked;
+      } else if (bn == 64 && qregs == 1) {  // IMPL=0 STAGES=2 from here on
         REQUIRE(pt.rejected);
         CHECK_CONTAINS(*pt.rejected, "registers");
-        ++checked;
+        ++checked, ++mma_checked;
       } else if (bn == 32 && qregs == 0) {
         CHECK_MESSAGE(!pt.rejected, *pt.rejected);
-        ++checked;
+        ++checked, ++mma_checked, ++accepted;
       }
     }
-    CHECK(checked == 8);  // both BM for each of the four cases above
+    CHECK(mma_checked == 8);  // IMPL=0 STAGES=2: both BM for each of BN=128 x QREGS, BN=64 QREGS=1, BN=32 QREGS=0
+    CHECK(checked == 16 + 12 + 16 + 8 + 4);  // BN=128; IMPL=0 STAGES=3; IMPL=1 BN<64; IMPL=1 BN=64; the mma rest
+    CHECK(accepted == 2);  // BN=32 QREGS=0 on the mma.sync kernel, both BM: the Hopper kernel has no point here
   }
 
   SUBCASE("the device limit passed in is the one applied") {
@@ -512,11 +611,21 @@ TEST_CASE("family: enumerate_space covers the cartesian product and says why poi
       CHECK_CONTAINS(*pt.rejected, "device limit 0 B");
     }
     // BM=64 BN=32 needs 64 * 128 * 2 + 2 * 32 * 256 * 2 = 49152 B: at the limit is allowed, one byte less is not.
-    const TileConfig c{{"BM", 64}, {"BN", 32}, {"QREGS", 0}};
+    const TileConfig c{{"BM", 64}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}};
     CHECK(!f.reject(fla, c, 49152));
     const auto why = f.reject(fla, c, 49151);
     REQUIRE(why);
     CHECK_CONTAINS(*why, "shared memory 49152 B > device limit 49151 B");
+    // IMPL=1: a third stage costs one more K and V tile, BN * (dk + dv) * 2 B, and the limit applies to it too.
+    const TileConfig two{{"BM", 64}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 2}};
+    TileConfig three = two;
+    three["STAGES"] = 3;
+    const int smem3 = f.geometry(fla, three).smem_bytes;
+    CHECK(smem3 - f.geometry(fla, two).smem_bytes == 64 * (128 + 128) * 2);
+    CHECK(!f.reject(fla, three, smem3));
+    const auto why3 = f.reject(fla, three, smem3 - 1);
+    REQUIRE(why3);
+    CHECK_CONTAINS(*why3, "shared memory " + std::to_string(smem3) + " B > device limit");
   }
 
   SUBCASE("a family without parameters has one point") {
@@ -549,12 +658,19 @@ TEST_CASE("family: win_fwd geometry") {
   const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
   Problem p = nsajit::preset("fla");
   p.B = 3, p.T = 1000;
-  const nsajit::LaunchGeometry g = f.geometry(p, {{"BM", 128}, {"BN", 32}, {"QREGS", 0}});
+  const nsajit::LaunchGeometry g = f.geometry(p, {{"BM", 128}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}});
   CHECK(g.grid.x == (1000 * 16 + 127) / 128);
   CHECK(g.grid.y == 4);
   CHECK(g.grid.z == 3);
   CHECK(g.block.x == 256);
   CHECK(g.smem_bytes == 128 * 128 * 2 + 2 * 32 * (128 + 128) * 2);
+  // IMPL=1: the same grid; BM / 64 warpgroups are as many threads as BM / 16 warps.
+  const nsajit::LaunchGeometry h = f.geometry(p, {{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK(h.grid.x == g.grid.x);
+  CHECK(h.grid.y == 4);
+  CHECK(h.grid.z == 3);
+  CHECK(h.block.x == 256);
+  CHECK(h.smem_bytes >= 128 * 128 * 2 + 3 * 64 * (128 + 128) * 2);
 }
 
 TEST_CASE("family: check_problem refuses unsupported head dims and names the rule") {
@@ -628,10 +744,15 @@ TEST_CASE("win_fwd: bad arguments are refused before any driver call") {
     b.k = nsajit::contiguous(fake(0x20000), q.T, q.H, q.dk);
     b.v = nsajit::contiguous(fake(0x30000), q.T, q.H, q.dv);
     b.o = nsajit::contiguous(fake(0x40000), q.T, q.HQ, q.dv);
-    const TileConfig c{{"BM", 64}, {"BN", 128}, {"QREGS", 0}};
+    const TileConfig c{{"BM", 64}, {"BN", 128}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}};
     const std::string e = error(q, b, &c);
-    CHECK_CONTAINS(e, "tile config [BM=64 BN=128 QREGS=0] is not valid");
+    CHECK_CONTAINS(e, "tile config [BM=64 BN=128 IMPL=0 QREGS=0 STAGES=2] is not valid");
     CHECK_CONTAINS(e, "shared memory");
+    // In the space but refused by the family's rules: the mma.sync kernel has exactly two stages.
+    const TileConfig triple{{"BM", 64}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 3}};
+    const std::string e3 = error(p, a, &triple);
+    CHECK_CONTAINS(e3, "tile config [BM=64 BN=32 IMPL=0 QREGS=0 STAGES=3] is not valid");
+    CHECK_CONTAINS(e3, "STAGES=2 only");
   }
   SUBCASE("varlen") {
     const int32_t device_stub = 0;

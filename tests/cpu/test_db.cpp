@@ -732,8 +732,8 @@ TEST_CASE("db best: the overlap bucket is part of the key") {
   TempDir dir;
   TuningDb db = TuningDb::open(dir.path / "tuning.db");
   BestEntry low = make_best("slc_fwd", 65536, 17.7), high = make_best("slc_fwd", 65536, 10.3);
-  low.overlap = "low", low.inputs = "random", low.config = "BM=16 BN=16 QREGS=1 STAGES=2";
-  high.overlap = "high", high.config = "BM=64 BN=64 QREGS=0 STAGES=2";
+  low.overlap = "low", low.inputs = "random", low.config = "BM=16 BN=16 IMPL=0 QREGS=1 STAGES=2";
+  high.overlap = "high", high.config = "BM=64 BN=64 IMPL=1 QREGS=0 STAGES=2";
   db.set_best(low);
   db.set_best(high);
   CHECK(db.all_best().size() == 2);
@@ -746,13 +746,13 @@ TEST_CASE("db best: the overlap bucket is part of the key") {
   CHECK(shape[1].overlap == "low");
   // Re-tuning one bucket replaces that bucket only.
   BestEntry low2 = low;
-  low2.median_ms = 16.0, low2.config = "BM=16 BN=32 QREGS=1 STAGES=2";
+  low2.median_ms = 16.0, low2.config = "BM=16 BN=32 IMPL=0 QREGS=1 STAGES=2";
   db.set_best(low2);
   CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "low")->config == low2.config);
   CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "high")->config == high.config);
   // Merge compares within a bucket: a faster high entry does not replace the low one.
   BestEntry faster_high = high;
-  faster_high.median_ms = 1.0, faster_high.config = "BM=128 BN=64 QREGS=0 STAGES=2";
+  faster_high.median_ms = 1.0, faster_high.config = "BM=128 BN=64 IMPL=1 QREGS=0 STAGES=2";
   const TuningDb::MergeStats st = db.merge_best({faster_high});
   CHECK(st.replaced == 1);
   CHECK(db.best(kToolkit.device, "slc_fwd", low.shape, 65536, "low")->config == low2.config);

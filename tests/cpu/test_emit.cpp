@@ -116,7 +116,7 @@ TEST_CASE("emit: nvcc builds every family's program (compile only, one problem p
   std::ofstream(dir / "jobs") << jobs;
   // Two at a time (CI has two cores); each job leaves NAME.log, and NAME.o only when nvcc succeeded.
   const std::string cmd = fmt::format(
-      "cd {} && xargs -P 2 -I NAME sh -c '{} -std=c++17 -arch=sm_90a -c NAME.cu -o NAME.o > NAME.log 2>&1' < jobs; "
+      "cd {} && xargs -P 2 -I NAME sh -c '{} -std=c++17 -gencode=arch=compute_90a,code=sm_90a -c NAME.cu -o NAME.o > NAME.log 2>&1' < jobs; "
       "echo done",
       quoted(dir.string()), nvcc.string());
   const Run r = run_shell(cmd + " 2>&1");

@@ -11,7 +11,10 @@
 #include <vector>
 
 #include "base/error.h"
+#include "codegen/codegen.h"
 #include "codegen/embedded.h"
+#include "codegen/family.h"
+#include "codegen/problem.h"
 #include "runtime/driver.h"
 #include "runtime/nvrtc_compiler.h"
 #include "runtime/tma.h"
@@ -21,6 +24,7 @@ namespace {
 std::string probe_source() {
   std::string s = "#define NSAJIT_GENERATED 1\n";
   s += nsajit::embedded_template("templates/nsa_types.h");
+  s += nsajit::embedded_template("templates/common.cuh");
   s += nsajit::embedded_template("templates/hopper.cuh");
   s += R"(
 struct ProbeParams {
@@ -146,5 +150,46 @@ TEST_CASE("hopper: TMA tensors breaking the driver's rules are refused with the 
     nsajit::TmaTensor t = valid_tma();
     t.box[0] = 128;
     CHECK_THROWS_AS((void)nsajit::encode_tma_tensor("probe", t), nsajit::UsageError);
+  }
+}
+
+// The Hopper implementations (IMPL=1 of win_fwd, cmp_fwd and slc_fwd) as the families generate them: every valid
+// IMPL=1 point of the fla problem and the Hopper defaults of paper and fp16 with odd head dims compile for sm_90a
+// without ptxas serializing their wgmma (C7515: an accumulator touched by other instructions inside the pipeline, which
+// the register fences in templates/hopper.cuh prevent; the kernels stay correct but lose the overlap) and without
+// spilling at the defaults; and a target other than sm_90a prunes IMPL=1 with the reason.
+TEST_CASE("hopper: the IMPL=1 kernels compile for sm_90a without serialized wgmma; other targets prune them") {
+  using namespace nsajit;
+  std::vector<KernelSpec> specs;
+  Problem fla = preset("fla");
+  fla.T = 4096;
+  for (const char* name : {"win_fwd", "cmp_fwd", "slc_fwd"}) {
+    const KernelFamily& f = find_family(name);
+    for (const SpacePoint& pt : enumerate_space(f, fla, kHopperMaxSmemOptin))
+      if (!pt.rejected && pt.config.at("IMPL") == 1 && pt.config.at("STAGES") == 2)
+        specs.push_back({&f, fla, pt.config, "sm_90a"});
+    Problem paper = preset("paper");
+    Problem odd = fla;
+    odd.dtype = Dtype::fp16, odd.dk = 80, odd.dv = 48;
+    for (const Problem& p : {paper, odd}) {
+      const TileConfig d = f.default_config(p);
+      if (d.at("IMPL") == 1) specs.push_back({&f, p, d, "sm_90a"});
+    }
+    // Off sm_90a the space holds no IMPL=1 point that is not pruned, and says why.
+    int pruned = 0;
+    for (const SpacePoint& pt : enumerate_space(f, fla, kHopperMaxSmemOptin, "sm_86"))
+      if (pt.config.at("IMPL") == 1) {
+        REQUIRE(pt.rejected);
+        pruned += pt.rejected->find("needs sm_90a") != std::string::npos;
+      }
+    CHECK(pruned > 0);
+  }
+  CHECK(specs.size() >= 12);
+  for (const KernelSpec& s : specs) {
+    CompileResult r;
+    REQUIRE_NOTHROW(r = compile_cubin(generate_source(s), "hopper_kernel.cu", "sm_90a"));
+    INFO(s.describe());
+    CHECK_MESSAGE(r.log.find("serialized") == std::string::npos, r.log);
+    if (s.config == s.family->default_config(s.problem)) CHECK(r.usage.spill_store_bytes == 0);
   }
 }

@@ -52,7 +52,8 @@ nsajit::Problem problem_at(int64_t T) {
 }
 
 // A usable win_fwd entry for bucket `t_bucket`, tuned at T = t_bucket, as the tuner writes it.
-BestEntry entry(int64_t t_bucket, const std::string& config = "BM=64 BN=32 QREGS=1", double ms = 1.0) {
+BestEntry entry(int64_t t_bucket, const std::string& config = "BM=64 BN=32 IMPL=0 QREGS=1 STAGES=2",
+                double ms = 1.0) {
   const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
   const nsajit::Problem p = problem_at(t_bucket);
   const nsajit::ProblemKey key = nsajit::problem_key(p);
@@ -135,7 +136,7 @@ TEST_CASE("tuned lookup: why an entry cannot be used") {
   TileConfig cfg;
   BestEntry e = entry(4096);
   CHECK_FALSE(nsajit::unusable_entry(f, e, here, launch, cfg));
-  CHECK(cfg == TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 1}});
+  CHECK(cfg == TileConfig{{"BM", 64}, {"BN", 32}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}});
   auto why = [&](const BestEntry& x, const nsajit::LookupTarget& t) {
     TileConfig c;
     return nsajit::unusable_entry(f, x, t, launch, c).value_or("usable");
@@ -156,9 +157,16 @@ TEST_CASE("tuned lookup: why an entry cannot be used") {
   other.toolkit.driver_version = 12080;
   CHECK(why(other, no_driver) == "usable");
   // Outside the space, incomplete, unreadable.
-  CHECK_CONTAINS(why(entry(4096, "BM=96 BN=32 QREGS=1"), here), "outside the family's space");
-  CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32 QREGS=1 X=1"), here), "outside the family's space");
+  CHECK_CONTAINS(why(entry(4096, "BM=96 BN=32 IMPL=0 QREGS=1 STAGES=2"), here), "outside the family's space");
+  CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32 IMPL=0 QREGS=1 STAGES=4"), here), "outside the family's space");
+  CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32 IMPL=0 QREGS=1 STAGES=2 X=1"), here), "outside the family's space");
   CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32"), here), "is incomplete");
+  // An entry written before IMPL and STAGES existed is incomplete, not filled in with the defaults.
+  CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32 QREGS=1"), here), "is incomplete");
+  // In the space but refused by the family's rules.
+  CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32 IMPL=0 QREGS=1 STAGES=3"), here), "STAGES=2 only");
+  CHECK_CONTAINS(why(entry(4096, "BM=64 BN=32 IMPL=1 QREGS=1 STAGES=2"), here), "blocks of 64");
+  CHECK(why(entry(4096, "BM=64 BN=64 IMPL=1 QREGS=1 STAGES=3"), here) == "usable");
   other = e;
   other.config = "BM=sixty-four";
   CHECK_CONTAINS(why(other, here), "unreadable entry");
@@ -177,12 +185,12 @@ TEST_CASE("tuned lookup: the whole decision from a database") {
   const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
   {
     nsajit::TuningDb db = nsajit::TuningDb::open(path);
-    db.set_best(entry(1024, "BM=64 BN=16 QREGS=0", 0.1));
-    BestEntry stale = entry(4096, "BM=128 BN=64 QREGS=1", 0.4);
+    db.set_best(entry(1024, "BM=64 BN=16 IMPL=0 QREGS=0 STAGES=2", 0.1));
+    BestEntry stale = entry(4096, "BM=128 BN=64 IMPL=0 QREGS=1 STAGES=2", 0.4);
     stale.toolkit.nvrtc_version = "12.8";
     db.set_best(stale);
-    db.set_best(entry(8192, "BM=64 BN=64 QREGS=1", 0.8));
-    BestEntry elsewhere = entry(4096, "BM=128 BN=32 QREGS=0", 0.4);  // another GPU model
+    db.set_best(entry(8192, "BM=64 BN=64 IMPL=1 QREGS=1 STAGES=3", 0.8));
+    BestEntry elsewhere = entry(4096, "BM=128 BN=32 IMPL=0 QREGS=0 STAGES=2", 0.4);  // another GPU model
     elsewhere.toolkit.device = "Other GPU";
     db.set_best(elsewhere);
   }
@@ -194,13 +202,13 @@ TEST_CASE("tuned lookup: the whole decision from a database") {
   // The exact bucket is stale: the nearest usable one (8192, one power of two away; 1024 is two).
   nsajit::ResolvedConfig r = nsajit::resolve_from(h, f, problem_at(3000), problem_at(3000), here);
   CHECK(r.tuned);
-  CHECK(r.config == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 1}});
+  CHECK(r.config == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 1}, {"IMPL", 1}, {"STAGES", 3}});
   CHECK_CONTAINS(r.why, "nearest bucket T<=8192");
   CHECK_CONTAINS(r.why, "skipped the T<=4096 entry: stale: NVRTC 12.8 (now 13.0)");
   // Exact.
   r = nsajit::resolve_from(h, f, problem_at(1000), problem_at(1000), here);
   CHECK(r.tuned);
-  CHECK(r.config == TileConfig{{"BM", 64}, {"BN", 16}, {"QREGS", 0}});
+  CHECK(r.config == TileConfig{{"BM", 64}, {"BN", 16}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}});
   CHECK_CONTAINS(r.why, "exact bucket T<=1024");
   // Another shape: the defaults.
   nsajit::Problem other = problem_at(1000);
@@ -214,7 +222,7 @@ TEST_CASE("tuned lookup: the whole decision from a database") {
   there.toolkit.device = "Other GPU";
   r = nsajit::resolve_from(h, f, problem_at(4096), problem_at(4096), there);
   CHECK(r.tuned);
-  CHECK(r.config == TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 0}});
+  CHECK(r.config == TileConfig{{"BM", 128}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}});
   // Nothing usable: the defaults, with every reason.
   nsajit::LookupTarget tiny = here;
   tiny.max_smem = 1024;
@@ -339,7 +347,8 @@ TEST_CASE("tuned lookup: a data-dependent family per overlap bucket, else that b
   const TileConfig low_default = slc.bucket_default_config(p, nsajit::OverlapBucket::low);
   const TileConfig high_default = slc.bucket_default_config(p, nsajit::OverlapBucket::high);
   CHECK(high_default == slc.default_config(p));
-  CHECK(low_default == TileConfig{{"BM", 16}, {"BN", 16}, {"QREGS", 1}, {"STAGES", 2}});
+  CHECK(low_default == TileConfig{{"BM", 16}, {"BN", 16}, {"QREGS", 1}, {"STAGES", 2}, {"IMPL", 0}});
+  CHECK(high_default == TileConfig{{"BM", 64}, {"BN", 64}, {"QREGS", 0}, {"STAGES", 2}, {"IMPL", 1}});
   nsajit::LookupTarget here;
   here.toolkit = kHere;
   TempDir t;
@@ -351,13 +360,13 @@ TEST_CASE("tuned lookup: a data-dependent family per overlap bucket, else that b
   };
   {
     nsajit::TuningDb db = nsajit::TuningDb::open(path);
-    db.set_best(slc_entry("low", "BM=16 BN=32 QREGS=1 STAGES=3", "random"));
-    db.set_best(entry(65536, "BM=128 BN=64 QREGS=1"));
+    db.set_best(slc_entry("low", "BM=16 BN=32 IMPL=0 QREGS=1 STAGES=3", "random"));
+    db.set_best(entry(65536, "BM=128 BN=64 IMPL=0 QREGS=1 STAGES=2"));
   }
   // Only the low bucket is tuned: the high one keeps its own default, not the low bucket's config.
   nsajit::ResolvedConfig r = resolve(slc, nsajit::OverlapBucket::low);
   CHECK(r.tuned);
-  CHECK(r.config == TileConfig{{"BM", 16}, {"BN", 32}, {"QREGS", 1}, {"STAGES", 3}});
+  CHECK(r.config == TileConfig{{"BM", 16}, {"BN", 32}, {"QREGS", 1}, {"STAGES", 3}, {"IMPL", 0}});
   CHECK_CONTAINS(r.why, "(low-overlap bucket)");
   CHECK_CONTAINS(r.why, "random inputs");
   r = resolve(slc, nsajit::OverlapBucket::high);
@@ -366,16 +375,17 @@ TEST_CASE("tuned lookup: a data-dependent family per overlap bucket, else that b
   CHECK_CONTAINS(r.why, "no tuned entry for this GPU model and problem and the high-overlap bucket");
   {
     nsajit::TuningDb db = nsajit::TuningDb::open(path);
-    db.set_best(slc_entry("high", "BM=128 BN=64 QREGS=0 STAGES=2", "coherent"));
+    db.set_best(slc_entry("high", "BM=128 BN=64 IMPL=1 QREGS=0 STAGES=2", "coherent"));
   }
   r = resolve(slc, nsajit::OverlapBucket::high);
   CHECK(r.tuned);
-  CHECK(r.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"STAGES", 2}});
+  CHECK(r.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"STAGES", 2}, {"IMPL", 1}});
   CHECK_CONTAINS(r.why, "coherent inputs");
-  CHECK(resolve(slc, nsajit::OverlapBucket::low).config == TileConfig{{"BM", 16}, {"BN", 32}, {"QREGS", 1}, {"STAGES", 3}});
+  CHECK(resolve(slc, nsajit::OverlapBucket::low).config ==
+        TileConfig{{"BM", 16}, {"BN", 32}, {"QREGS", 1}, {"STAGES", 3}, {"IMPL", 0}});
   // A family that is not data-dependent reads its bucket-less entry whatever bucket is asked for.
   for (nsajit::OverlapBucket b : nsajit::kAllOverlapBuckets)
-    CHECK(resolve(win, b).config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 1}});
+    CHECK(resolve(win, b).config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}});
   // Without a database, each bucket's default.
   const nsajit::TunedDb off = nsajit::open_tuned_db("off");
   CHECK(nsajit::resolve_from(off, slc, p, p, here, nsajit::OverlapBucket::low).config == low_default);

@@ -200,20 +200,25 @@ TEST_CASE("tune: without a GPU it says so and exits 1") {
 TEST_CASE("tune: pruning after the compile: spills, registers, shared memory") {
   const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
   nsajit::Problem p = nsajit::preset("fla");
-  const nsajit::TileConfig c{{"BM", 64}, {"BN", 32}, {"QREGS", 1}};  // 128 threads
+  const nsajit::TileConfig c{{"BM", 64}, {"BN", 32}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}};  // 128 threads
   nsajit::ResourceUsage u;
   u.registers = 128, u.parsed = true;
   CHECK_FALSE(nsajit::prune_after_compile(f, p, c, u, nsajit::kHopperMaxSmemOptin));
   nsajit::ResourceUsage spill = u;
   spill.spill_store_bytes = 8, spill.spill_load_bytes = 12;
-  const nsajit::TileConfig other{{"BM", 128}, {"BN", 32}, {"QREGS", 1}};
+  const nsajit::TileConfig other{{"BM", 128}, {"BN", 32}, {"QREGS", 1}, {"IMPL", 0}, {"STAGES", 2}};
   REQUIRE(other != f.default_config(p));
   const auto s = nsajit::prune_after_compile(f, p, other, spill, nsajit::kHopperMaxSmemOptin);
   REQUIRE(s);
   CHECK_CONTAINS(*s, "spills 12 B");
-  // The default is the baseline: measured even when it spills.
-  REQUIRE(c == f.default_config(p));
-  CHECK_FALSE(nsajit::prune_after_compile(f, p, c, spill, nsajit::kHopperMaxSmemOptin));
+  // The default (the Hopper kernel) is the baseline: measured even when it spills; the same spill prunes the
+  // mma.sync config, which is not the default.
+  const nsajit::TileConfig d = f.default_config(p);
+  REQUIRE(d == nsajit::TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK_FALSE(nsajit::prune_after_compile(f, p, d, spill, nsajit::kHopperMaxSmemOptin));
+  const auto sc = nsajit::prune_after_compile(f, p, c, spill, nsajit::kHopperMaxSmemOptin);
+  REQUIRE(sc);
+  CHECK_CONTAINS(*sc, "spills 12 B");
   // 128 threads x 255 registers fit (4 warps x 8192); 512 threads x 255 would not.
   nsajit::ResourceUsage many = u;
   many.registers = 255;
