@@ -525,7 +525,9 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const u32 (&a
 
 // Pins registers in place around the asynchronous MMAs (CUTLASS's warpgroup_fence_operand): an empty asm that reads
 // and writes each one, so that the compiler neither hoists their uses above a wgmma_wait nor sinks their definitions
-// below a wgmma_fence. Without it ptxas sees accumulators touched inside the pipeline and serializes the wgmmas (C7515).
+// below a wgmma_fence (ptxas serializes the wgmmas, C7514/C7515, when it sees accumulators touched inside the
+// pipeline). In the kernels here a branch between wgmma_fence and the wgmma did that (the loops are peeled so that
+// none remains); with these fences removed the kernels still compile unserialized, so they are a guard, not a fix.
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&r)[N]) {
 #pragma unroll
