@@ -12,10 +12,10 @@ import hashlib, json, os, struct, subprocess, sys, tempfile, pathlib
 nsajit, out = sys.argv[1], sys.argv[2]
 TILES = {
     "pool": ["THREADS=128", "THREADS=512"],
-    "cmp_fwd": ["BM=128,BN=32,QREGS=0", "BM=64,BN=128"],
-    "win_fwd": ["BM=128,BN=32,QREGS=0", "BM=64,BN=128"],
+    "cmp_fwd": ["BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2", "BM=64,BN=128,IMPL=0,STAGES=2", "BM=64,BN=64,QREGS=1,IMPL=1"],
+    "win_fwd": ["BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2", "BM=64,BN=128,IMPL=0,STAGES=2", "BM=64,BN=64,QREGS=1,IMPL=1"],
     "select": ["W=4,KS=2,BN=64", "W=2,KS=1,BN=32,QREGS=0,OCC=1"],
-    "slc_fwd": ["BM=32,BN=32,STAGES=3", "BM=64,BN=16,QREGS=0"],
+    "slc_fwd": ["BM=32,BN=32,STAGES=3,IMPL=0", "BM=64,BN=16,QREGS=0,IMPL=0", "BM=128,BN=64,QREGS=0,IMPL=1"],
     "cmp_bwd_dq": ["BM=128,BN=32", "BM=64,BN=16"],
     "win_bwd_dq": ["BM=128,BN=32", "BM=64,BN=16"],
     "cmp_bwd_dkv": ["WARPS=2,BM=32,QSPLIT=2048", "WARPS=8,BM=64"],
