@@ -8,7 +8,7 @@
 //                 read MN-major (stored [keys][dv] as loaded).
 // The shared tiles use the 128-byte-swizzled K-major layout the wgmma descriptors describe (hopper.cuh). K/V tiles stream through kStages cp.async stages shared by the CTA's warpgroups (the
 // copies become visible to the async proxy through fence.proxy.async).
-// The softmax overlaps the matrix products (FlashAttention-3's intra-warpgroup overlap): iteration j issues
+// The steps are hopper_attn.cuh's. The softmax overlaps the matrix products (FlashAttention-3's intra-warpgroup overlap): iteration j issues
 // S_{j+1} = Q K_{j+1}^T and O += P_j V_j together, waits for S_{j+1} only, takes its row maxima and exponentials while
 // P_j V_j still runs, then waits for it, rescales O and packs P_{j+1}.
 //
@@ -19,6 +19,7 @@
 #include "common.cuh"
 #include "attn_params.cuh"
 #include "hopper.cuh"
+#include "hopper_attn.cuh"
 #endif
 
 namespace nsa {
@@ -39,11 +40,6 @@ struct Kernel {
   static constexpr int kSmemV = kBN * dim_smem(kDV) * 2;
   static_assert(kBM % 64 == 0 && kBN % 64 == 0, "wgmma tiles: 64 rows per warpgroup, keys in blocks of 64");
   static_assert(kStages >= 2, "at least double buffering");
-
-  static __device__ __forceinline__ u64 desc_kmajor(u32 addr) { return hopper::smem_desc(addr, 16, 1024, 1); }
-  // V as wgmma's B read MN-major: 8-key groups 1024 bytes apart (one 64-column block per instruction, so the
-  // other offset is never used; both are set so that either reading of the two fields is right).
-  static __device__ __forceinline__ u64 desc_mnmajor(u32 addr) { return hopper::smem_desc(addr, 1024, 1024, 1); }
 
   static __device__ __forceinline__ void run(const AttnFwdParams& p) {
     extern __shared__ __align__(128) char smem[];
@@ -121,36 +117,10 @@ struct Kernel {
     float row_sum[2] = {0.f, 0.f};
     float alpha[2], tile_sum[2];
 
-    // S = Q K^T for the key tile in `stage` (issued, not waited for).
     auto issue_s = [&](int stage) {
-      const u32 sK = stage_k(stage);
-#pragma unroll
-      for (int nb = 0; nb < kSB; ++nb) {
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-          const u64 db = desc_kmajor(sK + (kk / 4) * (kBN * 128) + nb * (64 * 128) + (kk % 4) * 32);
-          if constexpr (kQInRegs) {
-            hopper::wgmma_m64n64k16_rs<0, kBf16>(s[nb], qf[kk], db, kk > 0);
-          } else {
-            const u64 da = desc_kmajor(sQ + (kk / 4) * (kBM * 128) + wg * (64 * 128) + (kk % 4) * 32);
-            hopper::wgmma_m64n64k16_ss<kBf16>(s[nb], da, db, kk > 0);
-          }
-        }
-      }
-      hopper::wgmma_commit();
+      hopper::issue_s<kBf16, kSB, kKSteps, kBM, kBN, kQInRegs != 0>(s, qf, sQ, stage_k(stage), wg);
     };
-    // O += P V for the value tile in `stage`.
-    auto issue_pv = [&](int stage) {
-      const u32 sV = stage_v(stage);
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-#pragma unroll
-        for (int ob = 0; ob < kOB; ++ob)
-          hopper::wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_mnmajor(sV + ob * (kBN * 128) + kk * (16 * 128)),
-                                               1);
-      }
-      hopper::wgmma_commit();
-    };
+    auto issue_pv = [&](int stage) { hopper::issue_pv<kBf16, kBN, kOB>(acc, pf, stage_v(stage)); };
     // Masks S of key tile `tile` (only where it reaches past some row's key range), then the first half of the
     // online softmax: new row maxima, the rescale factors, S -> exp2(S scale - max) and its row sums. O and P are
     // not touched (P V may still be running).
@@ -176,65 +146,13 @@ struct Kernel {
           }
         }
       }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = neg_inf();
-#pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt)
-          mx = fmaxf(mx, fmaxf(s[nt / 8][(nt % 8) * 4 + 2 * r], s[nt / 8][(nt % 8) * 4 + 2 * r + 1]));
-        mx = warp_quad_max(mx) * p.scale_log2;
-        const float m_new = fmaxf(row_max[r], mx);
-        const float m_use = m_new == neg_inf() ? 0.f : m_new;
-        alpha[r] = fast_exp2(row_max[r] - m_use);
-        row_max[r] = m_new;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt) {
-          float& x0 = s[nt / 8][(nt % 8) * 4 + 2 * r];
-          float& x1 = s[nt / 8][(nt % 8) * 4 + 2 * r + 1];
-          x0 = fast_exp2(x0 * p.scale_log2 - m_use);
-          x1 = fast_exp2(x1 * p.scale_log2 - m_use);
-          sum += x0 + x1;
-        }
-        tile_sum[r] = sum;
-      }
+      hopper::softmax_exp<kSB>(s, row_max, alpha, tile_sum, p.scale_log2);
     };
     // The second half, once P V is done: rescale O and the sums, pack P for the next P V.
-    auto softmax_b = [&]() {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        row_sum[r] = row_sum[r] * alpha[r] + tile_sum[r];
-#pragma unroll
-        for (int ob = 0; ob < kOB; ++ob)
-#pragma unroll
-          for (int nt = 0; nt < 8; ++nt) {
-            acc[ob][nt * 4 + 2 * r] *= alpha[r];
-            acc[ob][nt * 4 + 2 * r + 1] *= alpha[r];
-          }
-      }
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        const float* a0 = &s[(2 * kk) / 8][((2 * kk) % 8) * 4];
-        const float* a1 = &s[(2 * kk + 1) / 8][((2 * kk + 1) % 8) * 4];
-        pf[kk][0] = pack2<elem>(a0[0], a0[1]);
-        pf[kk][1] = pack2<elem>(a0[2], a0[3]);
-        pf[kk][2] = pack2<elem>(a1[0], a1[1]);
-        pf[kk][3] = pack2<elem>(a1[2], a1[3]);
-      }
-    };
-
-    auto fence_s = [&]() {
-#pragma unroll
-      for (int nb = 0; nb < kSB; ++nb) hopper::fence_regs(s[nb]);
-    };
-    auto fence_acc = [&]() {
-#pragma unroll
-      for (int ob = 0; ob < kOB; ++ob) hopper::fence_regs(acc[ob]);
-    };
-    auto fence_p = [&]() {
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) hopper::fence_regs(pf[kk]);
-    };
+    auto softmax_b = [&]() { hopper::rescale_pack<elem, kSB, kOB>(acc, s, pf, row_sum, alpha, tile_sum); };
+    auto fence_s = [&]() { hopper::fence_regs(s); };
+    auto fence_acc = [&]() { hopper::fence_regs(acc); };
+    auto fence_p = [&]() { hopper::fence_regs(pf); };
 
     // Q and tile 0 have landed (the copies of every thread, made visible to the async proxy).
     cp_async_wait<kStages - 2>();

@@ -22,6 +22,7 @@
 #include "common.cuh"
 #include "slc_fwd_params.h"
 #include "hopper.cuh"
+#include "hopper_attn.cuh"
 namespace nsa::spec {
 typedef bf16 elem;
 constexpr int kDK = 128, kDV = 128, kG = 16, kL = 64, kBM = 64, kBN = 64, kStages = 2, kQInRegs = 1, kImpl = 0;
@@ -375,8 +376,9 @@ __device__ __forceinline__ void run_mma(const SlcFwdParams& p) {
 // The same CTA (kP positions, their lists merged) on warpgroup MMAs, as attn_fwd_hopper.cuh: each warpgroup owns 64
 // rows; per 64-key tile S = Q K^T and O += P V are wgmma m64n64k16 (K, V and Q in 128-byte-swizzled shared tiles, P
 // from registers), and S of the next tile runs together with P V of this one while the softmax takes the maxima and
-// exponentials. A warpgroup computes every merged tile (it cannot skip per warp): rows whose position did not select
-// the block are masked whole. A template so that it is instantiated only for kImpl = 1.
+// exponentials (the steps are hopper_attn.cuh's). A warpgroup computes every merged tile (it cannot skip per warp):
+// rows whose position did not select the block are masked whole. A template so that it is instantiated only for
+// kImpl = 1.
 template <class E>
 __device__ __forceinline__ void run_hopper(const SlcFwdParams& p) {
   static_assert(kBM % 64 == 0 && kBN == 64 && kL % 64 == 0, "IMPL=1: 64 rows per warpgroup, 64-key tiles");
@@ -472,38 +474,17 @@ __device__ __forceinline__ void run_hopper(const SlcFwdParams& p) {
   for (int i = 0; i < kOB; ++i)
 #pragma unroll
     for (int e = 0; e < 32; ++e) acc[i][e] = 0.f;
-  float s[32];
+  float s[1][32];
   u32 pf[4][4];
   u32 qf[kQInRegs ? kKSteps : 1][4];
   float row_max[2] = {neg_inf(), neg_inf()};
   float row_sum[2] = {0.f, 0.f};
   float alpha[2], tile_sum[2];
 
-  auto desc_k = [](u32 addr) { return hopper::smem_desc(addr, 16, 1024, 1); };
-  auto desc_mn = [](u32 addr) { return hopper::smem_desc(addr, 1024, 1024, 1); };
   auto issue_s = [&](int stage) {
-    const u32 sK = stage_k(stage);
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      const u64 db = desc_k(sK + (kk / 4) * (kBN * 128) + (kk % 4) * 32);
-      if constexpr (kQInRegs) {
-        hopper::wgmma_m64n64k16_rs<0, kBf16>(s, qf[kk], db, kk > 0);
-      } else {
-        const u64 da = desc_k(sQ + (kk / 4) * (kBM * 128) + wg * (64 * 128) + (kk % 4) * 32);
-        hopper::wgmma_m64n64k16_ss<kBf16>(s, da, db, kk > 0);
-      }
-    }
-    hopper::wgmma_commit();
+    hopper::issue_s<kBf16, 1, kKSteps, kBM, kBN, kQInRegs != 0>(s, qf, sQ, stage_k(stage), wg);
   };
-  auto issue_pv = [&](int stage) {
-    const u32 sV = stage_v(stage);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int ob = 0; ob < kOB; ++ob)
-        hopper::wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_mn(sV + ob * (kBN * 128) + kk * (16 * 128)), 1);
-    hopper::wgmma_commit();
-  };
+  auto issue_pv = [&](int stage) { hopper::issue_pv<kBf16, kBN, kOB>(acc, pf, stage_v(stage)); };
   // Mask row r to its position's blocks and to s <= t, then the first half of the online softmax (O and P untouched).
   auto softmax_a = [&](int tile) {
     const u32 bits = s_mask[tile / kTilesPerBlock];
@@ -517,58 +498,13 @@ __device__ __forceinline__ void run_hopper(const SlcFwdParams& p) {
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          if (nt * 8 + (lane % 4) * 2 + (e & 1) > hi[e / 2]) s[nt * 4 + e] = neg_inf();
+          if (nt * 8 + (lane % 4) * 2 + (e & 1) > hi[e / 2]) s[0][nt * 4 + e] = neg_inf();
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = neg_inf();
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * r], s[nt * 4 + 2 * r + 1]));
-      mx = warp_quad_max(mx) * p.scale_log2;
-      const float m_new = fmaxf(row_max[r], mx);
-      const float m_use = m_new == neg_inf() ? 0.f : m_new;
-      alpha[r] = fast_exp2(row_max[r] - m_use);
-      row_max[r] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        float& x0 = s[nt * 4 + 2 * r];
-        float& x1 = s[nt * 4 + 2 * r + 1];
-        x0 = fast_exp2(x0 * p.scale_log2 - m_use);
-        x1 = fast_exp2(x1 * p.scale_log2 - m_use);
-        sum += x0 + x1;
-      }
-      tile_sum[r] = sum;
-    }
+    hopper::softmax_exp<1>(s, row_max, alpha, tile_sum, p.scale_log2);
   };
-  auto softmax_b = [&]() {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      row_sum[r] = row_sum[r] * alpha[r] + tile_sum[r];
-#pragma unroll
-      for (int ob = 0; ob < kOB; ++ob)
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          acc[ob][nt * 4 + 2 * r] *= alpha[r];
-          acc[ob][nt * 4 + 2 * r + 1] *= alpha[r];
-        }
-    }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      pf[kk][0] = pack2<E>(s[8 * kk + 0], s[8 * kk + 1]);
-      pf[kk][1] = pack2<E>(s[8 * kk + 2], s[8 * kk + 3]);
-      pf[kk][2] = pack2<E>(s[8 * kk + 4], s[8 * kk + 5]);
-      pf[kk][3] = pack2<E>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-  };
-  auto fence_acc = [&]() {
-#pragma unroll
-    for (int ob = 0; ob < kOB; ++ob) hopper::fence_regs(acc[ob]);
-  };
-  auto fence_p = [&]() {
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) hopper::fence_regs(pf[kk]);
-  };
+  auto softmax_b = [&]() { hopper::rescale_pack<E, 1, kOB>(acc, s, pf, row_sum, alpha, tile_sum); };
+  auto fence_acc = [&]() { hopper::fence_regs(acc); };
+  auto fence_p = [&]() { hopper::fence_regs(pf); };
 
   cp_async_wait<kStages - 2>();
   hopper::fence_async_shared();

@@ -68,7 +68,7 @@ public:
   }
   std::vector<std::string_view> support_files() const override {
     return {"templates/attn_params.h", "templates/attn_params.cuh", "templates/hopper.cuh",
-            "templates/attn_fwd_hopper.cuh"};
+            "templates/hopper_attn.cuh", "templates/attn_fwd_hopper.cuh"};
   }
   std::string_view template_path() const override { return "templates/attn_fwd.cuh"; }
 

@@ -39,7 +39,7 @@ public:
   }
   std::string_view template_path() const override { return "templates/slc_fwd.cuh"; }
   std::vector<std::string_view> support_files() const override {
-    return {"templates/slc_fwd_params.h", "templates/hopper.cuh"};
+    return {"templates/slc_fwd_params.h", "templates/hopper.cuh", "templates/hopper_attn.cuh"};
   }
   std::string_view harness_path() const override { return "templates/harness_slc_fwd.cuh"; }
   std::vector<std::string_view> harness_support_files() const override { return {"templates/harness_selection.h"}; }
