@@ -124,8 +124,11 @@ std::string default_arch() {
 
 KernelSpec make_spec(const KernelFamily& f, const Problem& p, const SpecFlags& s) {
   f.check_problem(p);
-  KernelSpec spec{&f, p, apply_overrides(f, f.default_config(p), s.tile), s.arch.empty() ? default_arch() : s.arch};
-  nvrtc_options(spec.arch);  // validates the arch
+  const std::string arch = s.arch.empty() ? default_arch() : s.arch;
+  nvrtc_options(arch);  // validates the arch
+  KernelSpec spec{&f, p, apply_overrides(f, default_config_for(f, p, arch), s.tile), arch};
+  if (auto why = arch_reject(spec.config, spec.arch))
+    throw UsageError(fmt::format("{} [{}]: {}", f.name(), describe(spec.config), *why));
   return spec;
 }
 

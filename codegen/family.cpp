@@ -81,6 +81,11 @@ std::optional<std::string> arch_reject(const TileConfig& c, std::string_view arc
   return std::nullopt;
 }
 
+TileConfig default_config_for(const KernelFamily& f, const Problem& p, std::string_view arch) {
+  TileConfig c = f.default_config(p);
+  return arch_reject(c, arch) ? f.portable_default_config(p) : c;
+}
+
 std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p, int max_smem, std::string_view arch) {
   std::vector<SpacePoint> out;
   const auto& params = f.params();

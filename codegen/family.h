@@ -55,6 +55,9 @@ public:
   // `max_smem` is the device's opt-in shared memory per block.
   virtual std::optional<std::string> reject(const Problem& p, const TileConfig& c, int max_smem) const = 0;
   virtual TileConfig default_config(const Problem& p) const = 0;
+  // The default among the configs every target runs (IMPL=0 where the family has Hopper implementations): what
+  // default_config_for gives a target other than sm_90a.
+  virtual TileConfig portable_default_config(const Problem& p) const { return default_config(p); }
   // Data-dependent families (slc_fwd): the fastest config depends on how much neighbouring positions' selections
   // overlap (codegen/overlap.h), so the tuning database keys their results by overlap bucket too, and the runtime
   // runs the config of each bucket on the positions in that bucket. Each bucket has its own default;
@@ -90,6 +93,9 @@ std::vector<SpacePoint> enumerate_space(const KernelFamily& f, const Problem& p,
                                         std::string_view arch = "sm_90a");
 // Why `c` cannot run on `arch` (IMPL=1 off sm_90a), or nullopt.
 std::optional<std::string> arch_reject(const TileConfig& c, std::string_view arch);
+// The family's default config for `p` on `arch`: default_config, or portable_default_config where `arch` cannot run
+// that (the Hopper defaults off sm_90a).
+TileConfig default_config_for(const KernelFamily& f, const Problem& p, std::string_view arch);
 
 // Parses "BM=128,BN=32" into overrides of a config; throws UsageError on an unknown name or a value outside the
 // declared domain.

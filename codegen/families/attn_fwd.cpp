@@ -113,7 +113,11 @@ public:
       const TileConfig h = {{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
       if (!reject(p, h, kHopperMaxSmemOptin)) return h;
     }
-    // Otherwise the mma.sync kernel:
+    return portable_default_config(p);
+  }
+
+  TileConfig portable_default_config(const Problem& p) const override {
+    // The mma.sync kernel:
     // the fastest of the tile sweep on the H200 at T = 65536 (bench/RESULTS.md) among the configs that do not
     // spill, until the tuner's database supplies measured winners per problem.
     // Head dims count as the MMA loops run them (rounded up to 16).

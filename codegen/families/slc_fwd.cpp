@@ -131,6 +131,10 @@ public:
       const TileConfig h = {{"BM", 64}, {"BN", 64}, {"STAGES", 2}, {"QREGS", 0}, {"IMPL", 1}};
       if (!reject(p, h, kHopperMaxSmemOptin)) return h;
     }
+    return portable_default_config(p);
+  }
+
+  TileConfig portable_default_config(const Problem& p) const override {
     const int G = p.G();
     int BM = 64;
     while (positions_per_cta(G, BM) > 32) BM /= 2;

@@ -193,3 +193,26 @@ TEST_CASE("hopper: the IMPL=1 kernels compile for sm_90a without serialized wgmm
     if (s.config == s.family->default_config(s.problem)) CHECK(r.usage.spill_store_bytes == 0);
   }
 }
+
+// Off sm_90a (an emitted program for an A100, `nsajit compile --arch sm_86`) the families' defaults are their portable
+// mma.sync configs; on sm_90a the Hopper ones; an explicit IMPL=1 for another target is refused by the command line
+// (cli/main.cpp's make_spec, through arch_reject).
+TEST_CASE("hopper: the defaults per target: IMPL=1 on sm_90a, the portable config elsewhere") {
+  using namespace nsajit;
+  Problem fla = preset("fla");
+  for (const char* name : {"win_fwd", "cmp_fwd", "slc_fwd"}) {
+    INFO(name);
+    const KernelFamily& f = find_family(name);
+    CHECK(default_config_for(f, fla, "sm_90a") == f.default_config(fla));
+    CHECK(f.default_config(fla).at("IMPL") == 1);
+    for (const char* arch : {"sm_80", "sm_86", "sm_89"}) {
+      const TileConfig c = default_config_for(f, fla, arch);
+      CHECK(c.at("IMPL") == 0);
+      CHECK_FALSE(arch_reject(c, arch));
+      CHECK_FALSE(f.reject(fla, c, kHopperMaxSmemOptin));
+    }
+  }
+  TileConfig h = find_family("win_fwd").default_config(fla);
+  REQUIRE(arch_reject(h, "sm_86"));
+  CHECK(arch_reject(h, "sm_86")->find("needs sm_90a") != std::string::npos);
+}
