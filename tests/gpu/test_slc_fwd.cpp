@@ -97,15 +97,20 @@ void prewarm(int max_smem) {
       for (int G : kGroups) {
         const Problem p = matrix_problem(i++, dt, dims[0], dims[1], G);
         specs.push_back({&f, p, f.default_config(p), "sm_90a"});
-        bool found = false;  // hopper_config's choice, for the cases run beside the default
-        for (int bm : {64, 128})
-          for (int stages : {3, 2}) {
-            const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
-            if (!found && !f.reject(p, c, max_smem)) {
-              specs.push_back({&f, p, c, "sm_90a"});
-              found = true;
+        // other_config's choice, for the cases run beside the default.
+        if (f.default_config(p).at("IMPL") == 1) {
+          specs.push_back({&f, p, f.portable_default_config(p), "sm_90a"});
+        } else {
+          bool found = false;
+          for (int bm : {64, 128})
+            for (int stages : {3, 2}) {
+              const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
+              if (!found && !f.reject(p, c, max_smem)) {
+                specs.push_back({&f, p, c, "sm_90a"});
+                found = true;
+              }
             }
-          }
+        }
       }
   for (int lsel : {32, 128}) {
     const Problem p = slc_problem(Dtype::bf16, 128, 128, 4, 1, 700, 16, 1, lsel);
@@ -477,11 +482,13 @@ void expect_ok(const Problem& p, const Errors& r, Epilogue ep, const std::string
   if (ep != Epilogue::plain) CHECK(r.out.ok(tolerance(p.dtype)));
 }
 
-// The Hopper implementation's config that the cases without a config of their own run beside the default one:
-// IMPL=1 with 64 rows (128 where one position's heads need them), Q from shared memory, three stages where they
-// fit; none where IMPL=1 cannot serve the problem (l' not a multiple of 64).
-std::optional<TileConfig> hopper_config(const Problem& p, int max_smem) {
+// The config that the cases without a config of their own run beside the default one, on the same inputs: the other
+// implementation's. Where the default is the Hopper kernel (G >= 16), the portable mma.sync default; else IMPL=1
+// with 64 rows (128 where one position's heads need them), Q from shared memory, three stages where they fit, or
+// none where IMPL=1 cannot serve the problem (l' not a multiple of 64).
+std::optional<TileConfig> other_config(const Problem& p, int max_smem) {
   const KernelFamily& f = find_family("slc_fwd");
+  if (f.default_config(p).at("IMPL") == 1) return f.portable_default_config(p);
   for (int bm : {64, 128})
     for (int stages : {3, 2}) {
       const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
@@ -491,11 +498,11 @@ std::optional<TileConfig> hopper_config(const Problem& p, int max_smem) {
 }
 
 // With `cfg`, that config; without, the family's default, after the same inputs have also gone through
-// hopper_config (where it exists), so that every case covers both implementations.
+// other_config (where it exists), so that every case covers both implementations.
 void check_case(const SlcCase& c, const TileConfig* cfg, Epilogue ep, const std::string& what) {
   if (cfg == nullptr) {
-    if (const auto h = hopper_config(c.problem(), gpu().info().max_smem_optin))
-      expect_ok(c.problem(), c.run(&*h, ep), ep, what + ", IMPL=1 [" + describe(*h) + "]");
+    if (const auto h = other_config(c.problem(), gpu().info().max_smem_optin))
+      expect_ok(c.problem(), c.run(&*h, ep), ep, what + ", beside [" + describe(*h) + "]");
   }
   expect_ok(c.problem(), c.run(cfg, ep), ep, what);
 }
