@@ -86,6 +86,20 @@ std::vector<std::pair<Problem, TileConfig>> row_layouts() {
   return out;
 }
 
+// The config that the cases without a config of their own run beside the default one, on the same inputs: the other
+// implementation's. Where the default is the Hopper kernel (G >= 16), the portable mma.sync default; else IMPL=1
+// with 64 rows (128 where one position's heads need them), Q from shared memory, three stages where they fit, or
+// none where IMPL=1 cannot serve the problem (l' not a multiple of 64).
+std::optional<TileConfig> other_config(const KernelFamily& f, const Problem& p, int max_smem) {
+  if (f.default_config(p).at("IMPL") == 1) return f.portable_default_config(p);
+  for (int bm : {64, 128})
+    for (int stages : {3, 2}) {
+      const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
+      if (!f.reject(p, c, max_smem)) return c;
+    }
+  return std::nullopt;
+}
+
 // Compiles every kernel the tests use in parallel up front (into the disk cache), instead of one by one on
 // first use.
 void prewarm(int max_smem) {
@@ -97,20 +111,7 @@ void prewarm(int max_smem) {
       for (int G : kGroups) {
         const Problem p = matrix_problem(i++, dt, dims[0], dims[1], G);
         specs.push_back({&f, p, f.default_config(p), "sm_90a"});
-        // other_config's choice, for the cases run beside the default.
-        if (f.default_config(p).at("IMPL") == 1) {
-          specs.push_back({&f, p, f.portable_default_config(p), "sm_90a"});
-        } else {
-          bool found = false;
-          for (int bm : {64, 128})
-            for (int stages : {3, 2}) {
-              const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
-              if (!found && !f.reject(p, c, max_smem)) {
-                specs.push_back({&f, p, c, "sm_90a"});
-                found = true;
-              }
-            }
-        }
+        if (const auto h = other_config(f, p, max_smem)) specs.push_back({&f, p, *h, "sm_90a"});
       }
   for (int lsel : {32, 128}) {
     const Problem p = slc_problem(Dtype::bf16, 128, 128, 4, 1, 700, 16, 1, lsel);
@@ -482,26 +483,11 @@ void expect_ok(const Problem& p, const Errors& r, Epilogue ep, const std::string
   if (ep != Epilogue::plain) CHECK(r.out.ok(tolerance(p.dtype)));
 }
 
-// The config that the cases without a config of their own run beside the default one, on the same inputs: the other
-// implementation's. Where the default is the Hopper kernel (G >= 16), the portable mma.sync default; else IMPL=1
-// with 64 rows (128 where one position's heads need them), Q from shared memory, three stages where they fit, or
-// none where IMPL=1 cannot serve the problem (l' not a multiple of 64).
-std::optional<TileConfig> other_config(const Problem& p, int max_smem) {
-  const KernelFamily& f = find_family("slc_fwd");
-  if (f.default_config(p).at("IMPL") == 1) return f.portable_default_config(p);
-  for (int bm : {64, 128})
-    for (int stages : {3, 2}) {
-      const TileConfig c{{"BM", bm}, {"BN", 64}, {"STAGES", stages}, {"QREGS", 0}, {"IMPL", 1}};
-      if (!f.reject(p, c, max_smem)) return c;
-    }
-  return std::nullopt;
-}
-
 // With `cfg`, that config; without, the family's default, after the same inputs have also gone through
 // other_config (where it exists), so that every case covers both implementations.
 void check_case(const SlcCase& c, const TileConfig* cfg, Epilogue ep, const std::string& what) {
   if (cfg == nullptr) {
-    if (const auto h = other_config(c.problem(), gpu().info().max_smem_optin))
+    if (const auto h = other_config(find_family("slc_fwd"), c.problem(), gpu().info().max_smem_optin))
       expect_ok(c.problem(), c.run(&*h, ep), ep, what + ", beside [" + describe(*h) + "]");
   }
   expect_ok(c.problem(), c.run(cfg, ep), ep, what);
