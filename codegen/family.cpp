@@ -76,8 +76,8 @@ const KernelFamily& find_family(std::string_view name) {
 
 std::optional<std::string> arch_reject(const TileConfig& c, std::string_view arch) {
   const auto it = c.find("IMPL");
-  if (it != c.end() && it->second == 1 && arch != "sm_90a")
-    return fmt::format("IMPL=1 (wgmma) needs sm_90a; the target is {}", arch);
+  if (it != c.end() && it->second != 0 && arch != "sm_90a")
+    return fmt::format("IMPL={} (wgmma) needs sm_90a; the target is {}", it->second, arch);
   return std::nullopt;
 }
 

@@ -205,8 +205,8 @@ __device__ __forceinline__ void run_mma(const AttnFwdParams& p) {
 // static_asserts, which IMPL=0's tile sizes would fail) is instantiated only when kImpl selects it.
 template <class E>
 __device__ __forceinline__ void run_impl(const AttnFwdParams& p) {
-  if constexpr (kImpl == 1) {
-    attn_fwd_hopper::Kernel<E, kMask, kDK, kDV, kG, kBM, kBN, kQInRegs, kStages>::run(p);
+  if constexpr (kImpl == 1 || kImpl == 2) {
+    attn_fwd_hopper::Kernel<E, kMask, kDK, kDV, kG, kBM, kBN, kQInRegs, kStages, kImpl == 2>::run(p);
   } else {
     run_mma(p);
   }

@@ -26,12 +26,22 @@ namespace nsa {
 namespace attn_fwd_hopper {
 
 using hopper::load_tile_sw128;
+using hopper::load_tile_sw128_lean;
 using hopper::sw128;
 
-template <class elem, int kMask, int kDK, int kDV, int kG, int kBM, int kBN, int kQInRegs, int kStages>
+template <class elem, int kMask, int kDK, int kDV, int kG, int kBM, int kBN, int kQInRegs, int kStages,
+          bool kWarpSpec = false>
 struct Kernel {
   static constexpr bool kBf16 = DtypeTraits<elem>::is_bf16;
-  static constexpr int kThreads = kBM / 64 * 128;
+  static constexpr int kConsumers = kBM / 64;  // warpgroups that compute, 64 rows each
+  // kWarpSpec adds one warpgroup that only copies (the last one), so that the consumers never wait at a CTA barrier.
+  static constexpr int kThreads = kConsumers * 128 + (kWarpSpec ? 128 : 0);
+  // Register split (setmaxnreg) of the warp-specialized kernel: the copying warpgroup keeps kProducerRegs, the
+  // consumers take the rest of the CTA's share (one CTA per SM at 128 rows, two at 64), rounded down to 8.
+  static constexpr int kCtasPerSm = kBM == 64 ? 2 : 1;
+  static constexpr int kProducerRegs = kCtasPerSm == 2 ? 88 : 40;
+  static constexpr int kConsumerRegsRaw = (65536 / kCtasPerSm - 128 * kProducerRegs) / (kConsumers * 128) / 8 * 8;
+  static constexpr int kConsumerRegs = kConsumerRegsRaw > 240 ? 240 : kConsumerRegsRaw;
   static constexpr int kKSteps = dim_mma(kDK) / 16;   // k steps of S = Q K^T
   static constexpr int kSB = kBN / 64;                // 64-key blocks of S
   static constexpr int kOB = dim_smem(kDV) / 64;      // 64-column blocks of O
@@ -76,30 +86,76 @@ struct Kernel {
     const u32 sKV = sQ + kSmemQ;
     auto stage_k = [&](int stage) { return sKV + static_cast<u32>(stage) * (kSmemK + kSmemV); };
     auto stage_v = [&](int stage) { return stage_k(stage) + kSmemK; };
+    // kWarpSpec: per stage a `full` barrier (the copying warpgroup's 128 threads arrive as their copies land) and an
+    // `empty` one (each consumer warp arrives when it is done with the stage), after the tiles.
+    const u32 sBar = sKV + static_cast<u32>(kStages) * (kSmemK + kSmemV);
+    auto full_bar = [&](int stage) { return sBar + 8u * static_cast<u32>(stage); };
+    auto empty_bar = [&](int stage) { return sBar + 8u * static_cast<u32>(kStages + stage); };
 
+    const int load_tid = kWarpSpec ? static_cast<int>(threadIdx.x) - kConsumers * 128 : static_cast<int>(threadIdx.x);
     auto load_kv = [&](int tile) {
       const int stage = tile % kStages;
       const i64 s0 = s_begin + static_cast<i64>(tile) * kBN;
-      load_tile_sw128<kThreads, kBN, kDK>(
-          stage_k(stage), [&](int r) -> const void* { return s0 + r < s_end ? k + (s0 + r) * p.k_st : nullptr; }, k);
-      load_tile_sw128<kThreads, kBN, kDV>(
-          stage_v(stage), [&](int r) -> const void* { return s0 + r < s_end ? v + (s0 + r) * p.v_st : nullptr; }, v);
+      const int n_valid = static_cast<int>(min(s_end - s0, static_cast<i64>(kBN)));
+      constexpr int kLoaders = kWarpSpec ? 128 : kThreads;
+      hopper::load_rows_sw128<kLoaders, kBN, kDK>(stage_k(stage), k + s0 * p.k_st, p.k_st, n_valid, k, load_tid);
+      hopper::load_rows_sw128<kLoaders, kBN, kDV>(stage_v(stage), v + s0 * p.v_st, p.v_st, n_valid, v, load_tid);
+    };
+    auto load_q = [&]() {
+      auto q_row = [&](int r) -> const void* {
+        const i64 m = m0 + r;
+        const i64 t = m / kG;
+        return t < len ? q + t * p.q_st + (m % kG) * p.q_sh : nullptr;
+      };
+      if constexpr (kWarpSpec)
+        load_tile_sw128_lean<128, kBM, kDK>(sQ, q_row, q, load_tid);
+      else
+        load_tile_sw128<kThreads, kBM, kDK>(sQ, q_row, q);
     };
 
-    // Prologue: Q with tile 0, then tiles 1 .. kStages - 2, one commit group each (empty past the last tile).
-    load_tile_sw128<kThreads, kBM, kDK>(
-        sQ,
-        [&](int r) -> const void* {
-          const i64 m = m0 + r;
-          const i64 t = m / kG;
-          return t < len ? q + t * p.q_st + (m % kG) * p.q_sh : nullptr;
-        },
-        q);
+    if constexpr (kWarpSpec) {
+      if (threadIdx.x == 0) {
+        for (int i = 0; i < kStages; ++i) {
+          hopper::mbar_init(full_bar(i), 128);
+          hopper::mbar_init(empty_bar(i), kConsumers * 4);
+        }
+        hopper::mbar_init_fence();
+      }
+      __syncthreads();
+      if (warp / 4 == kConsumers) {
+        // The copying warpgroup: Q with tile 0, then every tile once its stage is free. Each thread's copies arrive
+        // on the stage's `full` barrier as they land (cp.async.mbarrier.arrive.noinc), so it never waits for them.
+        hopper::regs_dealloc<kProducerRegs>();
+        for (int j = 0; j < n_tiles; ++j) {
+          const int stage = j % kStages;
+          if (j >= kStages) hopper::mbar_wait(empty_bar(stage), static_cast<u32>((j / kStages - 1) & 1));
+          if (j == 0) load_q();
+          load_kv(j);
+          hopper::mbar_arrive_cp_async(full_bar(stage));
+        }
+        cp_async_wait<0>();
+        return;
+      }
+      hopper::regs_alloc<kConsumerRegs>();
+    } else {
+      // Prologue: Q with tile 0, then tiles 1 .. kStages - 2, one commit group each (empty past the last tile).
+      load_q();
 #pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) {
-      if (i < n_tiles) load_kv(i);
-      cp_async_commit();
+      for (int i = 0; i < kStages - 1; ++i) {
+        if (i < n_tiles) load_kv(i);
+        cp_async_commit();
+      }
     }
+    // kWarpSpec: waits until tile j's copies (and Q's with tile 0) have landed, and makes them visible to wgmma.
+    auto wait_full = [&](int j) {
+      hopper::mbar_wait(full_bar(j % kStages), static_cast<u32>((j / kStages) & 1));
+      hopper::fence_async_shared();
+    };
+    // kWarpSpec: this warp is done with tile j's stage (its wgmma reads of K and V have completed).
+    auto release = [&](int j) {
+      __syncwarp();
+      if (lane == 0) hopper::mbar_arrive(empty_bar(j % kStages));
+    };
 
     // This thread's two rows (of its warp's 16) and their query positions.
     const int row0 = warp * 16 + lane / 4;
@@ -155,9 +211,13 @@ struct Kernel {
     auto fence_p = [&]() { hopper::fence_regs(pf); };
 
     // Q and tile 0 have landed (the copies of every thread, made visible to the async proxy).
-    cp_async_wait<kStages - 2>();
-    hopper::fence_async_shared();
-    __syncthreads();
+    if constexpr (kWarpSpec) {
+      if (n_tiles > 0) wait_full(0);
+    } else {
+      cp_async_wait<kStages - 2>();
+      hopper::fence_async_shared();
+      __syncthreads();
+    }
     if (n_tiles > 0) {
       if constexpr (kQInRegs) {
 #pragma unroll
@@ -178,7 +238,9 @@ struct Kernel {
     // last tile's P V follows it), so that no branch separates a wgmma from its fence.
     for (int j = 0; j + 1 < n_tiles; ++j) {
       // Tile j + 1 must have landed, and every warp must be done with tile j - 1 (its stage is refilled next).
-      if constexpr (kStages >= 3) {
+      if constexpr (kWarpSpec) {
+        wait_full(j + 1);
+      } else if constexpr (kStages >= 3) {
         cp_async_wait<kStages - 3>();
         hopper::fence_async_shared();
         __syncthreads();
@@ -204,6 +266,7 @@ struct Kernel {
       hopper::wgmma_wait<0>();
       fence_acc();
       fence_p();
+      if constexpr (kWarpSpec) release(j);
       softmax_b();
     }
     if (n_tiles > 0) {  // the last tile's P V (its V landed with its K)
@@ -214,7 +277,7 @@ struct Kernel {
       hopper::wgmma_wait<0>();
       fence_acc();
     }
-    cp_async_wait<0>();
+    if constexpr (!kWarpSpec) cp_async_wait<0>();
 
     // Epilogue: normalize; write o, lse and the gated output for the rows that exist (the true kDV columns).
     elem* o = p.o ? static_cast<elem*>(p.o) + o_off + static_cast<i64>(kvh) * kG * p.o_sh : nullptr;

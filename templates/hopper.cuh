@@ -177,14 +177,15 @@ __device__ __forceinline__ u32 sw128(int row, int chunk) {
 // Copies kRows rows of D elements into a sw128 tile of dim_smem(D) columns with cp.async. row_ptr(r) gives row r's
 // start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
 // zero-filled too, so that no MMA ever reads an unwritten value.
+// `tid` is the copying thread's index among kThreads (threadIdx.x unless a warpgroup of a larger CTA copies).
 template <int kThreads, int kRows, int D, class RowPtr>
-__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
   static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
   constexpr int kCopy = dim_smem(D) / 8;
   constexpr int kTotal = kRows * kCopy;
 #pragma unroll
   for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
-    const int linear = i * kThreads + static_cast<int>(threadIdx.x);
+    const int linear = i * kThreads + tid;
     if (kTotal % kThreads != 0 && linear >= kTotal) break;
     const int row = linear / kCopy;
     const int chunk = linear % kCopy;
@@ -192,6 +193,53 @@ __device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const 
     const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
     cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
   }
+}
+// The same for a tile of consecutive rows at a constant stride (a K or V tile): row r starts at row0 + r * stride
+// (elements), rows r >= n_valid are zero-filled. Each thread copies the same column chunk of rows kThreads / kCopy
+// apart, so its addresses are one pointer and one shared offset plus multiples of a step (a few instructions a copy
+// instead of the row arithmetic per copy); the generic loader serves the shapes where that split does not fit.
+template <int kThreads, int kRows, int D, class E>
+__device__ __forceinline__ void load_rows_sw128(u32 tile, const E* row0, i64 stride, int n_valid, const void* any_valid,
+                                                int tid) {
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+  if constexpr (kThreads % kCopy == 0 && (kThreads / kCopy) % 8 == 0 && kTotal % kThreads == 0) {
+    constexpr int kRowStep = kThreads / kCopy;
+    const int r0 = tid / kCopy, c = tid % kCopy;
+    const bool col_ok = kCopy == D / 8 || c < D / 8;
+    const char* src0 = reinterpret_cast<const char*>(row0 + r0 * stride) + c * 16;
+    const i64 step = static_cast<i64>(kRowStep) * stride * static_cast<i64>(sizeof(E));
+    const u32 dst0 = tile + sw128<kRows>(r0, c);  // rows r0 + i kRowStep keep r0's swizzle (kRowStep % 8 == 0)
+#pragma unroll
+    for (int i = 0; i < kTotal / kThreads; ++i) {
+      const bool ok = col_ok && r0 + i * kRowStep < n_valid;
+      cp_async_16(dst0 + static_cast<u32>(i * kRowStep * 128), ok ? src0 + i * step : any_valid, ok);
+    }
+  } else {
+    load_tile_sw128<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  }
+}
+
+// The same as a rolled loop, for a copying warpgroup that runs on few registers (the unrolled copies keep every
+// address live at once).
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128_lean(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
+  static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+#pragma unroll 1
+  for (int linear = tid; linear < kTotal; linear += kThreads) {
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
+    const char* src = static_cast<const char*>(row_ptr(row));
+    const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
+    cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+  }
+}
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+  load_tile_sw128<kThreads, kRows, D>(tile, row_ptr, any_valid, static_cast<int>(threadIdx.x));
 }
 
 // ---- register reconfiguration (per warpgroup) ---------------------------------------------------------------------

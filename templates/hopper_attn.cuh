@@ -22,20 +22,26 @@ __device__ __forceinline__ u64 desc_kmajor(u32 addr) { return smem_desc(addr, 16
 // V as wgmma's B read MN-major: 8-key groups 1024 bytes apart (one 64-column block per instruction, so the other
 // offset is never used; both are set so that either reading of the two fields is right).
 __device__ __forceinline__ u64 desc_mnmajor(u32 addr) { return smem_desc(addr, 1024, 1024, 1); }
+// A descriptor `byte_offset` bytes further into the same tile: the address field (bits 0-13, in 16-byte units) grows
+// without carrying out of it, since shared memory ends below 2^18 bytes. One add per wgmma instead of rebuilding
+// the descriptor from the address.
+__device__ __forceinline__ u64 desc_advance(u64 desc, u32 byte_offset) { return desc + (byte_offset >> 4); }
 
 // S = Q K^T for one key tile (issued and committed, not waited for). sQ: the CTA's Q tile of kRowsQ rows (this
 // warpgroup's 64 start at row 64 wg); sK: the K tile of kRowsK rows.
 template <bool kBf16, int kSB, int kKSteps, int kRowsQ, int kRowsK, bool kQInRegs, int kQF>
 __device__ __forceinline__ void issue_s(float (&s)[kSB][32], const u32 (&qf)[kQF][4], u32 sQ, u32 sK, int wg) {
+  const u64 dk0 = desc_kmajor(sK);
+  const u64 dq0 = desc_kmajor(sQ + wg * (64 * 128));
 #pragma unroll
   for (int nb = 0; nb < kSB; ++nb) {
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
-      const u64 db = desc_kmajor(sK + (kk / 4) * (kRowsK * 128) + nb * (64 * 128) + (kk % 4) * 32);
+      const u64 db = desc_advance(dk0, (kk / 4) * (kRowsK * 128) + nb * (64 * 128) + (kk % 4) * 32);
       if constexpr (kQInRegs) {
         wgmma_m64n64k16_rs<0, kBf16>(s[nb], qf[kk], db, kk > 0);
       } else {
-        const u64 da = desc_kmajor(sQ + (kk / 4) * (kRowsQ * 128) + wg * (64 * 128) + (kk % 4) * 32);
+        const u64 da = desc_advance(dq0, (kk / 4) * (kRowsQ * 128) + (kk % 4) * 32);
         wgmma_m64n64k16_ss<kBf16>(s[nb], da, db, kk > 0);
       }
     }
@@ -46,11 +52,12 @@ __device__ __forceinline__ void issue_s(float (&s)[kSB][32], const u32 (&qf)[kQF
 // O += P V for one value tile of kBN rows at sV (issued and committed, not waited for).
 template <bool kBf16, int kBN, int kOB>
 __device__ __forceinline__ void issue_pv(float (&acc)[kOB][32], const u32 (&pf)[kBN / 16][4], u32 sV) {
+  const u64 dv0 = desc_mnmajor(sV);
 #pragma unroll
   for (int kk = 0; kk < kBN / 16; ++kk) {
 #pragma unroll
     for (int ob = 0; ob < kOB; ++ob)
-      wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_mnmajor(sV + ob * (kBN * 128) + kk * (16 * 128)), 1);
+      wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_advance(dv0, ob * (kBN * 128) + kk * (16 * 128)), 1);
   }
   wgmma_commit();
 }

@@ -74,11 +74,14 @@ public:
 
   const std::vector<ParamDecl>& params() const override {
     static const std::vector<ParamDecl> decls = {
-        {"BM", {64, 128}, "rows (query position x head-in-group) per CTA; 16 per warp"},
+        {"BM", {64, 128, 192}, "rows (query position x head-in-group) per CTA; 16 per warp (IMPL=0), 64 per "
+                               "warpgroup (IMPL=1, 2; 192 for IMPL=1 only)"},
         {"BN", {16, 32, 64, 128}, "keys per shared-memory tile"},
         {"QREGS", {0, 1}, "1: Q fragments held in registers; 0: re-read from shared memory"},
-        {"IMPL", {0, 1}, "0: mma.sync (any GPU since sm_80); 1: Hopper wgmma, 64 rows per warpgroup (sm_90a)"},
-        {"STAGES", {2, 3}, "K/V shared-memory stages (IMPL=1; IMPL=0 double-buffers)"},
+        {"IMPL", {0, 1, 2},
+         "0: mma.sync (any GPU since sm_80); 1: Hopper wgmma, 64 rows per warpgroup (sm_90a); 2: IMPL=1 with the "
+         "copies in a warpgroup of their own on mbarriers (warp-specialized, setmaxnreg)"},
+        {"STAGES", {2, 3}, "K/V shared-memory stages (IMPL=1, 2; IMPL=0 double-buffers)"},
     };
     return decls;
   }
@@ -87,8 +90,10 @@ public:
     const int smem = smem_bytes(p, c);
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
     if (c.at("IMPL") == 0 && c.at("STAGES") != 2) return std::string("IMPL=0 double-buffers: STAGES=2 only");
-    if (c.at("IMPL") == 1) {
-      if (c.at("BN") % 64 != 0) return fmt::format("IMPL=1 takes keys in blocks of 64: BN={} is not", c.at("BN"));
+    if (c.at("BM") == 192 && c.at("IMPL") != 1) return fmt::format("BM=192 (three warpgroups) is IMPL=1's only");
+    if (c.at("IMPL") != 0) {
+      if (c.at("BN") % 64 != 0)
+        return fmt::format("IMPL={} takes keys in blocks of 64: BN={} is not", c.at("IMPL"), c.at("BN"));
       // O (dim_smem(dv) / 2: whole 64-column blocks), S (BN / 2), P (BN / 4), Q when held (dk / 4, rounded to 16),
       // and an eighth of dk's shared width for the descriptors and addresses. Calibrated against ptxas on sm_90a
       // (64 rows per CTA, where spills come first): 176 for (128, 128) with BN = 128 compiles clean, 184 spills
@@ -96,6 +101,12 @@ public:
       const int regs = head_dim_smem(p.dv) / 2 + c.at("BN") * 3 / 4 +
                        (c.at("QREGS") ? head_dim_mma(p.dk) / 4 : 0) + head_dim_smem(p.dk) / 8;
       if (regs > 180) return fmt::format("fragment registers {} > 180: would spill", regs);
+      // IMPL=2's consumers get what setmaxnreg gives them: 232 registers at 128 rows, 168 at 64 (two CTAs per SM);
+      // IMPL=1 at 192 rows (384 threads) has 168. The estimate runs about 40 below what ptxas allocates.
+      const int budget = c.at("BM") == 64 ? 168 : c.at("BM") == 192 ? 168 : 232;
+      if ((c.at("IMPL") == 2 || c.at("BM") == 192) && regs + 40 > budget)
+        return fmt::format("fragment registers {} + 40 > {}, the compute threads' share at BM={}: would spill", regs,
+                           budget, c.at("BM"));
       return std::nullopt;
     }
     // Accumulators and fragments live in registers: O (dv/2), S (BN/2), Q (dk/4 when held), dims rounded up to 16
@@ -133,7 +144,7 @@ public:
     const int64_t rows = p.T * p.G();
     g.grid = {static_cast<unsigned>((rows + c.at("BM") - 1) / c.at("BM")), static_cast<unsigned>(p.H),
               static_cast<unsigned>(p.B)};
-    g.block = {static_cast<unsigned>(c.at("BM") / 16 * 32), 1, 1};  // IMPL=1: BM / 64 warpgroups, the same count
+    g.block = {static_cast<unsigned>(threads(c)), 1, 1};
     g.smem_bytes = smem_bytes(p, c);
     return g;
   }
@@ -147,15 +158,24 @@ public:
   }
   std::string entry_body() const override { return "nsa::attn_fwd::run(p);"; }
   std::string launch_bounds(const Problem&, const TileConfig& c) const override {
-    return std::to_string(c.at("BM") / 16 * 32);
+    // IMPL=2 at 64 rows: two CTAs per SM, so that one's prologue and epilogue overlap the other's tiles (the
+    // kernel's setmaxnreg split assumes it: templates/attn_fwd_hopper.cuh).
+    // ptxas applies the setmaxnreg split only where the launch bounds fix the registers at entry (minimum CTAs too).
+    if (c.at("IMPL") == 2) return fmt::format("{}, {}", threads(c), c.at("BM") == 64 ? 2 : 1);
+    return std::to_string(threads(c));
   }
 
 private:
-  // Shared-memory rows are padded to 64 elements (templates/common.cuh); IMPL=1 aligns its tiles to 1 KB.
+  // A warp per 16 rows (IMPL=0); a warpgroup per 64 rows (IMPL=1, the same count), and one more that copies (IMPL=2).
+  static int threads(const TileConfig& c) { return c.at("BM") / 16 * 32 + (c.at("IMPL") == 2 ? 128 : 0); }
+  // Shared-memory rows are padded to 64 elements (templates/common.cuh); IMPL=1, 2 align their tiles to 1 KB;
+  // IMPL=2 adds two mbarriers per stage.
   static int smem_bytes(const Problem& p, const TileConfig& c) {
     const int dk = head_dim_smem(p.dk), dv = head_dim_smem(p.dv);
-    const int stages = c.at("IMPL") == 1 ? c.at("STAGES") : 2;
-    return c.at("BM") * dk * 2 + stages * c.at("BN") * (dk + dv) * 2 + (c.at("IMPL") == 1 ? 1024 : 0);
+    const int impl = c.at("IMPL");
+    const int stages = impl != 0 ? c.at("STAGES") : 2;
+    return c.at("BM") * dk * 2 + stages * c.at("BN") * (dk + dv) * 2 + (impl != 0 ? 1024 : 0) +
+           (impl == 2 ? 16 * stages : 0);
   }
 };
 

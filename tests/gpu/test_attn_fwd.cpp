@@ -35,18 +35,32 @@ Problem window_problem(Dtype dtype, int dk, int dv, int G, int H, int64_t T, int
   return p;
 }
 
-// The config that the tests without a config of their own run beside the default one, on the same inputs: the other
-// implementation's. Where the default is the Hopper kernel (IMPL=1, 128 rows), the portable mma.sync default; else
+// The configs that the tests without a config of their own run beside the default one, on the same inputs: the other
+// implementations'. Where the default is a Hopper kernel (IMPL=1, 128 rows), the portable mma.sync default; else
 // IMPL=1 with 64 rows (128 where 64 do not fit), 64 keys, Q from shared memory, three stages where they fit, or none
-// where no IMPL=1 point fits (head dims whose accumulators would spill).
-std::optional<TileConfig> other_config(const KernelFamily& f, const Problem& p, int max_smem) {
-  if (f.default_config(p).at("IMPL") == 1) return f.portable_default_config(p);
-  for (int bm : {64, 128})
-    for (int stages : {3, 2}) {
-      const TileConfig c{{"BM", bm}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
-      if (!f.reject(p, c, max_smem)) return c;
-    }
-  return std::nullopt;
+// where no IMPL=1 point fits (head dims whose accumulators would spill). Then that Hopper config's twin in the other
+// Hopper implementation (the warp-specialized IMPL=2 for IMPL=1), where it fits.
+std::vector<TileConfig> other_configs(const KernelFamily& f, const Problem& p, int max_smem) {
+  std::vector<TileConfig> out;
+  std::optional<TileConfig> hopper;
+  const TileConfig d = f.default_config(p);
+  if (d.at("IMPL") != 0) {
+    out.push_back(f.portable_default_config(p));
+    hopper = d;
+  } else {
+    for (int bm : {64, 128})
+      for (int stages : {3, 2}) {
+        const TileConfig c{{"BM", bm}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
+        if (!hopper && !f.reject(p, c, max_smem)) hopper = c;
+      }
+    if (hopper) out.push_back(*hopper);
+  }
+  if (hopper) {  // its twin in the other Hopper implementation (IMPL=1 <-> the warp-specialized IMPL=2)
+    TileConfig twin = *hopper;
+    twin["IMPL"] = hopper->at("IMPL") == 1 ? 2 : 1;
+    if (!f.reject(p, twin, max_smem)) out.push_back(twin);
+  }
+  return out;
 }
 
 // Compiles every kernel the tests use in parallel up front (into the disk cache), instead of one by one on
@@ -61,7 +75,7 @@ void prewarm(int max_smem) {
         for (int G : kGroups) {
           const Problem p = window_problem(dt, dims[0], dims[1], G, 1, 64, 64);
           specs.push_back({&fast, p, fast.default_config(p), "sm_90a"});
-          if (const auto h = other_config(fast, p, max_smem)) specs.push_back({&fast, p, *h, "sm_90a"});
+          for (const TileConfig& h : other_configs(fast, p, max_smem)) specs.push_back({&fast, p, h, "sm_90a"});
           specs.push_back({&ref, p, {}, "sm_90a"});
         }
     for (auto& dims : kDims) {
@@ -279,15 +293,15 @@ void expect_ok(const Problem& p, const Outcome& r, const std::string& what) {
 
 
 // check_attn_config with `cfg`; without one (and for the fast kernels), with the family's default config, after the
-// same inputs have also gone through other_config (checked here), so that every test of the matrix covers both
-// implementations.
+// same inputs have also gone through other_configs (checked here), so that every test of the matrix covers every
+// implementation.
 Outcome check_attn(Branch br, const Problem& p, uint64_t seed, const TileConfig* cfg = nullptr,
                    Layout layout = Layout::contiguous, const std::vector<int32_t>& cu = {},
                    bool use_reference_kernel = false, Gate gate = Gate::none) {
   if (cfg == nullptr && !use_reference_kernel) {
-    if (const auto h = other_config(find_family(br == Branch::window ? "win_fwd" : "cmp_fwd"), p,
-                                    gpu().info().max_smem_optin))
-      expect_ok(p, check_attn_config(br, p, seed, &*h, layout, cu, false, gate), "beside [" + describe(*h) + "]");
+    for (const TileConfig& h : other_configs(find_family(br == Branch::window ? "win_fwd" : "cmp_fwd"), p,
+                                             gpu().info().max_smem_optin))
+      expect_ok(p, check_attn_config(br, p, seed, &h, layout, cu, false, gate), "beside [" + describe(h) + "]");
   }
   return check_attn_config(br, p, seed, cfg, layout, cu, use_reference_kernel, gate);
 }
