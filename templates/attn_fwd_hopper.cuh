@@ -98,8 +98,10 @@ struct Kernel {
       const i64 s0 = s_begin + static_cast<i64>(tile) * kBN;
       const int n_valid = static_cast<int>(min(s_end - s0, static_cast<i64>(kBN)));
       constexpr int kLoaders = kWarpSpec ? 128 : kThreads;
-      hopper::load_rows_sw128<kLoaders, kBN, kDK>(stage_k(stage), k + s0 * p.k_st, p.k_st, n_valid, k, load_tid);
-      hopper::load_rows_sw128<kLoaders, kBN, kDV>(stage_v(stage), v + s0 * p.v_st, p.v_st, n_valid, v, load_tid);
+      hopper::load_rows_sw128<kLoaders, kBN, kDK, kWarpSpec>(stage_k(stage), k + s0 * p.k_st, p.k_st, n_valid, k,
+                                                              load_tid);
+      hopper::load_rows_sw128<kLoaders, kBN, kDV, kWarpSpec>(stage_v(stage), v + s0 * p.v_st, p.v_st, n_valid, v,
+                                                              load_tid);
     };
     auto load_q = [&]() {
       auto q_row = [&](int r) -> const void* {

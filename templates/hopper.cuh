@@ -194,33 +194,6 @@ __device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const 
     cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
   }
 }
-// The same for a tile of consecutive rows at a constant stride (a K or V tile): row r starts at row0 + r * stride
-// (elements), rows r >= n_valid are zero-filled. Each thread copies the same column chunk of rows kThreads / kCopy
-// apart, so its addresses are one pointer and one shared offset plus multiples of a step (a few instructions a copy
-// instead of the row arithmetic per copy); the generic loader serves the shapes where that split does not fit.
-template <int kThreads, int kRows, int D, class E>
-__device__ __forceinline__ void load_rows_sw128(u32 tile, const E* row0, i64 stride, int n_valid, const void* any_valid,
-                                                int tid) {
-  constexpr int kCopy = dim_smem(D) / 8;
-  constexpr int kTotal = kRows * kCopy;
-  if constexpr (kThreads % kCopy == 0 && (kThreads / kCopy) % 8 == 0 && kTotal % kThreads == 0) {
-    constexpr int kRowStep = kThreads / kCopy;
-    const int r0 = tid / kCopy, c = tid % kCopy;
-    const bool col_ok = kCopy == D / 8 || c < D / 8;
-    const char* src0 = reinterpret_cast<const char*>(row0 + r0 * stride) + c * 16;
-    const i64 step = static_cast<i64>(kRowStep) * stride * static_cast<i64>(sizeof(E));
-    const u32 dst0 = tile + sw128<kRows>(r0, c);  // rows r0 + i kRowStep keep r0's swizzle (kRowStep % 8 == 0)
-#pragma unroll
-    for (int i = 0; i < kTotal / kThreads; ++i) {
-      const bool ok = col_ok && r0 + i * kRowStep < n_valid;
-      cp_async_16(dst0 + static_cast<u32>(i * kRowStep * 128), ok ? src0 + i * step : any_valid, ok);
-    }
-  } else {
-    load_tile_sw128<kThreads, kRows, D>(
-        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
-  }
-}
-
 // The same as a rolled loop, for a copying warpgroup that runs on few registers (the unrolled copies keep every
 // address live at once).
 template <int kThreads, int kRows, int D, class RowPtr>
@@ -237,6 +210,37 @@ __device__ __forceinline__ void load_tile_sw128_lean(u32 tile, RowPtr row_ptr, c
     cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
   }
 }
+// The same for a tile of consecutive rows at a constant stride (a K or V tile): row r starts at row0 + r * stride
+// (elements), rows r >= n_valid are zero-filled. Each thread copies the same column chunk of rows kThreads / kCopy
+// apart, so its addresses are one pointer and one shared offset plus multiples of a step (a few instructions a copy
+// instead of the row arithmetic per copy); the generic loader serves the shapes where that split does not fit (its
+// rolled form with kLean, for a copying warpgroup on few registers).
+template <int kThreads, int kRows, int D, bool kLean = false, class E>
+__device__ __forceinline__ void load_rows_sw128(u32 tile, const E* row0, i64 stride, int n_valid, const void* any_valid,
+                                                int tid) {
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+  if constexpr (kThreads % kCopy == 0 && (kThreads / kCopy) % 8 == 0 && kTotal % kThreads == 0) {
+    constexpr int kRowStep = kThreads / kCopy;
+    const int r0 = tid / kCopy, c = tid % kCopy;
+    const bool col_ok = kCopy == D / 8 || c < D / 8;
+    const char* src0 = reinterpret_cast<const char*>(row0 + r0 * stride) + c * 16;
+    const i64 step = static_cast<i64>(kRowStep) * stride * static_cast<i64>(sizeof(E));
+    const u32 dst0 = tile + sw128<kRows>(r0, c);  // rows r0 + i kRowStep keep r0's swizzle (kRowStep % 8 == 0)
+#pragma unroll
+    for (int i = 0; i < kTotal / kThreads; ++i) {
+      const bool ok = col_ok && r0 + i * kRowStep < n_valid;
+      cp_async_16(dst0 + static_cast<u32>(i * kRowStep * 128), ok ? src0 + i * step : any_valid, ok);
+    }
+  } else if constexpr (kLean) {
+    load_tile_sw128_lean<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  } else {
+    load_tile_sw128<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  }
+}
+
 template <int kThreads, int kRows, int D, class RowPtr>
 __device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
   load_tile_sw128<kThreads, kRows, D>(tile, row_ptr, any_valid, static_cast<int>(threadIdx.x));

@@ -455,9 +455,10 @@ __device__ __forceinline__ void run_hopper(const SlcFwdParams& p) {
                  static_cast<i64>(s0) * p.k_st;
     const E* v = static_cast<const E*>(p.v) + seq_offset(p.v_sb, p.v_st) + static_cast<i64>(kvh) * p.v_sh +
                  static_cast<i64>(s0) * p.v_st;
-    const int tid = static_cast<int>(threadIdx.x);
-    hopper::load_rows_sw128<kThreads, kBN, kDK>(stage_k(stage), k, p.k_st, min(valid, kBN), p.k, tid);
-    hopper::load_rows_sw128<kThreads, kBN, kDV>(stage_v(stage), v, p.v_st, min(valid, kBN), p.v, tid);
+    hopper::load_tile_sw128<kThreads, kBN, kDK>(
+        stage_k(stage), [&](int r) -> const void* { return r < valid ? k + r * p.k_st : nullptr; }, p.k);
+    hopper::load_tile_sw128<kThreads, kBN, kDV>(
+        stage_v(stage), [&](int r) -> const void* { return r < valid ? v + r * p.v_st : nullptr; }, p.v);
   };
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {

@@ -117,12 +117,19 @@ public:
   }
 
   TileConfig default_config(const Problem& p) const override {
-    // The Hopper kernel where it serves the problem: 128 rows (two warpgroups), 64-key tiles, Q from shared memory,
-    // three stages where they fit (H200, fla, T = 65536: win_fwd 4.22 ms against 4.96 for the mma.sync default,
-    // cmp_fwd 4.38 against 5.35; bench/RESULTS.md). Every target is sm_90a today (the runtime compiles for it).
-    for (int stages : {3, 2}) {
-      const TileConfig h = {{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", stages}};
-      if (!reject(p, h, kHopperMaxSmemOptin)) return h;
+    // The Hopper kernels where they serve the problem: 128 rows (two computing warpgroups), 64-key tiles, Q from
+    // shared memory, three stages where they fit. The warp-specialized IMPL=2 where its copying warpgroup takes the
+    // strided-row path (head dims padded to 64 or 128 elements: templates/hopper.cuh's load_rows_sw128), IMPL=1
+    // elsewhere. H200, T = 65536, 2026-12-01 (bench/RESULTS.md): fla win_fwd 3.66 ms and cmp_fwd 3.77 with IMPL=2
+    // against IMPL=1's 4.19 and 4.49; paper (dk = 192, the rolled copies) IMPL=2 5.77 and 17.19 against IMPL=1's 4.70
+    // and 15.04. Every target is sm_90a today (the runtime compiles for it).
+    const bool ws_copies = head_dim_smem(p.dk) <= 128 && head_dim_smem(p.dv) <= 128;
+    for (int impl : {2, 1}) {
+      if (impl == 2 && !ws_copies) continue;
+      for (int stages : {3, 2}) {
+        const TileConfig h = {{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", impl}, {"STAGES", stages}};
+        if (!reject(p, h, kHopperMaxSmemOptin)) return h;
+      }
     }
     return portable_default_config(p);
   }

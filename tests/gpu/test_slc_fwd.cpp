@@ -73,14 +73,20 @@ std::vector<std::pair<Problem, TileConfig>> config_sweep(int max_smem) {
 }
 
 // Positions per CTA other than the defaults': G = 1 and 3 with one warp, G = 32 with one position per CTA (the
-// paper's layout) and with four.
-std::vector<std::pair<Problem, TileConfig>> row_layouts() {
+// paper's layout) and with four. The default config with BM replaced, or the portable one where that does not serve
+// (the Hopper kernel's 64 rows per warpgroup).
+std::vector<std::pair<Problem, TileConfig>> row_layouts(int max_smem) {
   const KernelFamily& f = find_family("slc_fwd");
   std::vector<std::pair<Problem, TileConfig>> out;
   for (auto [G, BM] : {std::pair{1, 16}, {3, 16}, {3, 32}, {32, 32}, {32, 128}}) {
     const Problem p = slc_problem(Dtype::bf16, 128, 128, G, 1, 900, 16);
     TileConfig c = f.default_config(p);
     c["BM"] = BM;
+    if (f.reject(p, c, max_smem)) {
+      c = f.portable_default_config(p);
+      c["BM"] = BM;
+    }
+    REQUIRE_FALSE(f.reject(p, c, max_smem));
     out.push_back({p, c});
   }
   return out;
@@ -118,7 +124,7 @@ void prewarm(int max_smem) {
     specs.push_back({&f, p, f.default_config(p), "sm_90a"});
   }
   for (const auto& [p, c] : config_sweep(max_smem)) specs.push_back({&f, p, c, "sm_90a"});
-  for (const auto& [p, c] : row_layouts()) specs.push_back({&f, p, c, "sm_90a"});
+  for (const auto& [p, c] : row_layouts(max_smem)) specs.push_back({&f, p, c, "sm_90a"});
   const auto t0 = std::chrono::steady_clock::now();
   const auto outcomes = jit_compile_all(specs, CubinCache(CubinCache::default_dir()), 0);
   for (const auto& o : outcomes) REQUIRE_MESSAGE(o.result, o.error);
@@ -555,7 +561,8 @@ TEST_CASE("slc_fwd: every valid tile config of the space, and other rows per CTA
   auto sweep = config_sweep(max_smem);
   CHECK(sweep.size() >= 24);
   for (const auto& [p, c] : sweep) check_case(case_for(p), &c, Epilogue::plain, "config " + describe(c));
-  for (const auto& [p, c] : row_layouts()) check_case(case_for(p), &c, Epilogue::gated, "rows " + describe(c));
+  for (const auto& [p, c] : row_layouts(gpu().info().max_smem_optin))
+    check_case(case_for(p), &c, Epilogue::gated, "rows " + describe(c));
 }
 
 TEST_CASE("slc_fwd: gated epilogue, written and accumulated, without o_slc") {
