@@ -236,7 +236,7 @@ TEST_CASE("win_fwd / cmp_fwd: a tile config outside the space is a usage error, 
   const TileConfig extra{{"BM", 64}, {"BN", 32}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}, {"W", 4}};
   CHECK_CONTAINS(refusal_of([&] { win_fwd(c.p, attn_args(c), nullptr, &partial); }),
                  "win_fwd: tile config [BM=64] needs BN in {16, 32, 64, 128}");
-  CHECK_CONTAINS(refusal_of([&] { cmp_fwd(c.p, attn_args(c), nullptr, &outside); }), "needs BM in {64, 128}");
+  CHECK_CONTAINS(refusal_of([&] { cmp_fwd(c.p, attn_args(c), nullptr, &outside); }), "needs BM in {64, 128, 192}");
   CHECK_CONTAINS(refusal_of([&] { win_fwd(c.p, attn_args(c), nullptr, &extra); }),
                  "has parameters the family does not know");
   const TileConfig pool_bad{{"THREADS", 100}};

@@ -251,7 +251,7 @@ TEST_CASE("cli: compile, then the cache commands") {
   CHECK_EXIT(list, 0);
   CHECK_CONTAINS(list.output, "1 entries");
   CHECK_CONTAINS(list.output, key16);
-  CHECK_CONTAINS(list.output, "win_fwd [BM=128 BN=64 IMPL=1 QREGS=0 STAGES=3]");  // the default config
+  CHECK_CONTAINS(list.output, "win_fwd [BM=128 BN=64 IMPL=2 QREGS=0 STAGES=3]");  // the default config
 
   const Run verify = cli("cache verify");
   CHECK_EXIT(verify, 0);

@@ -125,8 +125,9 @@ void check_golden(const std::string& name, const KernelSpec& spec) {
 
 TEST_CASE("golden: win_fwd fla bf16 default config") {
   const KernelSpec spec = make_spec("win_fwd", nsajit::preset("fla"));
-  // The Hopper kernel: two warpgroups, 64-key tiles, Q from shared memory, three stages.
-  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  // The warp-specialized Hopper kernel: two computing warpgroups and a copying one, 64-key tiles, Q from shared
+  // memory, three stages.
+  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 2}, {"STAGES", 3}});
   check_golden("win_fwd_fla_bf16_default", spec);
 }
 
@@ -203,9 +204,9 @@ TEST_CASE("codegen: the source holds the spec's constexpr values and the extern 
     const std::string pre = specialization(src);
     REQUIRE(!pre.empty());
     CHECK_CONTAINS(pre, "typedef bf16 elem;");
-    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 128, kBN = 64, kQInRegs = 0, kImpl = 1, kStages = 3;");
-    // 128 rows: two warpgroups.
-    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(256) nsa_win_fwd(");
+    CHECK_CONTAINS(pre, "kDK = 128, kDV = 128, kG = 16, kBM = 128, kBN = 64, kQInRegs = 0, kImpl = 2, kStages = 3;");
+    // 128 rows: two computing warpgroups and the copying one, one CTA per SM (setmaxnreg needs both bounds).
+    CHECK_CONTAINS(src, "extern \"C\" __global__ void __launch_bounds__(384, 1) nsa_win_fwd(");
     // nsa_types.h, common.cuh, then the support headers (the parameter struct among them) and the specialization,
     // then the template, then the entry.
     const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
@@ -328,12 +329,12 @@ TEST_CASE("codegen: generate_standalone is the kernel plus the harness main and 
   CHECK_CONTAINS(s, "constexpr bool kIsBf16 = true;");
   CHECK_CONTAINS(s, "constexpr long long kB = 1, kT = 65536;");
   CHECK_CONTAINS(s, "constexpr int kHQ = 64, kH = 4, kDK = 128, kDV = 128, kW = 512");
-  // The default is the Hopper kernel with BM = 128: 65536 * 16 / 128 CTAs of two warpgroups; Q, three K/V stages
-  // and the 1 KB alignment in shared memory.
-  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
-  CHECK_CONTAINS(s, "kGridX = 8192, kGridY = 4, kGridZ = 1, kThreads = 256;");
-  CHECK_CONTAINS(s, "constexpr int kSmemBytes = " + std::to_string(128 * 128 * 2 + 3 * 64 * (128 + 128) * 2 + 1024) +
-                        ";");
+  // The default is the warp-specialized Hopper kernel with BM = 128: 65536 * 16 / 128 CTAs of three warpgroups (two
+  // compute, one copies); Q, three K/V stages, the 1 KB alignment and two mbarriers per stage in shared memory.
+  REQUIRE(spec.config == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 2}, {"STAGES", 3}});
+  CHECK_CONTAINS(s, "kGridX = 8192, kGridY = 4, kGridZ = 1, kThreads = 384;");
+  CHECK_CONTAINS(s, "constexpr int kSmemBytes = " +
+                        std::to_string(128 * 128 * 2 + 3 * 64 * (128 + 128) * 2 + 1024 + 3 * 16) + ";");
   // main comes after the kernel it launches.
   CHECK(s.find("int main(") > s.find("nsa_win_fwd("));
   // The mma.sync kernel at BM = 64: twice the CTAs, four warps, Q and two K/V tiles without the alignment.
@@ -457,13 +458,13 @@ TEST_CASE("family: apply_overrides") {
   const nsajit::KernelFamily& f = nsajit::find_family("win_fwd");
   const TileConfig base = f.default_config(nsajit::preset("fla"));
   CHECK(nsajit::apply_overrides(f, base, "") == base);
-  CHECK(base == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  CHECK(base == TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 2}, {"STAGES", 3}});
   // Overrides replace the named parameters and keep the others.
   CHECK(nsajit::apply_overrides(f, base, "BM=64,BN=128") ==
-        TileConfig{{"BM", 64}, {"BN", 128}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+        TileConfig{{"BM", 64}, {"BN", 128}, {"QREGS", 0}, {"IMPL", 2}, {"STAGES", 3}});
   CHECK(nsajit::apply_overrides(f, base, "QREGS=1") ==
-        TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 1}, {"IMPL", 1}, {"STAGES", 3}});
-  CHECK(nsajit::describe(nsajit::apply_overrides(f, base, "BN=128")) == "BM=128 BN=128 IMPL=1 QREGS=0 STAGES=3");
+        TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 1}, {"IMPL", 2}, {"STAGES", 3}});
+  CHECK(nsajit::describe(nsajit::apply_overrides(f, base, "BN=128")) == "BM=128 BN=128 IMPL=2 QREGS=0 STAGES=3");
   CHECK(nsajit::apply_overrides(f, base, "IMPL=0,STAGES=2") ==
         TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 0}, {"STAGES", 2}});
   // From an mma.sync base to the Hopper kernel and back.
@@ -486,12 +487,12 @@ TEST_CASE("family: apply_overrides") {
 
   const std::string outside = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM=7"); });
   CHECK_CONTAINS(outside, "bad value 7 for BM");
-  CHECK_CONTAINS(outside, "64, 128");
+  CHECK_CONTAINS(outside, "64, 128, 192");
   CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BN=64,QREGS=2"); }), "0, 1");
   const std::string stages = usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "IMPL=1,STAGES=4"); });
   CHECK_CONTAINS(stages, "bad value 4 for STAGES");
   CHECK_CONTAINS(stages, "2, 3");
-  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "IMPL=2"); }), "bad value 2 for IMPL");
+  CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "IMPL=3"); }), "bad value 3 for IMPL");
 
   CHECK_CONTAINS(usage_error_of([&] { (void)nsajit::apply_overrides(f, base, "BM"); }), "NAME=VALUE");
 
@@ -510,7 +511,7 @@ TEST_CASE("family: enumerate_space covers the cartesian product and says why poi
     size_t expected = 1;
     for (const auto& decl : f.params()) expected *= decl.domain.size();
     CHECK(f.params().size() == 5);
-    CHECK(expected == 2 * 4 * 2 * 2 * 2);  // BM x BN x QREGS x IMPL x STAGES
+    CHECK(expected == 3 * 4 * 2 * 3 * 2);  // BM x BN x QREGS x IMPL x STAGES
     CHECK(space.size() == expected);
     std::set<TileConfig> seen;
     for (const auto& pt : space) {
@@ -523,85 +524,86 @@ TEST_CASE("family: enumerate_space covers the cartesian product and says why poi
       seen.insert(pt.config);
     }
     CHECK(seen.size() == expected);
-    // fla fits everything on Hopper in shared memory: the rejections are the two structural rules of the IMPL and
-    // STAGES parameters, and the Hopper kernel's registers with Q held and 128-key tiles (O 64 + S and P 96 + Q 32
-    // + 16 = 208 > 180); every other point is accepted.
-    size_t accepted = 0, single_buffered = 0, narrow_wgmma = 0, wgmma_spills = 0;
+    // The rules in the order reject() applies them, each point counted under the first that refuses it:
+    //   shared memory: BM=192, BN=128 with three stages (Hopper kernels; 246784 B and more);
+    //   IMPL=0 double-buffers (STAGES=3);
+    //   BM=192 is IMPL=1's only;
+    //   the Hopper kernels take keys in blocks of 64;
+    //   their fragment registers: O 64 + S and P BN * 3 / 4 + Q 32 when held + 16 > 180 (BN=128 with Q held,
+    //   208), or + 40 over the per-thread share (168 at BM=64 for IMPL=2 and at BM=192; 232 at BM=128 for IMPL=2):
+    //   BN=128 at 64 and 192 rows, Q held at 64 and 192 rows.
+    size_t smem = 0, single_buffered = 0, bm192 = 0, narrow_wgmma = 0, over_180 = 0, over_share = 0;
+    size_t accepted_mma = 0, accepted_hopper = 0;
     for (const auto& pt : space) {
       CAPTURE(nsajit::describe(pt.config));
       const int impl = pt.config.at("IMPL"), stages = pt.config.at("STAGES"), bn = pt.config.at("BN");
-      const int qregs = pt.config.at("QREGS");
-      if (impl == 0 && stages != 2) {
+      const int bm = pt.config.at("BM"), qregs = pt.config.at("QREGS");
+      if (impl != 0 && bm == 192 && bn == 128 && stages == 3) {
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "shared memory");
+        ++smem;
+      } else if (impl == 0 && stages != 2) {
         REQUIRE(pt.rejected);
         CHECK(*pt.rejected == "IMPL=0 double-buffers: STAGES=2 only");
         ++single_buffered;
-      } else if (impl == 1 && bn % 64 != 0) {
+      } else if (bm == 192 && impl != 1) {
         REQUIRE(pt.rejected);
-        CHECK_CONTAINS(*pt.rejected, "IMPL=1 takes keys in blocks of 64");
+        CHECK_CONTAINS(*pt.rejected, "BM=192");
+        ++bm192;
+      } else if (impl != 0 && bn % 64 != 0) {
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "IMPL=" + std::to_string(impl) + " takes keys in blocks of 64");
         CHECK_CONTAINS(*pt.rejected, "BN=" + std::to_string(bn));
         ++narrow_wgmma;
-      } else if (impl == 1 && bn == 128 && qregs == 1) {
+      } else if (impl != 0 && bn == 128 && qregs == 1) {
         REQUIRE(pt.rejected);
         CHECK(*pt.rejected == "fragment registers 208 > 180: would spill");
-        ++wgmma_spills;
+        ++over_180;
+      } else if ((impl == 2 && bm == 64 && (bn == 128 || qregs == 1)) || (bm == 192 && (bn == 128 || qregs == 1))) {
+        REQUIRE(pt.rejected);
+        CHECK_CONTAINS(*pt.rejected, "+ 40 > 168");
+        ++over_share;
       } else {
         CHECK_MESSAGE(!pt.rejected, *pt.rejected);
-        ++accepted;
+        ++(impl == 0 ? accepted_mma : accepted_hopper);
       }
     }
-    CHECK(single_buffered == 2 * 4 * 2);  // IMPL=0 STAGES=3: every BM, BN, QREGS
-    CHECK(narrow_wgmma == 2 * 2 * 2 * 2);  // IMPL=1 BN in {16, 32}: every BM, QREGS, STAGES
-    CHECK(wgmma_spills == 2 * 2);          // IMPL=1 BN=128 QREGS=1: every BM, STAGES
-    // The whole former space (IMPL=0 STAGES=2: 16 points) and IMPL=1 with BN in {64, 128} but for the 4 above.
-    CHECK(accepted == 32 - 4);
+    CHECK(smem == 4);                // IMPL=1 at BM=192 BN=128 STAGES=3, both QREGS (IMPL=2 at 192 counts as such)
+    CHECK(single_buffered == 3 * 4 * 2);     // IMPL=0 STAGES=3: every BM, BN, QREGS
+    CHECK(bm192 == 4 * 2 * 2 - 2 + 4 * 2);   // BM=192 with IMPL=2 (but the 2 above) or IMPL=0 STAGES=2
+    CHECK(narrow_wgmma == 2 * 2 * 2 * 2 * 2 + 2 * 2 * 2);  // Hopper BN in {16, 32}: BM 64 and 128 both IMPLs, 192 IMPL=1
+    CHECK(over_180 == 9);            // BN=128 QREGS=1: IMPL=1 at 64, 128 (2 stages each) and 192 (STAGES=2); IMPL=2 at 64, 128
+    CHECK(over_share == 7);          // IMPL=2 BM=64: BN=128 QREGS=0, BN=64 QREGS=1 (2 stages each); BM=192: 3 more
+    CHECK(accepted_mma == 16);       // IMPL=0 STAGES=2 at BM 64 and 128
+    CHECK(accepted_hopper == 22);
   }
 
   SUBCASE("dk = dv = 256 with BN = 128 exceeds shared memory; Q in registers with BN = 64 would spill") {
     Problem p = fla;
     p.dk = 256, p.dv = 256;
-    size_t checked = 0, mma_checked = 0, accepted = 0;
+    size_t accepted = 0, hopper_accepted = 0, register_rejections = 0;
     for (const auto& pt : nsajit::enumerate_space(f, p, nsajit::kHopperMaxSmemOptin)) {
       CAPTURE(nsajit::describe(pt.config));
-      const int bm = pt.config.at("BM"), bn = pt.config.at("BN"), qregs = pt.config.at("QREGS");
-      const int impl = pt.config.at("IMPL"), stages = pt.config.at("STAGES");
+      const int bn = pt.config.at("BN"), qregs = pt.config.at("QREGS"), impl = pt.config.at("IMPL");
       if (bn == 128) {
         // BM * 256 * 2 + 2 * 128 * 512 * 2 >= 294912 B, whatever the kernel and stages.
         REQUIRE(pt.rejected);
         CHECK_CONTAINS(*pt.rejected, "shared memory");
         CHECK_CONTAINS(*pt.rejected, std::to_string(nsajit::kHopperMaxSmemOptin));
-        ++checked;
-        if (impl == 0 && stages == 2) ++mma_checked;
-      } else if (impl == 0 && stages == 3) {
-        REQUIRE(pt.rejected);
-        CHECK(*pt.rejected == "IMPL=0 double-buffers: STAGES=2 only");
-        ++checked;
-      } else if (impl == 1 && bn != 64) {
-        REQUIRE(pt.rejected);
-        CHECK_CONTAINS(*pt.rejected, "IMPL=1 takes keys in blocks of 64");
-        ++checked;
-      } else if (impl == 1) {
-        // BN = 64: BM * 512 + STAGES * 64 * 1024 + 1024 B fits but for BM = 128 with 3 stages (263168 B); the
-        // fragments (O 128 + S and P 48 + the descriptors' 32 = 208, and Q 64 more when held) exceed 180 either way
-        // (BM = 64, BN = 64, Q in shared memory spills 48 B under ptxas).
-        REQUIRE(pt.rejected);
-        if (bm == 128 && stages == 3)
-          CHECK_CONTAINS(*pt.rejected, "shared memory");
-        else
-          CHECK(*pt.rejected == (qregs ? "fragment registers 272 > 180: would spill"
-                                       : "fragment registers 208 > 180: would spill"));
-        ++checked;
-      } else if (bn == 64 && qregs == 1) {  // IMPL=0 STAGES=2 from here on
-        REQUIRE(pt.rejected);
-        CHECK_CONTAINS(*pt.rejected, "registers");
-        ++checked, ++mma_checked;
-      } else if (bn == 32 && qregs == 0) {
-        CHECK_MESSAGE(!pt.rejected, *pt.rejected);
-        ++checked, ++mma_checked, ++accepted;
+      }
+      if (!pt.rejected) {
+        ++accepted;
+        hopper_accepted += impl != 0;
+        // The mma.sync kernel at BN <= 32, or BN = 64 without Q held.
+        CHECK(impl == 0);
+        CHECK((bn <= 32 || qregs == 0));
+      } else if (pt.rejected->find("registers") != std::string::npos) {
+        ++register_rejections;
       }
     }
-    CHECK(mma_checked == 8);  // IMPL=0 STAGES=2: both BM for each of BN=128 x QREGS, BN=64 QREGS=1, BN=32 QREGS=0
-    CHECK(checked == 16 + 12 + 16 + 8 + 4);  // BN=128; IMPL=0 STAGES=3; IMPL=1 BN<64; IMPL=1 BN=64; the mma rest
-    CHECK(accepted == 2);  // BN=32 QREGS=0 on the mma.sync kernel, both BM: the Hopper kernel has no point here
+    CHECK(hopper_accepted == 0);  // O alone is 128 registers a thread: no Hopper point serves dk = dv = 256
+    CHECK(accepted == 8);  // IMPL=0 STAGES=2 at BM 64 and 128: BN=16 both QREGS, BN=32 and BN=64 without Q held
+    CHECK(register_rejections == 14 + 4);
   }
 
   SUBCASE("the device limit passed in is the one applied") {

@@ -214,7 +214,7 @@ TEST_CASE("tune: pruning after the compile: spills, registers, shared memory") {
   // The default (the Hopper kernel) is the baseline: measured even when it spills; the same spill prunes the
   // mma.sync config, which is not the default.
   const nsajit::TileConfig d = f.default_config(p);
-  REQUIRE(d == nsajit::TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 1}, {"STAGES", 3}});
+  REQUIRE(d == nsajit::TileConfig{{"BM", 128}, {"BN", 64}, {"QREGS", 0}, {"IMPL", 2}, {"STAGES", 3}});
   CHECK_FALSE(nsajit::prune_after_compile(f, p, d, spill, nsajit::kHopperMaxSmemOptin));
   const auto sc = nsajit::prune_after_compile(f, p, c, spill, nsajit::kHopperMaxSmemOptin);
   REQUIRE(sc);

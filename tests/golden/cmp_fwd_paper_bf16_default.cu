@@ -552,14 +552,15 @@ __device__ __forceinline__ u32 sw128(int row, int chunk) {
 // Copies kRows rows of D elements into a sw128 tile of dim_smem(D) columns with cp.async. row_ptr(r) gives row r's
 // start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
 // zero-filled too, so that no MMA ever reads an unwritten value.
+// `tid` is the copying thread's index among kThreads (threadIdx.x unless a warpgroup of a larger CTA copies).
 template <int kThreads, int kRows, int D, class RowPtr>
-__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
   static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
   constexpr int kCopy = dim_smem(D) / 8;
   constexpr int kTotal = kRows * kCopy;
 #pragma unroll
   for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
-    const int linear = i * kThreads + static_cast<int>(threadIdx.x);
+    const int linear = i * kThreads + tid;
     if (kTotal % kThreads != 0 && linear >= kTotal) break;
     const int row = linear / kCopy;
     const int chunk = linear % kCopy;
@@ -567,6 +568,57 @@ __device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const 
     const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
     cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
   }
+}
+// The same as a rolled loop, for a copying warpgroup that runs on few registers (the unrolled copies keep every
+// address live at once).
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128_lean(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
+  static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+#pragma unroll 1
+  for (int linear = tid; linear < kTotal; linear += kThreads) {
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
+    const char* src = static_cast<const char*>(row_ptr(row));
+    const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
+    cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+  }
+}
+// The same for a tile of consecutive rows at a constant stride (a K or V tile): row r starts at row0 + r * stride
+// (elements), rows r >= n_valid are zero-filled. Each thread copies the same column chunk of rows kThreads / kCopy
+// apart, so its addresses are one pointer and one shared offset plus multiples of a step (a few instructions a copy
+// instead of the row arithmetic per copy); the generic loader serves the shapes where that split does not fit (its
+// rolled form with kLean, for a copying warpgroup on few registers).
+template <int kThreads, int kRows, int D, bool kLean = false, class E>
+__device__ __forceinline__ void load_rows_sw128(u32 tile, const E* row0, i64 stride, int n_valid, const void* any_valid,
+                                                int tid) {
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+  if constexpr (kThreads % kCopy == 0 && (kThreads / kCopy) % 8 == 0 && kTotal % kThreads == 0) {
+    constexpr int kRowStep = kThreads / kCopy;
+    const int r0 = tid / kCopy, c = tid % kCopy;
+    const bool col_ok = kCopy == D / 8 || c < D / 8;
+    const char* src0 = reinterpret_cast<const char*>(row0 + r0 * stride) + c * 16;
+    const i64 step = static_cast<i64>(kRowStep) * stride * static_cast<i64>(sizeof(E));
+    const u32 dst0 = tile + sw128<kRows>(r0, c);  // rows r0 + i kRowStep keep r0's swizzle (kRowStep % 8 == 0)
+#pragma unroll
+    for (int i = 0; i < kTotal / kThreads; ++i) {
+      const bool ok = col_ok && r0 + i * kRowStep < n_valid;
+      cp_async_16(dst0 + static_cast<u32>(i * kRowStep * 128), ok ? src0 + i * step : any_valid, ok);
+    }
+  } else if constexpr (kLean) {
+    load_tile_sw128_lean<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  } else {
+    load_tile_sw128<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  }
+}
+
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+  load_tile_sw128<kThreads, kRows, D>(tile, row_ptr, any_valid, static_cast<int>(threadIdx.x));
 }
 
 // ---- register reconfiguration (per warpgroup) ---------------------------------------------------------------------
@@ -610,20 +662,26 @@ __device__ __forceinline__ u64 desc_kmajor(u32 addr) { return smem_desc(addr, 16
 // V as wgmma's B read MN-major: 8-key groups 1024 bytes apart (one 64-column block per instruction, so the other
 // offset is never used; both are set so that either reading of the two fields is right).
 __device__ __forceinline__ u64 desc_mnmajor(u32 addr) { return smem_desc(addr, 1024, 1024, 1); }
+// A descriptor `byte_offset` bytes further into the same tile: the address field (bits 0-13, in 16-byte units) grows
+// without carrying out of it, since shared memory ends below 2^18 bytes. One add per wgmma instead of rebuilding
+// the descriptor from the address.
+__device__ __forceinline__ u64 desc_advance(u64 desc, u32 byte_offset) { return desc + (byte_offset >> 4); }
 
 // S = Q K^T for one key tile (issued and committed, not waited for). sQ: the CTA's Q tile of kRowsQ rows (this
 // warpgroup's 64 start at row 64 wg); sK: the K tile of kRowsK rows.
 template <bool kBf16, int kSB, int kKSteps, int kRowsQ, int kRowsK, bool kQInRegs, int kQF>
 __device__ __forceinline__ void issue_s(float (&s)[kSB][32], const u32 (&qf)[kQF][4], u32 sQ, u32 sK, int wg) {
+  const u64 dk0 = desc_kmajor(sK);
+  const u64 dq0 = desc_kmajor(sQ + wg * (64 * 128));
 #pragma unroll
   for (int nb = 0; nb < kSB; ++nb) {
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
-      const u64 db = desc_kmajor(sK + (kk / 4) * (kRowsK * 128) + nb * (64 * 128) + (kk % 4) * 32);
+      const u64 db = desc_advance(dk0, (kk / 4) * (kRowsK * 128) + nb * (64 * 128) + (kk % 4) * 32);
       if constexpr (kQInRegs) {
         wgmma_m64n64k16_rs<0, kBf16>(s[nb], qf[kk], db, kk > 0);
       } else {
-        const u64 da = desc_kmajor(sQ + (kk / 4) * (kRowsQ * 128) + wg * (64 * 128) + (kk % 4) * 32);
+        const u64 da = desc_advance(dq0, (kk / 4) * (kRowsQ * 128) + (kk % 4) * 32);
         wgmma_m64n64k16_ss<kBf16>(s[nb], da, db, kk > 0);
       }
     }
@@ -634,11 +692,12 @@ __device__ __forceinline__ void issue_s(float (&s)[kSB][32], const u32 (&qf)[kQF
 // O += P V for one value tile of kBN rows at sV (issued and committed, not waited for).
 template <bool kBf16, int kBN, int kOB>
 __device__ __forceinline__ void issue_pv(float (&acc)[kOB][32], const u32 (&pf)[kBN / 16][4], u32 sV) {
+  const u64 dv0 = desc_mnmajor(sV);
 #pragma unroll
   for (int kk = 0; kk < kBN / 16; ++kk) {
 #pragma unroll
     for (int ob = 0; ob < kOB; ++ob)
-      wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_mnmajor(sV + ob * (kBN * 128) + kk * (16 * 128)), 1);
+      wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_advance(dv0, ob * (kBN * 128) + kk * (16 * 128)), 1);
   }
   wgmma_commit();
 }
@@ -744,12 +803,22 @@ namespace nsa {
 namespace attn_fwd_hopper {
 
 using hopper::load_tile_sw128;
+using hopper::load_tile_sw128_lean;
 using hopper::sw128;
 
-template <class elem, int kMask, int kDK, int kDV, int kG, int kBM, int kBN, int kQInRegs, int kStages>
+template <class elem, int kMask, int kDK, int kDV, int kG, int kBM, int kBN, int kQInRegs, int kStages,
+          bool kWarpSpec = false>
 struct Kernel {
   static constexpr bool kBf16 = DtypeTraits<elem>::is_bf16;
-  static constexpr int kThreads = kBM / 64 * 128;
+  static constexpr int kConsumers = kBM / 64;  // warpgroups that compute, 64 rows each
+  // kWarpSpec adds one warpgroup that only copies (the last one), so that the consumers never wait at a CTA barrier.
+  static constexpr int kThreads = kConsumers * 128 + (kWarpSpec ? 128 : 0);
+  // Register split (setmaxnreg) of the warp-specialized kernel: the copying warpgroup keeps kProducerRegs, the
+  // consumers take the rest of the CTA's share (one CTA per SM at 128 rows, two at 64), rounded down to 8.
+  static constexpr int kCtasPerSm = kBM == 64 ? 2 : 1;
+  static constexpr int kProducerRegs = kCtasPerSm == 2 ? 88 : 40;
+  static constexpr int kConsumerRegsRaw = (65536 / kCtasPerSm - 128 * kProducerRegs) / (kConsumers * 128) / 8 * 8;
+  static constexpr int kConsumerRegs = kConsumerRegsRaw > 240 ? 240 : kConsumerRegsRaw;
   static constexpr int kKSteps = dim_mma(kDK) / 16;   // k steps of S = Q K^T
   static constexpr int kSB = kBN / 64;                // 64-key blocks of S
   static constexpr int kOB = dim_smem(kDV) / 64;      // 64-column blocks of O
@@ -794,30 +863,78 @@ struct Kernel {
     const u32 sKV = sQ + kSmemQ;
     auto stage_k = [&](int stage) { return sKV + static_cast<u32>(stage) * (kSmemK + kSmemV); };
     auto stage_v = [&](int stage) { return stage_k(stage) + kSmemK; };
+    // kWarpSpec: per stage a `full` barrier (the copying warpgroup's 128 threads arrive as their copies land) and an
+    // `empty` one (each consumer warp arrives when it is done with the stage), after the tiles.
+    const u32 sBar = sKV + static_cast<u32>(kStages) * (kSmemK + kSmemV);
+    auto full_bar = [&](int stage) { return sBar + 8u * static_cast<u32>(stage); };
+    auto empty_bar = [&](int stage) { return sBar + 8u * static_cast<u32>(kStages + stage); };
 
+    const int load_tid = kWarpSpec ? static_cast<int>(threadIdx.x) - kConsumers * 128 : static_cast<int>(threadIdx.x);
     auto load_kv = [&](int tile) {
       const int stage = tile % kStages;
       const i64 s0 = s_begin + static_cast<i64>(tile) * kBN;
-      load_tile_sw128<kThreads, kBN, kDK>(
-          stage_k(stage), [&](int r) -> const void* { return s0 + r < s_end ? k + (s0 + r) * p.k_st : nullptr; }, k);
-      load_tile_sw128<kThreads, kBN, kDV>(
-          stage_v(stage), [&](int r) -> const void* { return s0 + r < s_end ? v + (s0 + r) * p.v_st : nullptr; }, v);
+      const int n_valid = static_cast<int>(min(s_end - s0, static_cast<i64>(kBN)));
+      constexpr int kLoaders = kWarpSpec ? 128 : kThreads;
+      hopper::load_rows_sw128<kLoaders, kBN, kDK, kWarpSpec>(stage_k(stage), k + s0 * p.k_st, p.k_st, n_valid, k,
+                                                              load_tid);
+      hopper::load_rows_sw128<kLoaders, kBN, kDV, kWarpSpec>(stage_v(stage), v + s0 * p.v_st, p.v_st, n_valid, v,
+                                                              load_tid);
+    };
+    auto load_q = [&]() {
+      auto q_row = [&](int r) -> const void* {
+        const i64 m = m0 + r;
+        const i64 t = m / kG;
+        return t < len ? q + t * p.q_st + (m % kG) * p.q_sh : nullptr;
+      };
+      if constexpr (kWarpSpec)
+        load_tile_sw128_lean<128, kBM, kDK>(sQ, q_row, q, load_tid);
+      else
+        load_tile_sw128<kThreads, kBM, kDK>(sQ, q_row, q);
     };
 
-    // Prologue: Q with tile 0, then tiles 1 .. kStages - 2, one commit group each (empty past the last tile).
-    load_tile_sw128<kThreads, kBM, kDK>(
-        sQ,
-        [&](int r) -> const void* {
-          const i64 m = m0 + r;
-          const i64 t = m / kG;
-          return t < len ? q + t * p.q_st + (m % kG) * p.q_sh : nullptr;
-        },
-        q);
+    if constexpr (kWarpSpec) {
+      if (threadIdx.x == 0) {
+        for (int i = 0; i < kStages; ++i) {
+          hopper::mbar_init(full_bar(i), 128);
+          hopper::mbar_init(empty_bar(i), kConsumers * 4);
+        }
+        hopper::mbar_init_fence();
+      }
+      __syncthreads();
+      if (warp / 4 == kConsumers) {
+        // The copying warpgroup: Q with tile 0, then every tile once its stage is free. Each thread's copies arrive
+        // on the stage's `full` barrier as they land (cp.async.mbarrier.arrive.noinc), so it never waits for them.
+        hopper::regs_dealloc<kProducerRegs>();
+        for (int j = 0; j < n_tiles; ++j) {
+          const int stage = j % kStages;
+          if (j >= kStages) hopper::mbar_wait(empty_bar(stage), static_cast<u32>((j / kStages - 1) & 1));
+          if (j == 0) load_q();
+          load_kv(j);
+          hopper::mbar_arrive_cp_async(full_bar(stage));
+        }
+        cp_async_wait<0>();
+        return;
+      }
+      hopper::regs_alloc<kConsumerRegs>();
+    } else {
+      // Prologue: Q with tile 0, then tiles 1 .. kStages - 2, one commit group each (empty past the last tile).
+      load_q();
 #pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) {
-      if (i < n_tiles) load_kv(i);
-      cp_async_commit();
+      for (int i = 0; i < kStages - 1; ++i) {
+        if (i < n_tiles) load_kv(i);
+        cp_async_commit();
+      }
     }
+    // kWarpSpec: waits until tile j's copies (and Q's with tile 0) have landed, and makes them visible to wgmma.
+    auto wait_full = [&](int j) {
+      hopper::mbar_wait(full_bar(j % kStages), static_cast<u32>((j / kStages) & 1));
+      hopper::fence_async_shared();
+    };
+    // kWarpSpec: this warp is done with tile j's stage (its wgmma reads of K and V have completed).
+    auto release = [&](int j) {
+      __syncwarp();
+      if (lane == 0) hopper::mbar_arrive(empty_bar(j % kStages));
+    };
 
     // This thread's two rows (of its warp's 16) and their query positions.
     const int row0 = warp * 16 + lane / 4;
@@ -873,9 +990,13 @@ struct Kernel {
     auto fence_p = [&]() { hopper::fence_regs(pf); };
 
     // Q and tile 0 have landed (the copies of every thread, made visible to the async proxy).
-    cp_async_wait<kStages - 2>();
-    hopper::fence_async_shared();
-    __syncthreads();
+    if constexpr (kWarpSpec) {
+      if (n_tiles > 0) wait_full(0);
+    } else {
+      cp_async_wait<kStages - 2>();
+      hopper::fence_async_shared();
+      __syncthreads();
+    }
     if (n_tiles > 0) {
       if constexpr (kQInRegs) {
 #pragma unroll
@@ -896,7 +1017,9 @@ struct Kernel {
     // last tile's P V follows it), so that no branch separates a wgmma from its fence.
     for (int j = 0; j + 1 < n_tiles; ++j) {
       // Tile j + 1 must have landed, and every warp must be done with tile j - 1 (its stage is refilled next).
-      if constexpr (kStages >= 3) {
+      if constexpr (kWarpSpec) {
+        wait_full(j + 1);
+      } else if constexpr (kStages >= 3) {
         cp_async_wait<kStages - 3>();
         hopper::fence_async_shared();
         __syncthreads();
@@ -922,6 +1045,7 @@ struct Kernel {
       hopper::wgmma_wait<0>();
       fence_acc();
       fence_p();
+      if constexpr (kWarpSpec) release(j);
       softmax_b();
     }
     if (n_tiles > 0) {  // the last tile's P V (its V landed with its K)
@@ -932,7 +1056,7 @@ struct Kernel {
       hopper::wgmma_wait<0>();
       fence_acc();
     }
-    cp_async_wait<0>();
+    if constexpr (!kWarpSpec) cp_async_wait<0>();
 
     // Epilogue: normalize; write o, lse and the gated output for the rows that exist (the true kDV columns).
     elem* o = p.o ? static_cast<elem*>(p.o) + o_off + static_cast<i64>(kvh) * kG * p.o_sh : nullptr;
@@ -1203,8 +1327,8 @@ __device__ __forceinline__ void run_mma(const AttnFwdParams& p) {
 // static_asserts, which IMPL=0's tile sizes would fail) is instantiated only when kImpl selects it.
 template <class E>
 __device__ __forceinline__ void run_impl(const AttnFwdParams& p) {
-  if constexpr (kImpl == 1) {
-    attn_fwd_hopper::Kernel<E, kMask, kDK, kDV, kG, kBM, kBN, kQInRegs, kStages>::run(p);
+  if constexpr (kImpl == 1 || kImpl == 2) {
+    attn_fwd_hopper::Kernel<E, kMask, kDK, kDV, kG, kBM, kBN, kQInRegs, kStages, kImpl == 2>::run(p);
   } else {
     run_mma(p);
   }

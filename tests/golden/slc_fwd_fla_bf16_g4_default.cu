@@ -513,14 +513,15 @@ __device__ __forceinline__ u32 sw128(int row, int chunk) {
 // Copies kRows rows of D elements into a sw128 tile of dim_smem(D) columns with cp.async. row_ptr(r) gives row r's
 // start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
 // zero-filled too, so that no MMA ever reads an unwritten value.
+// `tid` is the copying thread's index among kThreads (threadIdx.x unless a warpgroup of a larger CTA copies).
 template <int kThreads, int kRows, int D, class RowPtr>
-__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
   static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
   constexpr int kCopy = dim_smem(D) / 8;
   constexpr int kTotal = kRows * kCopy;
 #pragma unroll
   for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
-    const int linear = i * kThreads + static_cast<int>(threadIdx.x);
+    const int linear = i * kThreads + tid;
     if (kTotal % kThreads != 0 && linear >= kTotal) break;
     const int row = linear / kCopy;
     const int chunk = linear % kCopy;
@@ -528,6 +529,57 @@ __device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const 
     const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
     cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
   }
+}
+// The same as a rolled loop, for a copying warpgroup that runs on few registers (the unrolled copies keep every
+// address live at once).
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128_lean(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
+  static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+#pragma unroll 1
+  for (int linear = tid; linear < kTotal; linear += kThreads) {
+    const int row = linear / kCopy;
+    const int chunk = linear % kCopy;
+    const char* src = static_cast<const char*>(row_ptr(row));
+    const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
+    cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+  }
+}
+// The same for a tile of consecutive rows at a constant stride (a K or V tile): row r starts at row0 + r * stride
+// (elements), rows r >= n_valid are zero-filled. Each thread copies the same column chunk of rows kThreads / kCopy
+// apart, so its addresses are one pointer and one shared offset plus multiples of a step (a few instructions a copy
+// instead of the row arithmetic per copy); the generic loader serves the shapes where that split does not fit (its
+// rolled form with kLean, for a copying warpgroup on few registers).
+template <int kThreads, int kRows, int D, bool kLean = false, class E>
+__device__ __forceinline__ void load_rows_sw128(u32 tile, const E* row0, i64 stride, int n_valid, const void* any_valid,
+                                                int tid) {
+  constexpr int kCopy = dim_smem(D) / 8;
+  constexpr int kTotal = kRows * kCopy;
+  if constexpr (kThreads % kCopy == 0 && (kThreads / kCopy) % 8 == 0 && kTotal % kThreads == 0) {
+    constexpr int kRowStep = kThreads / kCopy;
+    const int r0 = tid / kCopy, c = tid % kCopy;
+    const bool col_ok = kCopy == D / 8 || c < D / 8;
+    const char* src0 = reinterpret_cast<const char*>(row0 + r0 * stride) + c * 16;
+    const i64 step = static_cast<i64>(kRowStep) * stride * static_cast<i64>(sizeof(E));
+    const u32 dst0 = tile + sw128<kRows>(r0, c);  // rows r0 + i kRowStep keep r0's swizzle (kRowStep % 8 == 0)
+#pragma unroll
+    for (int i = 0; i < kTotal / kThreads; ++i) {
+      const bool ok = col_ok && r0 + i * kRowStep < n_valid;
+      cp_async_16(dst0 + static_cast<u32>(i * kRowStep * 128), ok ? src0 + i * step : any_valid, ok);
+    }
+  } else if constexpr (kLean) {
+    load_tile_sw128_lean<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  } else {
+    load_tile_sw128<kThreads, kRows, D>(
+        tile, [&](int r) -> const void* { return r < n_valid ? row0 + r * stride : nullptr; }, any_valid, tid);
+  }
+}
+
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid) {
+  load_tile_sw128<kThreads, kRows, D>(tile, row_ptr, any_valid, static_cast<int>(threadIdx.x));
 }
 
 // ---- register reconfiguration (per warpgroup) ---------------------------------------------------------------------
@@ -571,20 +623,26 @@ __device__ __forceinline__ u64 desc_kmajor(u32 addr) { return smem_desc(addr, 16
 // V as wgmma's B read MN-major: 8-key groups 1024 bytes apart (one 64-column block per instruction, so the other
 // offset is never used; both are set so that either reading of the two fields is right).
 __device__ __forceinline__ u64 desc_mnmajor(u32 addr) { return smem_desc(addr, 1024, 1024, 1); }
+// A descriptor `byte_offset` bytes further into the same tile: the address field (bits 0-13, in 16-byte units) grows
+// without carrying out of it, since shared memory ends below 2^18 bytes. One add per wgmma instead of rebuilding
+// the descriptor from the address.
+__device__ __forceinline__ u64 desc_advance(u64 desc, u32 byte_offset) { return desc + (byte_offset >> 4); }
 
 // S = Q K^T for one key tile (issued and committed, not waited for). sQ: the CTA's Q tile of kRowsQ rows (this
 // warpgroup's 64 start at row 64 wg); sK: the K tile of kRowsK rows.
 template <bool kBf16, int kSB, int kKSteps, int kRowsQ, int kRowsK, bool kQInRegs, int kQF>
 __device__ __forceinline__ void issue_s(float (&s)[kSB][32], const u32 (&qf)[kQF][4], u32 sQ, u32 sK, int wg) {
+  const u64 dk0 = desc_kmajor(sK);
+  const u64 dq0 = desc_kmajor(sQ + wg * (64 * 128));
 #pragma unroll
   for (int nb = 0; nb < kSB; ++nb) {
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
-      const u64 db = desc_kmajor(sK + (kk / 4) * (kRowsK * 128) + nb * (64 * 128) + (kk % 4) * 32);
+      const u64 db = desc_advance(dk0, (kk / 4) * (kRowsK * 128) + nb * (64 * 128) + (kk % 4) * 32);
       if constexpr (kQInRegs) {
         wgmma_m64n64k16_rs<0, kBf16>(s[nb], qf[kk], db, kk > 0);
       } else {
-        const u64 da = desc_kmajor(sQ + (kk / 4) * (kRowsQ * 128) + wg * (64 * 128) + (kk % 4) * 32);
+        const u64 da = desc_advance(dq0, (kk / 4) * (kRowsQ * 128) + (kk % 4) * 32);
         wgmma_m64n64k16_ss<kBf16>(s[nb], da, db, kk > 0);
       }
     }
@@ -595,11 +653,12 @@ __device__ __forceinline__ void issue_s(float (&s)[kSB][32], const u32 (&qf)[kQF
 // O += P V for one value tile of kBN rows at sV (issued and committed, not waited for).
 template <bool kBf16, int kBN, int kOB>
 __device__ __forceinline__ void issue_pv(float (&acc)[kOB][32], const u32 (&pf)[kBN / 16][4], u32 sV) {
+  const u64 dv0 = desc_mnmajor(sV);
 #pragma unroll
   for (int kk = 0; kk < kBN / 16; ++kk) {
 #pragma unroll
     for (int ob = 0; ob < kOB; ++ob)
-      wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_mnmajor(sV + ob * (kBN * 128) + kk * (16 * 128)), 1);
+      wgmma_m64n64k16_rs<1, kBf16>(acc[ob], pf[kk], desc_advance(dv0, ob * (kBN * 128) + kk * (16 * 128)), 1);
   }
   wgmma_commit();
 }
