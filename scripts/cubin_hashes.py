@@ -12,8 +12,10 @@ import hashlib, json, os, struct, subprocess, sys, tempfile, pathlib
 nsajit, out = sys.argv[1], sys.argv[2]
 TILES = {
     "pool": ["THREADS=128", "THREADS=512"],
-    "cmp_fwd": ["BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2", "BM=64,BN=128,IMPL=0,STAGES=2", "BM=64,BN=64,QREGS=1,IMPL=1"],
-    "win_fwd": ["BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2", "BM=64,BN=128,IMPL=0,STAGES=2", "BM=64,BN=64,QREGS=1,IMPL=1"],
+    "cmp_fwd": ["BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2", "BM=64,BN=128,IMPL=0,STAGES=2", "BM=64,BN=64,QREGS=1,IMPL=1",
+                "BM=192,BN=64,QREGS=0,IMPL=1,STAGES=3", "BM=64,BN=64,QREGS=0,IMPL=2,STAGES=2"],
+    "win_fwd": ["BM=128,BN=32,QREGS=0,IMPL=0,STAGES=2", "BM=64,BN=128,IMPL=0,STAGES=2", "BM=64,BN=64,QREGS=1,IMPL=1",
+                "BM=192,BN=64,QREGS=0,IMPL=1,STAGES=3", "BM=64,BN=64,QREGS=0,IMPL=2,STAGES=2"],
     "select": ["W=4,KS=2,BN=64", "W=2,KS=1,BN=32,QREGS=0,OCC=1"],
     "slc_fwd": ["BM=32,BN=32,STAGES=3,IMPL=0", "BM=64,BN=16,QREGS=0,IMPL=0", "BM=128,BN=64,QREGS=0,IMPL=1"],
     "cmp_bwd_dq": ["BM=128,BN=32", "BM=64,BN=16"],

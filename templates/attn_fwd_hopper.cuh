@@ -1,16 +1,20 @@
-// The Hopper (sm_90a) implementation of the dense attention forward (window and compressed branches, IMPL=1 of
-// win_fwd / cmp_fwd; templates/attn_fwd.cuh is the mma.sync one and chooses this one by its kImpl).
+// The Hopper (sm_90a) implementations of the dense attention forward (window and compressed branches, IMPL=1 and
+// IMPL=2 of win_fwd / cmp_fwd; templates/attn_fwd.cuh is the mma.sync one and chooses these by its kImpl).
 //
 // Same work split as the mma.sync kernel: a CTA owns kBM rows of the flattened (query position, head-in-group) index
-// m = t * kG + g of one KV head. Each warpgroup (4 warps) owns 64 of them and runs warpgroup MMAs:
+// m = t * kG + g of one KV head. Each computing warpgroup (4 warps) owns 64 of them and runs warpgroup MMAs:
 //   S = Q K^T     wgmma m64n64k16, Q from registers (kQInRegs) or shared memory, K from shared memory (K-major);
 //   O += P V      wgmma m64n64k16, P from registers (the softmax's output, never stored), V from shared memory
 //                 read MN-major (stored [keys][dv] as loaded).
-// The shared tiles use the 128-byte-swizzled K-major layout the wgmma descriptors describe (hopper.cuh). K/V tiles stream through kStages cp.async stages shared by the CTA's warpgroups (the
-// copies become visible to the async proxy through fence.proxy.async).
-// The steps are hopper_attn.cuh's. The softmax overlaps the matrix products (FlashAttention-3's intra-warpgroup overlap): iteration j issues
-// S_{j+1} = Q K_{j+1}^T and O += P_j V_j together, waits for S_{j+1} only, takes its row maxima and exponentials while
-// P_j V_j still runs, then waits for it, rescales O and packs P_{j+1}.
+// The shared tiles use the 128-byte-swizzled K-major layout the wgmma descriptors describe (hopper.cuh). K/V tiles
+// stream through kStages cp.async stages shared by the CTA's warpgroups (the copies become visible to the async proxy
+// through fence.proxy.async). IMPL=1: every thread copies, and a CTA-wide barrier per key tile hands the stages over.
+// IMPL=2 (kWarpSpec): one more warpgroup only copies; its copies arrive on a per-stage `full` mbarrier as they land,
+// the computing warps arrive on a per-stage `empty` one when done with it, and setmaxnreg gives the copier 40
+// registers and the computing warps the rest.
+// The steps are hopper_attn.cuh's. The softmax overlaps the matrix products (FlashAttention-3's intra-warpgroup
+// overlap): iteration j issues S_{j+1} = Q K_{j+1}^T and O += P_j V_j together, waits for S_{j+1} only, takes its
+// row maxima and exponentials while P_j V_j still runs, then waits for it, rescales O and packs P_{j+1}.
 //
 // Written as a class template over every constant so that it is instantiated only when kImpl selects it.
 #ifndef NSA_ATTN_FWD_HOPPER_CUH

@@ -61,10 +61,11 @@ public:
   explicit AttnFwdFamily(Mask mask) : AttnFamily(mask) {}
   std::string_view name() const override { return mask_ == Mask::window ? "win_fwd" : "cmp_fwd"; }
   std::string_view description() const override {
-    return mask_ == Mask::window ? "sliding-window attention forward (branch 3): mma.sync m16n8k16 (IMPL=0) or Hopper "
-                                   "wgmma with the softmax overlapped (IMPL=1), G heads packed in the tile rows"
-                                 : "compressed attention forward (branch 1): mma.sync m16n8k16 (IMPL=0) or Hopper "
-                                   "wgmma with the softmax overlapped (IMPL=1), G heads packed in the tile rows";
+    return mask_ == Mask::window
+               ? "sliding-window attention forward (branch 3): mma.sync m16n8k16 (IMPL=0) or Hopper wgmma with the "
+                 "softmax overlapped (IMPL=1; IMPL=2 warp-specialized), G heads packed in the tile rows"
+               : "compressed attention forward (branch 1): mma.sync m16n8k16 (IMPL=0) or Hopper wgmma with the "
+                 "softmax overlapped (IMPL=1; IMPL=2 warp-specialized), G heads packed in the tile rows";
   }
   std::vector<std::string_view> support_files() const override {
     return {"templates/attn_params.h", "templates/attn_params.cuh", "templates/hopper.cuh",
@@ -91,6 +92,11 @@ public:
     if (smem > max_smem) return fmt::format("shared memory {} B > device limit {} B", smem, max_smem);
     if (c.at("IMPL") == 0 && c.at("STAGES") != 2) return std::string("IMPL=0 double-buffers: STAGES=2 only");
     if (c.at("BM") == 192 && c.at("IMPL") != 1) return fmt::format("BM=192 (three warpgroups) is IMPL=1's only");
+    // IMPL=2 at 64 rows is built for two CTAs per SM (its launch bounds and register split): both must fit in the
+    // SM's shared memory (the opt-in limit plus the 1 KB each CTA reserves). H200: three stages do not (5.4-9.5 ms).
+    if (c.at("IMPL") == 2 && c.at("BM") == 64 && smem > (max_smem + 1024) / 2 - 1024)
+      return fmt::format("IMPL=2 at BM=64 runs two CTAs per SM: shared memory {} B > {} B each", smem,
+                         (max_smem + 1024) / 2 - 1024);
     if (c.at("IMPL") != 0) {
       if (c.at("BN") % 64 != 0)
         return fmt::format("IMPL={} takes keys in blocks of 64: BN={} is not", c.at("IMPL"), c.at("BN"));

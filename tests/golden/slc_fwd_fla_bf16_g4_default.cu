@@ -340,7 +340,8 @@ struct SlcFwdParams {
 // CuTe). Plain device code over nsa_types.h; compiled only for sm_90a (wgmma and setmaxnreg fail in ptxas for sm_90).
 //
 // Status: every wrapper assembles for sm_90a (tests/cpu/test_hopper.cpp compiles a kernel that uses each one, and
-// checks that ptxas does not serialize the wgmma); none has run on a GPU yet.
+// checks that ptxas does not serialize the wgmma). On the H200: the mbarrier, cp.async-arrive, fence, wgmma and
+// setmaxnreg wrappers run in the Hopper kernels (IMPL=1, IMPL=2); the TMA ones have not run yet.
 #ifndef NSA_HOPPER_CUH
 #define NSA_HOPPER_CUH
 #ifndef NSAJIT_GENERATED
