@@ -122,20 +122,25 @@ std::string default_arch() {
   return "sm_90a";
 }
 
+int max_smem_for(const std::string& arch) {
+  if (driver_available()) return query_device(0).max_smem_optin;
+  (void)arch;
+  return kHopperMaxSmemOptin;
+}
+
+// The family's config for the problem with --tile's overrides, refused (naming the rule) where the tuner would prune
+// it: a pruned point may not compile, may spill, or (IMPL=2's register split) may not run correctly.
 KernelSpec make_spec(const KernelFamily& f, const Problem& p, const SpecFlags& s) {
   f.check_problem(p);
   const std::string arch = s.arch.empty() ? default_arch() : s.arch;
   nvrtc_options(arch);  // validates the arch
   KernelSpec spec{&f, p, apply_overrides(f, default_config_for(f, p, arch), s.tile), arch};
-  if (auto why = arch_reject(spec.config, spec.arch))
-    throw UsageError(fmt::format("{} [{}]: {}", f.name(), describe(spec.config), *why));
+  std::optional<std::string> why = arch_reject(spec.config, spec.arch);
+  if (!why) why = f.reject(p, spec.config, max_smem_for(arch));
+  if (why)
+    throw UsageError(fmt::format("{} [{}] for {}: {} (`nsajit compile --all-configs` lists the valid points)",
+                                 f.name(), describe(spec.config), p.describe(), *why));
   return spec;
-}
-
-int max_smem_for(const std::string& arch) {
-  if (driver_available()) return query_device(0).max_smem_optin;
-  (void)arch;
-  return kHopperMaxSmemOptin;
 }
 
 // ---- devices ------------------------------------------------------------------------------------------------------

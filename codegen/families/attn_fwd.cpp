@@ -94,9 +94,10 @@ public:
     if (c.at("BM") == 192 && c.at("IMPL") != 1) return fmt::format("BM=192 (three warpgroups) is IMPL=1's only");
     // IMPL=2 at 64 rows is built for two CTAs per SM (its launch bounds and register split): both must fit in the
     // SM's shared memory (the opt-in limit plus the 1 KB each CTA reserves). H200: three stages do not (5.4-9.5 ms).
-    if (c.at("IMPL") == 2 && c.at("BM") == 64 && smem > (max_smem + 1024) / 2 - 1024)
-      return fmt::format("IMPL=2 at BM=64 runs two CTAs per SM: shared memory {} B > {} B each", smem,
-                         (max_smem + 1024) / 2 - 1024);
+    // (64-bit: callers may pass INT_MAX for "no limit".)
+    const long long per_cta = (static_cast<long long>(max_smem) + 1024) / 2 - 1024;
+    if (c.at("IMPL") == 2 && c.at("BM") == 64 && smem > per_cta)
+      return fmt::format("IMPL=2 at BM=64 runs two CTAs per SM: shared memory {} B > {} B each", smem, per_cta);
     if (c.at("IMPL") != 0) {
       if (c.at("BN") % 64 != 0)
         return fmt::format("IMPL={} takes keys in blocks of 64: BN={} is not", c.at("IMPL"), c.at("BN"));

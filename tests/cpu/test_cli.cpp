@@ -151,6 +151,17 @@ TEST_CASE("cli: usage errors exit 2 and say what is wrong") {
     CHECK_CONTAINS(r.output, "BM");
     CHECK_CONTAINS(r.output, "64, 128");
   }
+  SUBCASE("a config the family's rules prune is refused with the rule, for compile and emit alike") {
+    for (const char* cmd : {"compile", "emit"}) {
+      CAPTURE(cmd);
+      Run r = cli(std::string(cmd) + " --family win_fwd --preset fla --arch sm_90a --tile BM=192,IMPL=2");
+      CHECK_EXIT(r, 2);
+      CHECK_CONTAINS(r.output, "BM=192 (three warpgroups) is IMPL=1's only");
+      r = cli(std::string(cmd) + " --family win_fwd --preset fla --arch sm_90a --tile BN=16,IMPL=1");
+      CHECK_EXIT(r, 2);
+      CHECK_CONTAINS(r.output, "BN=16 is not");
+    }
+  }
   SUBCASE("unknown tile parameter") {
     const Run r = cli("compile --family win_fwd --preset fla --tile BK=64");
     CHECK_EXIT(r, 2);
