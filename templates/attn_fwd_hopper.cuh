@@ -79,11 +79,9 @@ struct Kernel {
     const elem* k = static_cast<const elem*>(p.k) + k_off + static_cast<i64>(kvh) * p.k_sh;
     const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
 
-    const i64 t_lo = m0 / kG;
-    const i64 t_hi = min(len - 1, (m0 + kBM - 1) / kG);
-    const i64 s_begin = kMask == kMaskWindow ? max(static_cast<i64>(0), t_lo - p.w + 1) : 0;
-    const i64 s_end = kMask == kMaskWindow ? t_hi + 1 : visible_cmp_blocks(t_hi, p.l, p.d);
-    const int n_tiles = s_end > s_begin ? static_cast<int>((s_end - s_begin + kBN - 1) / kBN) : 0;
+    const KeyRange keys = key_range<kMask, kG, kBM, kBN>(m0, len, p.w, p.l, p.d);
+    const i64 t_lo = keys.t_lo, t_hi = keys.t_hi, s_begin = keys.begin, s_end = keys.end;
+    const int n_tiles = keys.n_tiles;
 
     // The tiles, 1024-byte aligned (the launch asks for 1 KB more than they need).
     const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;

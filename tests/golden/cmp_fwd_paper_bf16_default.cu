@@ -368,6 +368,24 @@ __device__ __forceinline__ SeqSpan sequence_span(const AttnFwdParams& p, int b) 
   return s;
 }
 
+// The keys the rows [m0, m0 + kBM) of one KV head's flattened (position, head-in-group) index m = t * kG + g see
+// together, for a sequence of len tokens: window, positions max(0, t - w + 1) .. t; compressed, blocks 0 .. nc(t) - 1.
+// [begin, end) in n_tiles tiles of kBN keys; t_lo, t_hi the first and last position of the rows.
+struct KeyRange {
+  i64 t_lo, t_hi, begin, end;
+  int n_tiles;
+};
+template <int kMask, int kG, int kBM, int kBN>
+__device__ __forceinline__ KeyRange key_range(i64 m0, i64 len, int w, int l, int d) {
+  KeyRange r;
+  r.t_lo = m0 / kG;
+  r.t_hi = min(len - 1, (m0 + kBM - 1) / kG);
+  r.begin = kMask == kMaskWindow ? max(static_cast<i64>(0), r.t_lo - w + 1) : 0;
+  r.end = kMask == kMaskWindow ? r.t_hi + 1 : visible_cmp_blocks(r.t_hi, l, d);
+  r.n_tiles = r.end > r.begin ? static_cast<int>((r.end - r.begin + kBN - 1) / kBN) : 0;
+  return r;
+}
+
 }  // namespace nsa
 
 #endif  // NSA_ATTN_PARAMS_CUH
@@ -857,11 +875,9 @@ struct Kernel {
     const elem* k = static_cast<const elem*>(p.k) + k_off + static_cast<i64>(kvh) * p.k_sh;
     const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
 
-    const i64 t_lo = m0 / kG;
-    const i64 t_hi = min(len - 1, (m0 + kBM - 1) / kG);
-    const i64 s_begin = kMask == kMaskWindow ? max(static_cast<i64>(0), t_lo - p.w + 1) : 0;
-    const i64 s_end = kMask == kMaskWindow ? t_hi + 1 : visible_cmp_blocks(t_hi, p.l, p.d);
-    const int n_tiles = s_end > s_begin ? static_cast<int>((s_end - s_begin + kBN - 1) / kBN) : 0;
+    const KeyRange keys = key_range<kMask, kG, kBM, kBN>(m0, len, p.w, p.l, p.d);
+    const i64 t_lo = keys.t_lo, t_hi = keys.t_hi, s_begin = keys.begin, s_end = keys.end;
+    const int n_tiles = keys.n_tiles;
 
     // The tiles, 1024-byte aligned (the launch asks for 1 KB more than they need).
     const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;
@@ -1188,11 +1204,9 @@ __device__ __forceinline__ void run_mma(const AttnFwdParams& p) {
   const elem* v = static_cast<const elem*>(p.v) + v_off + static_cast<i64>(kvh) * p.v_sh;
 
   // The keys any row of this tile sees: [s_begin, s_end).
-  const i64 t_lo = m0 / kG;
-  const i64 t_hi = min(len - 1, (m0 + kBM - 1) / kG);
-  const i64 s_begin = kMask == kMaskWindow ? max(static_cast<i64>(0), t_lo - p.w + 1) : 0;
-  const i64 s_end = kMask == kMaskWindow ? t_hi + 1 : visible_cmp_blocks(t_hi, p.l, p.d);
-  const int n_tiles = s_end > s_begin ? static_cast<int>((s_end - s_begin + kBN - 1) / kBN) : 0;
+  const KeyRange keys = key_range<kMask, kG, kBM, kBN>(m0, len, p.w, p.l, p.d);
+  const i64 t_lo = keys.t_lo, t_hi = keys.t_hi, s_begin = keys.begin, s_end = keys.end;
+  const int n_tiles = keys.n_tiles;
 
   const u32 sQ = smem_addr(smem);
   const u32 sK0 = sQ + kSmemQ;
