@@ -179,37 +179,35 @@ __device__ __forceinline__ u32 sw128(int row, int chunk) {
 // start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
 // zero-filled too, so that no MMA ever reads an unwritten value.
 // `tid` is the copying thread's index among kThreads (threadIdx.x unless a warpgroup of a larger CTA copies).
-template <int kThreads, int kRows, int D, class RowPtr>
-__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
+// One 16-byte chunk of those copies: number `linear` of the tile's kRows * dim_smem(D) / 8, row-major.
+template <int kRows, int D, class RowPtr>
+__device__ __forceinline__ void copy_chunk_sw128(u32 tile, RowPtr& row_ptr, const void* any_valid, int linear) {
   static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
   constexpr int kCopy = dim_smem(D) / 8;
-  constexpr int kTotal = kRows * kCopy;
+  const int row = linear / kCopy;
+  const int chunk = linear % kCopy;
+  const char* src = static_cast<const char*>(row_ptr(row));
+  const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
+  cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+}
+template <int kThreads, int kRows, int D, class RowPtr>
+__device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
+  constexpr int kTotal = kRows * (dim_smem(D) / 8);
 #pragma unroll
   for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
     const int linear = i * kThreads + tid;
     if (kTotal % kThreads != 0 && linear >= kTotal) break;
-    const int row = linear / kCopy;
-    const int chunk = linear % kCopy;
-    const char* src = static_cast<const char*>(row_ptr(row));
-    const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
-    cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
+    copy_chunk_sw128<kRows, D>(tile, row_ptr, any_valid, linear);
   }
 }
 // The same as a rolled loop, for a copying warpgroup that runs on few registers (the unrolled copies keep every
 // address live at once).
 template <int kThreads, int kRows, int D, class RowPtr>
 __device__ __forceinline__ void load_tile_sw128_lean(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
-  static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
-  constexpr int kCopy = dim_smem(D) / 8;
-  constexpr int kTotal = kRows * kCopy;
+  constexpr int kTotal = kRows * (dim_smem(D) / 8);
 #pragma unroll 1
-  for (int linear = tid; linear < kTotal; linear += kThreads) {
-    const int row = linear / kCopy;
-    const int chunk = linear % kCopy;
-    const char* src = static_cast<const char*>(row_ptr(row));
-    const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
-    cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
-  }
+  for (int linear = tid; linear < kTotal; linear += kThreads)
+    copy_chunk_sw128<kRows, D>(tile, row_ptr, any_valid, linear);
 }
 // The same for a tile of consecutive rows at a constant stride (a K or V tile): row r starts at row0 + r * stride
 // (elements), rows r >= n_valid are zero-filled. Each thread copies the same column chunk of rows kThreads / kCopy
