@@ -568,11 +568,7 @@ __device__ __forceinline__ u32 sw128(int row, int chunk) {
   return static_cast<u32>((chunk >> 3) * (kRows * 128) + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-// Copies kRows rows of D elements into a sw128 tile of dim_smem(D) columns with cp.async. row_ptr(r) gives row r's
-// start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
-// zero-filled too, so that no MMA ever reads an unwritten value.
-// `tid` is the copying thread's index among kThreads (threadIdx.x unless a warpgroup of a larger CTA copies).
-// One 16-byte chunk of those copies: number `linear` of the tile's kRows * dim_smem(D) / 8, row-major.
+// One 16-byte chunk of a tile copy below: chunk `linear` of the tile's kRows * dim_smem(D) / 8, row-major.
 template <int kRows, int D, class RowPtr>
 __device__ __forceinline__ void copy_chunk_sw128(u32 tile, RowPtr& row_ptr, const void* any_valid, int linear) {
   static_assert(D % 8 == 0, "rows are copied in 16-byte chunks");
@@ -583,6 +579,10 @@ __device__ __forceinline__ void copy_chunk_sw128(u32 tile, RowPtr& row_ptr, cons
   const bool ok = src != nullptr && (kCopy == D / 8 || chunk < D / 8);
   cp_async_16(tile + sw128<kRows>(row, chunk), ok ? src + chunk * 16 : any_valid, ok);
 }
+// Copies kRows rows of D elements into a sw128 tile of dim_smem(D) columns with cp.async. row_ptr(r) gives row r's
+// start, or nullptr for a row to zero-fill (nothing read; `any_valid` stands in); columns D .. dim_smem(D) are
+// zero-filled too, so that no MMA ever reads an unwritten value.
+// `tid` is the copying thread's index among kThreads (threadIdx.x unless a warpgroup of a larger CTA copies).
 template <int kThreads, int kRows, int D, class RowPtr>
 __device__ __forceinline__ void load_tile_sw128(u32 tile, RowPtr row_ptr, const void* any_valid, int tid) {
   constexpr int kTotal = kRows * (dim_smem(D) / 8);
